@@ -1,0 +1,269 @@
+import os from 'node:os';
+import path from 'node:path';
+import pLimit, { type LimitFunction } from 'p-limit';
+import { TenderError } from '../errors/errors.js';
+import { hexToId } from '../repo/ids.js';
+import type { Repository } from '../repo/repository.js';
+import type { Snapshot, SnapshotSummary } from '../repo/snapshot/snapshot.js';
+import type { Tree, TreeNode } from '../repo/snapshot/tree.js';
+import { createExecutor, defaultWorkerCount } from '../workers/pool.js';
+import { createBoundaryFinder } from './chunk/native.js';
+import { gearTable } from './chunk/fastcdc.js';
+import { SlotPool } from './chunk/slot-pool.js';
+import { type FileContent, FileSaver } from './file-saver.js';
+import { compareNames, lstatExact, metadataNode, nodeType, readDirSorted, unchangedSince } from './walk.js';
+
+export interface BackupProgress {
+  filesDone: number;
+  bytesDone: number;
+  errors: number;
+  /** Totals from the concurrent scan; undefined until the scan finishes. */
+  totalFiles?: number;
+  totalBytes?: number;
+  currentFile?: string;
+}
+
+export interface BackupError {
+  path: string;
+  message: string;
+}
+
+export interface BackupOptions {
+  paths: string[];
+  tags?: string[];
+  hostname?: string;
+  /** Unchanged files (by size, mtime, ctime, inode) are taken from this snapshot without reading. */
+  parent?: { id: string; snapshot: Snapshot };
+  workers?: number;
+  /** Files read at once; each holds a slot while it is read. */
+  fileConcurrency?: number;
+  /** Count files and bytes first (concurrently), so progress can show totals and an ETA. */
+  scan?: boolean;
+  onProgress?: (progress: BackupProgress) => void;
+  onError?: (error: BackupError) => void;
+}
+
+export interface BackupResult {
+  snapshotId: string;
+  snapshot: Snapshot;
+  errors: BackupError[];
+}
+
+const version = '0.1.0';
+
+/**
+ * The backup composition: walk → (unchanged? reuse parent) → FileSaver → trees → flush → snapshot.
+ * Unreadable files and directories are reported and left out; storage failures abort the run
+ * before a snapshot is written, so nothing partial is ever recorded as a snapshot.
+ */
+export async function backup(repo: Repository, options: BackupOptions): Promise<BackupResult> {
+  const started = Date.now();
+  const workers = options.workers ?? defaultWorkerCount();
+  const params = repo.config.chunker;
+  const executor = createExecutor(repo.keys, repo.config.compressionLevel, workers);
+  const fileConcurrency = options.fileConcurrency ?? 4;
+  const slots = new SlotPool(2 * params.maxSize, fileConcurrency + 1);
+  const progress: BackupProgress = { filesDone: 0, bytesDone: 0, errors: 0 };
+  const counters = { bytesRead: 0, blobsAdded: 0, bytesAdded: 0, bytesStored: 0 };
+  const summary: SnapshotSummary = {
+    files: 0,
+    dirs: 0,
+    filesRead: 0,
+    filesUnchanged: 0,
+    bytesRead: 0,
+    totalBytes: 0,
+    blobsAdded: 0,
+    bytesAdded: 0,
+    bytesStored: 0,
+    errors: 0,
+    durationMs: 0,
+  };
+  const errors: BackupError[] = [];
+  const report = () => options.onProgress?.(progress);
+  const fail = (p: string, err: unknown) => {
+    if (err instanceof TenderError) throw err;
+    const e = { path: p, message: describeIoError(err) };
+    errors.push(e);
+    progress.errors++;
+    options.onError?.(e);
+  };
+
+  const saver = new FileSaver(
+    repo,
+    executor,
+    createBoundaryFinder(params, gearTable(repo.keys.gearSeed)),
+    params,
+    slots,
+    workers,
+    counters,
+    (n) => {
+      progress.bytesDone += n;
+      report();
+    },
+  );
+  const readers: LimitFunction = pLimit(fileConcurrency);
+  const hardlinks = new Map<string, Promise<FileContent>>();
+
+  const saveFile = async (filePath: string, node: TreeNode, previous: TreeNode | undefined): Promise<boolean> => {
+    summary.files++;
+    summary.totalBytes += node.size!;
+    if (unchangedSince(previous, node) && contentStillStored(repo, previous!)) {
+      if (previous!.content) node.content = previous!.content;
+      if (previous!.contentLists) node.contentLists = previous!.contentLists;
+      summary.filesUnchanged++;
+      progress.filesDone++;
+      progress.bytesDone += node.size!;
+      report();
+      return true;
+    }
+    const linkKey = node.links > 1 ? `${node.device}:${node.inode}` : undefined;
+    let pending = linkKey ? hardlinks.get(linkKey) : undefined;
+    if (!pending) {
+      progress.currentFile = filePath;
+      pending = readers(() => saver.save(filePath));
+      if (linkKey) hardlinks.set(linkKey, pending);
+      pending.then(() => summary.filesRead++, () => undefined);
+    }
+    try {
+      Object.assign(node, await pending);
+    } catch (err) {
+      fail(filePath, err);
+      return false;
+    }
+    progress.filesDone++;
+    report();
+    return true;
+  };
+
+  /** Builds the node for one path; returns undefined if it could not be read at all. */
+  const saveEntry = async (entryPath: string, name: string, previous: TreeNode | undefined): Promise<TreeNode | undefined> => {
+    let stats;
+    try {
+      stats = await lstatExact(entryPath);
+    } catch (err) {
+      fail(entryPath, err);
+      return undefined;
+    }
+    const type = nodeType(stats);
+    if (!type) return undefined;
+    let node: TreeNode;
+    try {
+      node = await metadataNode(entryPath, name, stats, type);
+    } catch (err) {
+      fail(entryPath, err);
+      return undefined;
+    }
+    if (type === 'dir') {
+      summary.dirs++;
+      const previousTree = previous?.type === 'dir' && previous.subtree ? await repo.loadTree(previous.subtree) : undefined;
+      node.subtree = await saveDir(entryPath, previousTree);
+    } else if (type === 'file') {
+      if (!(await saveFile(entryPath, node, previous))) return undefined;
+    }
+    return node;
+  };
+
+  const saveDir = async (dirPath: string, previousTree: Tree | undefined): Promise<string> => {
+    let names: string[] = [];
+    try {
+      names = await readDirSorted(dirPath);
+    } catch (err) {
+      fail(dirPath, err);
+    }
+    const previousByName = new Map(previousTree?.nodes.map((n) => [n.name, n]));
+    const limit = pLimit(16);
+    const nodes = await Promise.all(
+      names.map((name) => limit(() => saveEntry(path.join(dirPath, name), name, previousByName.get(name)))),
+    );
+    return repo.saveTree({ nodes: nodes.filter((n): n is TreeNode => n !== undefined) });
+  };
+
+  const scan = options.scan ? scanTotals(options.paths).then((t) => Object.assign(progress, t), () => undefined) : undefined;
+
+  try {
+    const roots = options.paths.map((p) => path.resolve(p));
+    const names = roots.map((p) => path.basename(p) || '/');
+    const duplicate = names.find((n, i) => names.indexOf(n) !== i);
+    if (duplicate !== undefined) {
+      throw new TenderError('TENDER_USAGE', `two backup paths have the same name ${JSON.stringify(duplicate)}`, {
+        hint: 'back them up in separate snapshots, or back up their common parent directory',
+      });
+    }
+    const parentRoot = options.parent ? await repo.loadTree(options.parent.snapshot.tree) : undefined;
+    const previousByName = new Map(parentRoot?.nodes.map((n) => [n.name, n]));
+    const rootNodes: TreeNode[] = [];
+    for (let i = 0; i < roots.length; i++) {
+      const node = await saveEntry(roots[i]!, names[i]!, previousByName.get(names[i]!));
+      if (node) rootNodes.push(node);
+    }
+    if (rootNodes.length === 0) {
+      throw new TenderError('TENDER_IO', `none of the backup paths could be read: ${errors.map((e) => e.path).join(', ')}`, {
+        hint: 'check that the paths exist and are readable by this user',
+      });
+    }
+    rootNodes.sort((a, b) => compareNames(a.name, b.name));
+    const tree = await repo.saveTree({ nodes: rootNodes });
+    await repo.flush();
+    Object.assign(summary, {
+      bytesRead: counters.bytesRead,
+      blobsAdded: counters.blobsAdded,
+      bytesAdded: counters.bytesAdded,
+      bytesStored: counters.bytesStored,
+      errors: errors.length,
+      durationMs: Date.now() - started,
+    });
+    const snapshot: Snapshot = {
+      version: 1,
+      time: new Date(started).toISOString(),
+      hostname: options.hostname ?? os.hostname(),
+      username: os.userInfo().username,
+      paths: roots,
+      tags: options.tags ?? [],
+      tree,
+      ...(options.parent ? { parent: options.parent.id } : {}),
+      program: `tender ${version}`,
+      summary,
+    };
+    const snapshotId = await repo.saveSnapshot(snapshot);
+    return { snapshotId, snapshot, errors };
+  } finally {
+    await scan;
+    await executor.close();
+  }
+}
+
+function contentStillStored(repo: Repository, node: TreeNode): boolean {
+  const ids = node.contentLists ?? node.content ?? [];
+  return ids.every((hex) => repo.has(hexToId(hex)));
+}
+
+async function scanTotals(paths: string[]): Promise<{ totalFiles: number; totalBytes: number }> {
+  let totalFiles = 0;
+  let totalBytes = 0;
+  const visit = async (p: string): Promise<void> => {
+    const stats = await lstatExact(p).catch(() => undefined);
+    if (!stats) return;
+    if (stats.isFile()) {
+      totalFiles++;
+      totalBytes += Number(stats.size);
+    } else if (stats.isDirectory()) {
+      const names = await readDirSorted(p).catch(() => [] as string[]);
+      for (const name of names) await visit(path.join(p, name));
+    }
+  };
+  for (const p of paths) await visit(path.resolve(p));
+  return { totalFiles, totalBytes };
+}
+
+export function describeIoError(err: unknown): string {
+  const code = (err as { code?: string }).code;
+  const reason =
+    code === 'EACCES' || code === 'EPERM'
+      ? 'permission denied'
+      : code === 'ENOENT'
+        ? 'vanished during the backup'
+        : code === 'EIO'
+          ? 'I/O error while reading'
+          : (err as Error).message;
+  return reason;
+}

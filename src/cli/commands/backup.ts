@@ -1,0 +1,72 @@
+import type { Command } from 'commander';
+import { backup } from '../../backup/archiver.js';
+import { ExitCode } from '../../errors/errors.js';
+import { collect } from '../args.js';
+import { globalOptions, print, printJson, withRepository } from '../context.js';
+import { formatBytes, formatRate } from '../format.js';
+import { createProgress, progressMode } from '../progress.js';
+import { listSnapshots, selectSnapshot } from '../select.js';
+import path from 'node:path';
+import os from 'node:os';
+
+interface BackupCliOptions {
+  tag: string[];
+  host?: string;
+  parent?: string;
+  force?: boolean;
+}
+
+export function registerBackup(program: Command): void {
+  program
+    .command('backup')
+    .description('back up files and directories into a new snapshot')
+    .argument('<paths...>', 'files or directories to back up')
+    .option('--tag <tag>', 'add a tag to the snapshot (repeatable)', collect, [])
+    .option('--host <name>', 'hostname recorded in the snapshot (default: this host)')
+    .option('--parent <snapshot>', 'compare with this snapshot to skip unchanged files (default: latest with the same host and paths)')
+    .option('--force', 'read every file, ignoring the parent snapshot')
+    .action(async (paths: string[], opts: BackupCliOptions, command: Command) => {
+      const g = globalOptions(command);
+      await withRepository(g, true, async (repo) => {
+        const absolute = paths.map((p) => path.resolve(p));
+        const host = opts.host ?? os.hostname();
+        const parent = opts.force
+          ? undefined
+          : opts.parent
+            ? await selectSnapshot(repo, opts.parent)
+            : (await listSnapshots(repo, { host, paths: absolute })).filter((s) => s.snapshot.paths.length === absolute.length).at(-1);
+        const progress = createProgress(progressMode(!!g.json, !!g.quiet), 'backup');
+        let result;
+        try {
+          result = await backup(repo, {
+            paths: absolute,
+            tags: opts.tag,
+            hostname: host,
+            ...(parent ? { parent } : {}),
+            ...(g.workers !== undefined ? { workers: g.workers } : {}),
+            scan: !g.quiet,
+            onProgress: (p) => progress.update(p),
+            onError: (e) => {
+              if (g.json) printJson({ message_type: 'error', path: e.path, error: e.message });
+              else process.stderr.write(`warning: skipped ${e.path}: ${e.message}\n`);
+            },
+          });
+        } finally {
+          progress.stop();
+        }
+        const s = result.snapshot.summary!;
+        if (g.json) {
+          printJson({ message_type: 'summary', snapshot_id: result.snapshotId, ...s });
+        } else if (!g.quiet) {
+          print(`files: ${s.files} (${s.filesRead} read, ${s.filesUnchanged} unchanged), dirs: ${s.dirs}`);
+          print(`read ${formatBytes(s.bytesRead)} of ${formatBytes(s.totalBytes)} in ${(s.durationMs / 1000).toFixed(1)} s (${formatRate(s.bytesRead, s.durationMs)})`);
+          print(`added ${s.blobsAdded} chunks, ${formatBytes(s.bytesAdded)} (${formatBytes(s.bytesStored)} stored)`);
+          print(`snapshot ${result.snapshotId.slice(0, 8)} saved`);
+        }
+        if (result.errors.length > 0) {
+          process.stderr.write(`warning: ${result.errors.length} files or directories could not be read and are not in the snapshot\n`);
+          process.exitCode = ExitCode.incomplete;
+        }
+      });
+    });
+}

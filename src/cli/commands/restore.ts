@@ -1,0 +1,58 @@
+import type { Command } from 'commander';
+import { TenderError } from '../../errors/errors.js';
+import { restore } from '../../restore/restorer.js';
+import { collect } from '../args.js';
+import { globalOptions, print, printJson, withRepository } from '../context.js';
+import { formatBytes, formatRate } from '../format.js';
+import { createProgress, progressMode } from '../progress.js';
+import { selectSnapshot } from '../select.js';
+
+interface RestoreCliOptions {
+  target?: string;
+  include: string[];
+  host?: string;
+  tag: string[];
+  path: string[];
+}
+
+export function registerRestore(program: Command): void {
+  program
+    .command('restore')
+    .description('restore a snapshot into a directory (the manual restore path)')
+    .argument('<snapshot>', 'snapshot ID or "latest"')
+    .option('-t, --target <dir>', 'directory to restore into (must be new or empty)')
+    .option('--include <glob>', 'restore only paths matching this glob, relative to the snapshot root (repeatable)', collect, [])
+    .option('--host <name>', 'with latest: newest snapshot of this host')
+    .option('--tag <tag>', 'with latest: newest snapshot with this tag (repeatable)', collect, [])
+    .option('--path <path>', 'with latest: newest snapshot of this path (repeatable)', collect, [])
+    .action(async (ref: string, opts: RestoreCliOptions, command: Command) => {
+      const g = globalOptions(command);
+      if (!opts.target) throw new TenderError('TENDER_USAGE', 'restore needs --target DIR');
+      const target = opts.target;
+      await withRepository(g, true, async (repo) => {
+        const { id, snapshot } = await selectSnapshot(repo, ref, { ...(opts.host ? { host: opts.host } : {}), tags: opts.tag, paths: opts.path });
+        const progress = createProgress(progressMode(!!g.json, !!g.quiet), 'restore');
+        const started = Date.now();
+        let result;
+        try {
+          result = await restore(repo, snapshot, {
+            target,
+            ...(opts.include.length ? { include: opts.include } : {}),
+            ...(g.workers !== undefined ? { workers: g.workers } : {}),
+            onProgress: (p) => progress.update({ ...p, ...(snapshot.summary ? { totalBytes: snapshot.summary.totalBytes } : {}) }),
+          });
+        } finally {
+          progress.stop();
+        }
+        const ms = Date.now() - started;
+        if (g.json) printJson({ message_type: 'summary', snapshot_id: id, ...result, duration_ms: ms });
+        else if (!g.quiet) {
+          print(`restored snapshot ${id.slice(0, 8)}: ${result.files} files, ${result.dirs} dirs, ${formatBytes(result.bytes)} in ${(ms / 1000).toFixed(1)} s (${formatRate(result.bytes, ms)})`);
+        }
+        if (result.errors.length > 0) {
+          for (const e of result.errors) process.stderr.write(`error: ${e.path}: ${e.message}\n`);
+          throw new TenderError('TENDER_IO', `${result.errors.length} entries could not be restored (listed above)`);
+        }
+      });
+    });
+}

@@ -1,0 +1,95 @@
+import { DecryptError, aadLabel, open, seal } from '../crypto/aead.js';
+import { TenderError } from '../errors/errors.js';
+import { type ChunkerParams, validateChunkerParams } from '../backup/chunk/fastcdc.js';
+import type { Storage } from '../storage/storage.js';
+
+/**
+ * The `config` object: {"version":1,"repository":ID,"sealed":base64(seal(config body, "tender:config"))}.
+ * `version` and `repository` are readable without a password (to report a newer format or to pick
+ * the key file); the sealed body is the authority and must repeat both.
+ */
+export const formatVersion = 1;
+export const configKey = 'config';
+
+export interface RepositoryConfig {
+  version: number;
+  repository: string;
+  created: string;
+  chunker: ChunkerParams;
+  /** zstd level for blobs; 0 = store raw. */
+  compressionLevel: number;
+  /** Target size of a pack file in bytes. */
+  packSize: number;
+}
+
+interface ConfigEnvelope {
+  version: number;
+  repository: string;
+  sealed: string;
+}
+
+export function encodeConfig(encryptionKey: Uint8Array, config: RepositoryConfig): Buffer {
+  const envelope: ConfigEnvelope = {
+    version: config.version,
+    repository: config.repository,
+    sealed: seal(encryptionKey, Buffer.from(JSON.stringify(config)), aadLabel('config')).toString('base64'),
+  };
+  return Buffer.from(JSON.stringify(envelope, null, 2) + '\n');
+}
+
+/** Reads the plaintext envelope: the first thing any command does. */
+export async function readConfigEnvelope(storage: Storage): Promise<ConfigEnvelope> {
+  let bytes: Buffer;
+  try {
+    bytes = await storage.get(configKey);
+  } catch (err) {
+    if (err instanceof TenderError && err.code === 'TENDER_NOT_FOUND') {
+      throw new TenderError('TENDER_REPO_NOT_FOUND', `there is no repository at ${storage.location}`, {
+        hint: 'check --repo / TENDER_REPOSITORY, or create one with `tender init`',
+      });
+    }
+    throw err;
+  }
+  let envelope: ConfigEnvelope;
+  try {
+    envelope = JSON.parse(bytes.toString('utf8')) as ConfigEnvelope;
+  } catch {
+    throw corruptConfig(storage, 'is not valid JSON');
+  }
+  if (typeof envelope.version !== 'number' || typeof envelope.repository !== 'string' || typeof envelope.sealed !== 'string') {
+    throw corruptConfig(storage, 'lacks version, repository or sealed');
+  }
+  if (envelope.version > formatVersion) {
+    throw new TenderError(
+      'TENDER_REPO_VERSION',
+      `the repository at ${storage.location} has format version ${envelope.version}; this tender reads up to version ${formatVersion}`,
+      { hint: 'upgrade tender to a release that supports this format' },
+    );
+  }
+  return envelope;
+}
+
+export function openConfig(storage: Storage, encryptionKey: Uint8Array, envelope: ConfigEnvelope): RepositoryConfig {
+  let config: RepositoryConfig;
+  try {
+    config = JSON.parse(open(encryptionKey, Buffer.from(envelope.sealed, 'base64'), aadLabel('config')).toString('utf8'));
+  } catch (err) {
+    if (err instanceof DecryptError || err instanceof SyntaxError) throw corruptConfig(storage, 'does not decrypt with the repository key');
+    throw err;
+  }
+  if (config.version !== envelope.version || config.repository !== envelope.repository) {
+    throw corruptConfig(storage, 'envelope does not match its sealed body');
+  }
+  try {
+    validateChunkerParams(config.chunker);
+  } catch (err) {
+    throw corruptConfig(storage, (err as Error).message);
+  }
+  return config;
+}
+
+function corruptConfig(storage: Storage, problem: string): TenderError {
+  return new TenderError('TENDER_CORRUPT', `the config of the repository at ${storage.location} ${problem}`, {
+    hint: 'the config object is damaged; restore it from a copy of the repository (the data is unreadable without it)',
+  });
+}

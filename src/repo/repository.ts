@@ -1,0 +1,359 @@
+import pLimit from 'p-limit';
+import { DecryptError } from '../crypto/aead.js';
+import { TenderError } from '../errors/errors.js';
+import { type ChunkerParams, defaultChunkerParams } from '../backup/chunk/fastcdc.js';
+import type { Storage } from '../storage/storage.js';
+import { BlobCodec, BlobCorruptError, type SealedBlob } from '../transform/blob-codec.js';
+import type { MasterKeys } from '../transform/keys.js';
+import { FormatError } from './binary.js';
+import { type BlobEntry, BlobType } from './blob.js';
+import { type RepositoryConfig, configKey, encodeConfig, formatVersion, openConfig, readConfigEnvelope } from './config.js';
+import { type BlobLocation, IdTable } from './index/id-table.js';
+import { type IndexFile, type IndexedPack, decodeIndex, encodeIndex } from './index/index-file.js';
+import { idToHex, randomId, storedObjectId } from './ids.js';
+import { type KdfParams, addKey, newMasterKeys, unlock } from './keys.js';
+import { PackBuilder, packKey } from './pack/pack.js';
+import { type Snapshot, decodeSnapshot, encodeSnapshot } from './snapshot/snapshot.js';
+import { type Tree, decodeTree, encodeTree } from './snapshot/tree.js';
+
+export interface InitOptions {
+  chunker?: ChunkerParams;
+  compressionLevel?: number;
+  packSize?: number;
+  kdf?: KdfParams;
+}
+
+export interface WriteOptions {
+  /** Packs uploading at once; more wait (backpressure on the producer). */
+  uploadConcurrency?: number;
+  /** Write an index file after this many packs are stored, so a crashed run keeps its work. */
+  packsPerIndex?: number;
+}
+
+export interface StoredPackEvent {
+  key: string;
+  size: number;
+  blobs: number;
+}
+
+/**
+ * The repository layer: keys, config, index, packs, snapshots on top of a Storage.
+ * It knows nothing about files or backups: it stores and loads blobs and snapshots.
+ *
+ * Write order (docs/design.md, "Write order"): a pack is stored before any index lists it; an
+ * index is stored before any snapshot relies on it. A crash therefore leaves at most
+ * unreferenced packs, never a snapshot that points at nothing.
+ */
+export class Repository {
+  readonly codec: BlobCodec;
+  private readonly index = new IdTable();
+  private readonly packIds: Buffer[] = [];
+  private readonly packSizes: number[] = [];
+  private readonly packIndexByHex = new Map<string, number>();
+  private readonly indexFileIds = new Set<string>();
+
+  // Writing state.
+  private readonly openPacks = new Map<number, PackBuilder>();
+  private readonly uploads = new Set<Promise<void>>();
+  private pendingIndex: IndexedPack[] = [];
+  private uploadError: unknown;
+  private readonly uploadConcurrency: number;
+  private readonly packsPerIndex: number;
+  onPackStored: ((event: StoredPackEvent) => void) | undefined;
+
+  private constructor(
+    readonly storage: Storage,
+    readonly keys: MasterKeys,
+    readonly config: RepositoryConfig,
+    readonly keyFile: string,
+    options: WriteOptions = {},
+  ) {
+    this.codec = new BlobCodec(keys, config.compressionLevel);
+    this.uploadConcurrency = options.uploadConcurrency ?? 2;
+    this.packsPerIndex = options.packsPerIndex ?? 32;
+  }
+
+  static async init(storage: Storage, password: string, options: InitOptions = {}): Promise<Repository> {
+    if (await storage.stat(configKey)) {
+      throw new TenderError('TENDER_REPO_EXISTS', `a repository already exists at ${storage.location}`, {
+        hint: 'use it as it is, or choose another --repo',
+      });
+    }
+    const keys = newMasterKeys();
+    const repository = idToHex(randomId());
+    const config: RepositoryConfig = {
+      version: formatVersion,
+      repository,
+      created: new Date().toISOString(),
+      chunker: options.chunker ?? defaultChunkerParams,
+      compressionLevel: options.compressionLevel ?? 1,
+      packSize: options.packSize ?? 16 * 1024 * 1024,
+    };
+    // Key first, config last: an interrupted init leaves no config, so it is not a repository yet.
+    const keyFile = await addKey(storage, repository, keys, password, options.kdf);
+    if ((await storage.put(configKey, [encodeConfig(keys.encryption, config)])) === 'exists') {
+      throw new TenderError('TENDER_REPO_EXISTS', `a repository was created at ${storage.location} at the same time`);
+    }
+    return new Repository(storage, keys, config, keyFile);
+  }
+
+  static async open(storage: Storage, password: string, options: WriteOptions = {}): Promise<Repository> {
+    const envelope = await readConfigEnvelope(storage);
+    const { keys, keyFile } = await unlock(storage, envelope.repository, password);
+    const config = openConfig(storage, keys.encryption, envelope);
+    return new Repository(storage, keys, config, keyFile, options);
+  }
+
+  async addKey(password: string, kdf?: KdfParams): Promise<string> {
+    return addKey(this.storage, this.config.repository, this.keys, password, kdf);
+  }
+
+  // ---- index ---------------------------------------------------------------------------
+
+  /** Loads every index file. Damaged ones are an error naming the object (see `check`, `repair`). */
+  async loadIndex(): Promise<void> {
+    const keys: string[] = [];
+    for await (const { key } of this.storage.list('index/')) keys.push(key);
+    const superseded = new Set<string>();
+    const limit = pLimit(8);
+    const files = await Promise.all(keys.map((key) => limit(async () => ({ key, file: await this.readIndexFile(key) }))));
+    for (const { file } of files) for (const id of file.superseded) superseded.add(`index/${idToHex(id)}`);
+    for (const { key, file } of files) {
+      this.indexFileIds.add(key);
+      if (!superseded.has(key)) this.addIndexedPacks(file.packs);
+    }
+  }
+
+  async readIndexFile(key: string): Promise<IndexFile> {
+    const bytes = await this.storage.get(key);
+    if (idToHex(storedObjectId([bytes])) !== key.slice('index/'.length)) {
+      throw corrupt(key, 'does not match its name (damaged)');
+    }
+    try {
+      return decodeIndex(this.keys.encryption, bytes);
+    } catch (err) {
+      throw wrapDecodeError(key, err);
+    }
+  }
+
+  get indexFiles(): ReadonlySet<string> {
+    return this.indexFileIds;
+  }
+
+  addIndexedPacks(packs: readonly IndexedPack[]): void {
+    for (const pack of packs) {
+      const packIndex = this.packIndexOf(pack.packId, pack.packSize);
+      for (const b of pack.blobs) {
+        this.index.add(b.id, { packIndex, offset: b.offset, storedLength: b.storedLength, rawLength: b.rawLength, type: b.type, flags: b.flags });
+      }
+    }
+  }
+
+  private packIndexOf(packId: Buffer, size: number): number {
+    const hex = idToHex(packId);
+    let i = this.packIndexByHex.get(hex);
+    if (i === undefined) {
+      i = this.packIds.length;
+      this.packIds.push(packId);
+      this.packSizes.push(size);
+      this.packIndexByHex.set(hex, i);
+    }
+    return i;
+  }
+
+  has(id: Uint8Array): boolean {
+    return this.index.has(id);
+  }
+
+  lookup(id: Uint8Array): BlobLocation | undefined {
+    return this.index.get(id);
+  }
+
+  get blobCount(): number {
+    return this.index.size;
+  }
+
+  packIdAt(packIndex: number): Buffer {
+    return this.packIds[packIndex]!;
+  }
+
+  packSizeAt(packIndex: number): number {
+    return this.packSizes[packIndex]!;
+  }
+
+  get packCount(): number {
+    return this.packIds.length;
+  }
+
+  forEachBlob(visit: (id: Uint8Array, loc: BlobLocation) => void): void {
+    this.index.forEach(visit);
+  }
+
+  // ---- writing blobs -------------------------------------------------------------------
+
+  /**
+   * Adds a sealed blob to the open pack of its type. Resolves when the blob is accepted; waits
+   * (backpressure) while `uploadConcurrency` packs are already uploading.
+   * The blob is findable with `has` at once, so later duplicates in this run are skipped.
+   */
+  async saveSealed(type: BlobType, id: Uint8Array, rawLength: number, sealed: SealedBlob): Promise<void> {
+    this.throwIfUploadFailed();
+    let pack = this.openPacks.get(type);
+    if (!pack) {
+      pack = new PackBuilder();
+      this.openPacks.set(type, pack);
+    }
+    const idCopy = Buffer.from(id);
+    const entry = pack.add({ id: idCopy, type, flags: sealed.flags, rawLength }, sealed.parts);
+    const packIndex = this.packIndexOf(pack.id, 0);
+    this.index.add(idCopy, { packIndex, offset: entry.offset, storedLength: entry.storedLength, rawLength, type, flags: sealed.flags });
+    if (pack.size >= this.config.packSize) {
+      this.openPacks.delete(type);
+      await this.startUpload(pack);
+    }
+  }
+
+  /** Seals and saves a blob on this thread (trees and lists: small and few). Returns its ID. */
+  async saveBlob(type: BlobType, plaintext: Buffer): Promise<Buffer> {
+    const id = this.codec.id(plaintext);
+    if (!this.index.has(id)) await this.saveSealed(type, id, plaintext.length, this.codec.seal(type, id, plaintext));
+    return id;
+  }
+
+  async saveTree(tree: Tree): Promise<string> {
+    return idToHex(await this.saveBlob(BlobType.tree, encodeTree(tree)));
+  }
+
+  private async startUpload(pack: PackBuilder): Promise<void> {
+    while (this.uploads.size >= this.uploadConcurrency) await Promise.race(this.uploads);
+    this.throwIfUploadFailed();
+    const { key, parts, size } = pack.finish(this.keys.encryption);
+    this.packSizes[this.packIndexOf(pack.id, size)] = size;
+    const upload = (async () => {
+      await this.storage.put(key, parts);
+      this.onPackStored?.({ key, size, blobs: pack.entries.length });
+      this.pendingIndex.push({ packId: pack.id, packSize: size, blobs: pack.entries });
+      if (this.pendingIndex.length >= this.packsPerIndex) await this.writePendingIndex();
+    })().catch((err) => {
+      this.uploadError ??= err;
+    });
+    const tracked = upload.finally(() => this.uploads.delete(tracked));
+    this.uploads.add(tracked);
+  }
+
+  private throwIfUploadFailed(): void {
+    if (this.uploadError !== undefined) throw this.uploadError;
+  }
+
+  private async writePendingIndex(): Promise<void> {
+    if (this.pendingIndex.length === 0) return;
+    const packs = this.pendingIndex;
+    this.pendingIndex = [];
+    await this.saveIndexFile({ superseded: [], packs });
+  }
+
+  async saveIndexFile(file: IndexFile): Promise<string> {
+    const bytes = encodeIndex(this.keys.encryption, file);
+    const key = `index/${idToHex(storedObjectId([bytes]))}`;
+    await this.storage.put(key, [bytes]);
+    this.indexFileIds.add(key);
+    return key;
+  }
+
+  /** Stores every open pack, waits for all uploads, and writes the index for them. */
+  async flush(): Promise<void> {
+    for (const [type, pack] of this.openPacks) {
+      this.openPacks.delete(type);
+      await this.startUpload(pack);
+    }
+    while (this.uploads.size > 0) await Promise.race(this.uploads);
+    this.throwIfUploadFailed();
+    await this.writePendingIndex();
+  }
+
+  // ---- reading blobs -------------------------------------------------------------------
+
+  /** The sealed bytes of a blob, straight from its pack. */
+  async readSealed(id: Uint8Array, loc: BlobLocation): Promise<Buffer> {
+    const key = packKey(this.packIds[loc.packIndex]!);
+    const bytes = await this.storage.get(key, { offset: loc.offset, length: loc.storedLength }).catch((err) => {
+      if (err instanceof TenderError && err.code === 'TENDER_NOT_FOUND') {
+        throw corrupt(key, `is missing (it holds blob ${idToHex(id)})`, 'run `tender check`; the index lists a pack that is gone');
+      }
+      throw err;
+    });
+    if (bytes.length !== loc.storedLength) throw corrupt(key, `is truncated (blob ${idToHex(id)} at ${loc.offset} is cut short)`);
+    return bytes;
+  }
+
+  /** Loads, decrypts and verifies one blob on this thread. */
+  async loadBlob(id: Uint8Array, expectedType?: BlobType): Promise<Buffer> {
+    const loc = this.index.get(id);
+    if (!loc) {
+      throw new TenderError('TENDER_CORRUPT', `blob ${idToHex(id)} is not in the index`, {
+        hint: 'run `tender check`; if packs are intact, `tender repair` rebuilds the index',
+      });
+    }
+    if (expectedType !== undefined && loc.type !== expectedType) throw corrupt(`blob ${idToHex(id)}`, 'has the wrong type');
+    const sealed = await this.readSealed(id, loc);
+    try {
+      return this.codec.open(loc.type, id, loc.flags, loc.rawLength, sealed);
+    } catch (err) {
+      if (err instanceof BlobCorruptError) {
+        throw corrupt(packKey(this.packIds[loc.packIndex]!), `is damaged: ${err.message}`);
+      }
+      throw err;
+    }
+  }
+
+  async loadTree(hexId: string): Promise<Tree> {
+    const bytes = await this.loadBlob(Buffer.from(hexId, 'hex'), BlobType.tree);
+    try {
+      return decodeTree(bytes);
+    } catch (err) {
+      throw wrapDecodeError(`tree ${hexId}`, err);
+    }
+  }
+
+  // ---- snapshots -----------------------------------------------------------------------
+
+  async saveSnapshot(snapshot: Snapshot): Promise<string> {
+    const bytes = encodeSnapshot(this.keys.encryption, snapshot);
+    const id = idToHex(storedObjectId([bytes]));
+    await this.storage.put(`snapshots/${id}`, [bytes]);
+    return id;
+  }
+
+  async listSnapshotIds(): Promise<string[]> {
+    const ids: string[] = [];
+    for await (const { key } of this.storage.list('snapshots/')) ids.push(key.slice('snapshots/'.length));
+    return ids;
+  }
+
+  async loadSnapshot(id: string): Promise<Snapshot> {
+    const key = `snapshots/${id}`;
+    const bytes = await this.storage.get(key);
+    if (idToHex(storedObjectId([bytes])) !== id) throw corrupt(key, 'does not match its name (damaged)');
+    try {
+      return decodeSnapshot(this.keys.encryption, bytes);
+    } catch (err) {
+      throw wrapDecodeError(key, err);
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.storage.close();
+  }
+}
+
+export function corrupt(object: string, problem: string, hint = 'run `tender check` to list all damage'): TenderError {
+  return new TenderError('TENDER_CORRUPT', `${object} ${problem}`, { hint });
+}
+
+function wrapDecodeError(object: string, err: unknown): unknown {
+  if (err instanceof DecryptError) return corrupt(object, 'does not decrypt (damaged, or from another repository)');
+  if (err instanceof FormatError) return corrupt(object, `is malformed: ${err.message}`);
+  return err;
+}
+
+export type { BlobEntry };

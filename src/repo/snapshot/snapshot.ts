@@ -1,0 +1,56 @@
+import { aadLabel, open, seal } from '../../crypto/aead.js';
+import { FormatError } from '../binary.js';
+import { isHexId } from '../ids.js';
+
+/**
+ * Snapshot object (snapshots/<sha256 of the stored bytes>): sealed JSON with AAD "tender:snapshot".
+ * Immutable; written last, after every pack and index it depends on.
+ */
+export interface SnapshotSummary {
+  files: number;
+  dirs: number;
+  /** Files read (new or changed) and files taken from the parent snapshot unread. */
+  filesRead: number;
+  filesUnchanged: number;
+  bytesRead: number;
+  totalBytes: number;
+  blobsAdded: number;
+  bytesAdded: number;
+  /** Bytes stored for those blobs (after compression and encryption). */
+  bytesStored: number;
+  errors: number;
+  durationMs: number;
+}
+
+export interface Snapshot {
+  version: 1;
+  time: string;
+  hostname: string;
+  username: string;
+  paths: string[];
+  tags: string[];
+  /** Root tree: one node per backed-up path, named by the path's base name. */
+  tree: string;
+  parent?: string;
+  program: string;
+  summary?: SnapshotSummary;
+}
+
+export function encodeSnapshot(encryptionKey: Uint8Array, snapshot: Snapshot): Buffer {
+  return seal(encryptionKey, Buffer.from(JSON.stringify(snapshot)), aadLabel('snapshot'));
+}
+
+/** Throws DecryptError or FormatError. */
+export function decodeSnapshot(encryptionKey: Uint8Array, stored: Buffer): Snapshot {
+  const plain = open(encryptionKey, stored, aadLabel('snapshot'));
+  let s: Snapshot;
+  try {
+    s = JSON.parse(plain.toString('utf8')) as Snapshot;
+  } catch {
+    throw new FormatError('snapshot is not valid JSON');
+  }
+  if (s.version !== 1 || typeof s.time !== 'string' || !isHexId(s.tree) || !Array.isArray(s.paths) || !Array.isArray(s.tags)) {
+    throw new FormatError('snapshot lacks required fields');
+  }
+  return s;
+}

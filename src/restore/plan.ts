@@ -1,0 +1,42 @@
+import type { BlobLocation } from '../repo/index/id-table.js';
+
+/** One data blob of a file: what it is, where it is stored, and where it goes in the file. */
+export interface ChunkRef {
+  id: Uint8Array;
+  loc: BlobLocation;
+  fileOffset: number;
+}
+
+/** One ranged read of a pack that yields one or more blobs of a file. */
+export interface PackRead {
+  packIndex: number;
+  offset: number;
+  length: number;
+  refs: ChunkRef[];
+}
+
+/**
+ * Groups a file's chunks into ranged reads: chunks stored back to back in one pack (the usual
+ * case, since backup writes a file's new chunks in order) are fetched with one request of at
+ * most `maxRead` bytes. Reads keep file order so the writer streams.
+ */
+export function planReads(refs: readonly ChunkRef[], maxRead: number): PackRead[] {
+  const reads: PackRead[] = [];
+  let current: PackRead | undefined;
+  for (const ref of refs) {
+    const { packIndex, offset, storedLength } = ref.loc;
+    if (
+      current &&
+      current.packIndex === packIndex &&
+      current.offset + current.length === offset &&
+      current.length + storedLength <= maxRead
+    ) {
+      current.length += storedLength;
+      current.refs.push(ref);
+    } else {
+      current = { packIndex, offset, length: storedLength, refs: [ref] };
+      reads.push(current);
+    }
+  }
+  return reads;
+}

@@ -1,0 +1,271 @@
+import { constants as fsConstants } from 'node:fs';
+import { chmod, lchown, link, lutimes, mkdir, open, readdir, rmdir, symlink, utimes, type FileHandle } from 'node:fs/promises';
+import path from 'node:path';
+import { minimatch } from 'minimatch';
+import pLimit from 'p-limit';
+import { TenderError, systemErrorCode } from '../errors/errors.js';
+import { BlobType } from '../repo/blob.js';
+import { hexToId, idToHex } from '../repo/ids.js';
+import { packKey } from '../repo/pack/pack.js';
+import { corrupt, type Repository } from '../repo/repository.js';
+import type { Snapshot } from '../repo/snapshot/snapshot.js';
+import { type TreeNode, isSafeName } from '../repo/snapshot/tree.js';
+import { createExecutor, defaultWorkerCount, type CodecExecutor } from '../workers/pool.js';
+import { type ChunkRef, planReads } from './plan.js';
+
+export interface RestoreOptions {
+  target: string;
+  /** Globs on the path inside the snapshot ("ckpt/step-100/**"); a match includes everything below it. */
+  include?: string[];
+  workers?: number;
+  onProgress?: (p: RestoreProgress) => void;
+}
+
+export interface RestoreProgress {
+  filesDone: number;
+  bytesDone: number;
+  totalBytes?: number;
+}
+
+export interface RestoreError {
+  path: string;
+  message: string;
+}
+
+export interface RestoreResult {
+  files: number;
+  dirs: number;
+  bytes: number;
+  errors: RestoreError[];
+}
+
+const zeroBlock = Buffer.alloc(8 * 1024 * 1024);
+
+function isAllZero(buf: Uint8Array): boolean {
+  for (let at = 0; at < buf.length; at += zeroBlock.length) {
+    const part = buf.subarray(at, Math.min(buf.length, at + zeroBlock.length));
+    if (Buffer.compare(part, zeroBlock.subarray(0, part.length)) !== 0) return false;
+  }
+  return true;
+}
+
+/**
+ * Restore mirrors backup: tree walk → plan ranged reads per pack → decrypt+decompress+verify in
+ * workers → positional writes in order. Every name is checked before anything is created; files
+ * are created with O_EXCL|O_NOFOLLOW inside directories this run created, so a hostile snapshot
+ * (names with "/" or "..", duplicate names, symlink tricks) cannot write outside the target.
+ */
+export async function restore(repo: Repository, snapshot: Snapshot, options: RestoreOptions): Promise<RestoreResult> {
+  const target = path.resolve(options.target);
+  await prepareTarget(target);
+  const executor = createExecutor(repo.keys, repo.config.compressionLevel, options.workers ?? defaultWorkerCount());
+  const result: RestoreResult = { files: 0, dirs: 0, bytes: 0, errors: [] };
+  const progress: RestoreProgress = { filesDone: 0, bytesDone: 0 };
+  const hardlinks = new Map<string, string>();
+  const files = pLimit(4);
+  const isRoot = process.getuid?.() === 0;
+  const include = options.include?.map((g) => g.replace(/^\/+/, '').replace(/\/+$/, ''));
+  const matches = (rel: string) => !include || include.some((g) => minimatch(rel, g, { dot: true }));
+  const couldContainMatch = (rel: string) => !include || include.some((g) => minimatch(rel, g, { dot: true, partial: true }));
+
+  const report = () => options.onProgress?.(progress);
+  const fail = (p: string, err: unknown) => {
+    if (err instanceof TenderError && err.code !== 'TENDER_UNSAFE_PATH') throw err;
+    const code = systemErrorCode(err);
+    if (code === 'ENOSPC' || code === 'EDQUOT') {
+      throw new TenderError('TENDER_DISK_FULL', `the disk under ${target} is full (writing ${p})`, {
+        hint: 'free space or choose another --target, then restore again; the repository is unchanged',
+        cause: err,
+      });
+    }
+    result.errors.push({ path: p, message: (err as Error).message });
+  };
+
+  const setMetadata = async (full: string, node: TreeNode) => {
+    const mtime = Number(BigInt(node.mtime) / 1000n) / 1e6;
+    if (node.type === 'symlink') {
+      if (isRoot) await lchown(full, node.uid, node.gid).catch(() => undefined);
+      await lutimes(full, mtime, mtime);
+      return;
+    }
+    if (isRoot) await lchown(full, node.uid, node.gid).catch(() => undefined);
+    await chmod(full, node.mode);
+    await utimes(full, mtime, mtime);
+  };
+
+  const restoreFile = async (full: string, rel: string, node: TreeNode) => {
+    const linkKey = node.links > 1 ? `${node.device}:${node.inode}` : undefined;
+    const first = linkKey ? hardlinks.get(linkKey) : undefined;
+    if (first) {
+      await link(first, full);
+      result.files++;
+      return;
+    }
+    if (linkKey) hardlinks.set(linkKey, full);
+    const handle = await open(full, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW, 0o600);
+    try {
+      const written = await writeContent(repo, executor, handle, await chunkRefs(repo, node), (n) => {
+        progress.bytesDone += n;
+        report();
+      });
+      if (written !== node.size) throw corrupt(`file ${rel}`, `restored to ${written} bytes, the snapshot says ${node.size}`);
+      // Holes were skipped, not written: set the length so trailing holes exist too.
+      await handle.truncate(written);
+    } finally {
+      await handle.close();
+    }
+    await setMetadata(full, node);
+    result.files++;
+    result.bytes += node.size!;
+    progress.filesDone++;
+    report();
+  };
+
+  /** Restores the children of a directory; returns how many entries it restored there. */
+  const restoreDir = async (dirFull: string, dirRel: string, subtree: string, wholeDir: boolean): Promise<number> => {
+    const tree = await repo.loadTree(subtree);
+    const seen = new Set<string>();
+    const pendingFiles: Promise<void>[] = [];
+    const dirsToFinish: Array<[string, TreeNode]> = [];
+    let restored = 0;
+    for (const node of tree.nodes) {
+      const rel = dirRel === '' ? node.name : `${dirRel}/${node.name}`;
+      if (!isSafeName(node.name) || seen.has(node.name)) {
+        fail(rel, new TenderError('TENDER_UNSAFE_PATH', `refusing unsafe or duplicate name ${JSON.stringify(node.name)} in the snapshot`));
+        continue;
+      }
+      seen.add(node.name);
+      const included = wholeDir || matches(rel);
+      if (!included && !(node.type === 'dir' && couldContainMatch(rel))) continue;
+      const full = path.join(dirFull, node.name);
+      try {
+        switch (node.type) {
+          case 'dir':
+            await mkdir(full, { mode: 0o700 });
+            // A directory entered only on the way to --include matches is dropped if none were inside.
+            if ((await restoreDir(full, rel, node.subtree!, included)) === 0 && !included) {
+              await rmdir(full);
+              break;
+            }
+            dirsToFinish.push([full, node]);
+            result.dirs++;
+            restored++;
+            break;
+          case 'file':
+            pendingFiles.push(files(() => restoreFile(full, rel, node)).catch((err) => fail(rel, err)));
+            restored++;
+            break;
+          case 'symlink':
+            await symlink(node.linkTarget!, full);
+            await setMetadata(full, node);
+            restored++;
+            break;
+          default:
+            fail(rel, new Error(`${node.type} entries are not restored`));
+        }
+      } catch (err) {
+        fail(rel, err);
+      }
+    }
+    await Promise.all(pendingFiles);
+    // Directory modes and times last: writing into a directory changes its mtime.
+    for (const [full, node] of dirsToFinish) await setMetadata(full, node).catch((err) => fail(full, err));
+    return restored;
+  };
+
+  try {
+    await restoreDir(target, '', snapshot.tree, false);
+  } finally {
+    await executor.close();
+  }
+  return result;
+}
+
+async function prepareTarget(target: string): Promise<void> {
+  try {
+    const entries = await readdir(target);
+    if (entries.length > 0) {
+      throw new TenderError('TENDER_TARGET_NOT_EMPTY', `the restore target ${target} is not empty`, {
+        hint: 'restore into a new or empty directory',
+      });
+    }
+  } catch (err) {
+    if (systemErrorCode(err) !== 'ENOENT') throw err;
+    await mkdir(target, { recursive: true });
+  }
+}
+
+/** The ordered data blobs of a file, resolving list blobs. */
+async function chunkRefs(repo: Repository, node: TreeNode): Promise<ChunkRef[]> {
+  const ids: Buffer[] = [];
+  if (node.content) for (const hex of node.content) ids.push(hexToId(hex));
+  for (const hex of node.contentLists ?? []) {
+    const list = await repo.loadBlob(hexToId(hex), BlobType.list);
+    if (list.length % 32 !== 0) throw corrupt(`list blob ${hex}`, 'has a length that is not a multiple of 32');
+    for (let i = 0; i < list.length; i += 32) ids.push(list.subarray(i, i + 32));
+  }
+  let offset = 0;
+  return ids.map((id) => {
+    const loc = repo.lookup(id);
+    if (!loc) {
+      throw new TenderError('TENDER_CORRUPT', `data blob ${idToHex(id)} is not in the index`, {
+        hint: 'run `tender check`; the snapshot refers to data the repository lacks',
+      });
+    }
+    const ref: ChunkRef = { id, loc, fileOffset: offset };
+    offset += loc.rawLength;
+    return ref;
+  });
+}
+
+/**
+ * Fetches the file's chunks with ranged reads (adjacent blobs of a pack in one request), opens
+ * them in the workers and writes each at its offset. All-zero chunks are skipped (holes).
+ */
+async function writeContent(
+  repo: Repository,
+  executor: CodecExecutor,
+  handle: FileHandle,
+  refs: ChunkRef[],
+  onBytes: (n: number) => void,
+): Promise<number> {
+  const reads = planReads(refs, 16 * 1024 * 1024);
+  const fetches = pLimit(3);
+  let size = 0;
+  for (const r of refs) size += r.loc.rawLength;
+  await Promise.all(
+    reads.map((read) =>
+      fetches(async () => {
+        const key = packKey(repo.packIdAt(read.packIndex));
+        const bytes = await repo.storage.get(key, { offset: read.offset, length: read.length }).catch((err) => {
+          if (err instanceof TenderError && err.code === 'TENDER_NOT_FOUND') throw corrupt(key, 'is missing');
+          throw err;
+        });
+        if (bytes.length !== read.length) throw corrupt(key, 'is truncated');
+        const opened = await executor.open(
+          read.refs.map((ref) => ({
+            type: BlobType.data,
+            id: ref.id,
+            flags: ref.loc.flags,
+            rawLength: ref.loc.rawLength,
+            sealed: bytes.subarray(ref.loc.offset - read.offset, ref.loc.offset - read.offset + ref.loc.storedLength),
+          })),
+        );
+        for (let i = 0; i < opened.length; i++) {
+          const o = opened[i]!;
+          if ('error' in o) throw corrupt(key, `is damaged: ${o.error}`);
+          const ref = read.refs[i]!;
+          if (!isAllZero(o.plain)) {
+            let done = 0;
+            while (done < o.plain.length) {
+              const { bytesWritten } = await handle.write(o.plain, done, o.plain.length - done, ref.fileOffset + done);
+              done += bytesWritten;
+            }
+          }
+          onBytes(o.plain.length);
+        }
+      }),
+    ),
+  );
+  return size;
+}

@@ -1,0 +1,163 @@
+import { randomBytes } from 'node:crypto';
+import { constants as fsConstants } from 'node:fs';
+import { link, mkdir, open, readdir, rm, stat, unlink } from 'node:fs/promises';
+import path from 'node:path';
+import { TenderError, systemErrorCode } from '../errors/errors.js';
+import type { ByteRange, ObjectInfo, PutResult, Storage } from './storage.js';
+
+/**
+ * A repository in a local directory. Each key is a file below the root.
+ *
+ * Atomic, non-overwriting put: the bytes go to a temporary file in `tmp/`, are fsynced, then
+ * `link(2)`ed to the final name. link fails with EEXIST instead of replacing, so an existing
+ * object is never touched, and a crash leaves at most an orphan in `tmp/` (never a torn object).
+ */
+export class FsStorage implements Storage {
+  readonly location: string;
+  private readonly tmpDir: string;
+  private readonly madeDirs = new Set<string>();
+
+  constructor(private readonly root: string) {
+    this.location = root;
+    this.tmpDir = path.join(root, 'tmp');
+  }
+
+  private pathOf(key: string): string {
+    if (key.includes('..') || key.startsWith('/') || key.includes('\\')) {
+      throw new TenderError('TENDER_STORAGE', `refusing storage key ${JSON.stringify(key)}`);
+    }
+    return path.join(this.root, key);
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    // Keys are "dir/name" or "dir/xx/name"; walk the directory that holds the prefix.
+    const slash = prefix.lastIndexOf('/');
+    const dirKey = slash >= 0 ? prefix.slice(0, slash) : '';
+    yield* this.walk(dirKey, prefix);
+  }
+
+  private async *walk(dirKey: string, prefix: string): AsyncIterable<ObjectInfo> {
+    let entries;
+    try {
+      entries = await readdir(path.join(this.root, dirKey), { withFileTypes: true });
+    } catch (err) {
+      if (systemErrorCode(err) === 'ENOENT') return;
+      throw this.wrap(err, 'list', dirKey);
+    }
+    for (const entry of entries) {
+      const key = dirKey === '' ? entry.name : `${dirKey}/${entry.name}`;
+      if (key === 'tmp') continue;
+      if (entry.isDirectory()) {
+        if (prefix.startsWith(key + '/') || key.startsWith(prefix)) yield* this.walk(key, prefix);
+      } else if (entry.isFile() && key.startsWith(prefix)) {
+        const info = await this.stat(key);
+        if (info) yield info;
+      }
+    }
+  }
+
+  async stat(key: string): Promise<ObjectInfo | undefined> {
+    try {
+      const s = await stat(this.pathOf(key));
+      return { key, size: s.size };
+    } catch (err) {
+      if (systemErrorCode(err) === 'ENOENT') return undefined;
+      throw this.wrap(err, 'stat', key);
+    }
+  }
+
+  async get(key: string, range?: ByteRange): Promise<Buffer> {
+    let handle;
+    try {
+      handle = await open(this.pathOf(key), 'r');
+    } catch (err) {
+      if (systemErrorCode(err) === 'ENOENT') {
+        throw new TenderError('TENDER_NOT_FOUND', `object ${key} does not exist in ${this.location}`);
+      }
+      throw this.wrap(err, 'get', key);
+    }
+    try {
+      const offset = range?.offset ?? 0;
+      const length = range?.length ?? (await handle.stat()).size - offset;
+      const buf = Buffer.allocUnsafe(length);
+      let done = 0;
+      while (done < length) {
+        const { bytesRead } = await handle.read(buf, done, length - done, offset + done);
+        if (bytesRead === 0) break;
+        done += bytesRead;
+      }
+      return done === length ? buf : buf.subarray(0, done);
+    } catch (err) {
+      throw this.wrap(err, 'get', key);
+    } finally {
+      await handle.close();
+    }
+  }
+
+  async put(key: string, parts: readonly Uint8Array[]): Promise<PutResult> {
+    const final = this.pathOf(key);
+    await this.ensureDir(path.dirname(final));
+    await this.ensureDir(this.tmpDir);
+    const tmp = path.join(this.tmpDir, `${randomBytes(12).toString('hex')}.tmp`);
+    try {
+      const handle = await open(tmp, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL, 0o600);
+      try {
+        await handle.writev(parts as Uint8Array[]);
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+      try {
+        await link(tmp, final);
+        return 'stored';
+      } catch (err) {
+        if (systemErrorCode(err) === 'EEXIST') return 'exists';
+        throw err;
+      }
+    } catch (err) {
+      throw this.wrap(err, 'put', key);
+    } finally {
+      await unlink(tmp).catch(() => undefined);
+    }
+  }
+
+  async delete(key: string): Promise<void> {
+    try {
+      await rm(this.pathOf(key), { force: true });
+    } catch (err) {
+      throw this.wrap(err, 'delete', key);
+    }
+  }
+
+  async close(): Promise<void> {}
+
+  private async ensureDir(dir: string): Promise<void> {
+    if (this.madeDirs.has(dir)) return;
+    try {
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+    } catch (err) {
+      throw this.wrap(err, 'mkdir', path.relative(this.root, dir));
+    }
+    this.madeDirs.add(dir);
+  }
+
+  private wrap(err: unknown, op: string, key: string): TenderError {
+    const code = systemErrorCode(err);
+    if (err instanceof TenderError) return err;
+    if (code === 'ENOSPC' || code === 'EDQUOT') {
+      return new TenderError('TENDER_DISK_FULL', `${op} ${key}: the disk holding ${this.location} is full`, {
+        hint: 'free space or point --repo at a larger disk, then run the command again; stored data is intact',
+        cause: err,
+      });
+    }
+    if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') {
+      return new TenderError('TENDER_STORAGE_AUTH', `${op} ${key}: permission denied in ${this.location}`, {
+        hint: 'check the ownership and mode of the repository directory',
+        cause: err,
+      });
+    }
+    return new TenderError('TENDER_STORAGE', `${op} ${key} in ${this.location} failed: ${(err as Error).message}`, {
+      cause: err,
+    });
+  }
+}

@@ -1,0 +1,49 @@
+/**
+ * The blob storage layer: a flat namespace of immutable objects addressed by key
+ * ("data/ab/abcd...", "index/...", "snapshots/...", "keys/...", "config").
+ *
+ * Guarantees every backend must give (checked by src/storage/conformance.ts):
+ * - `put` is atomic: a reader sees the whole object or nothing; never a partial object,
+ *   even if the writer crashes mid-put.
+ * - `put` never overwrites: if the key exists it returns 'exists' and leaves the object alone.
+ *   (Keys are content-addressed or random, so an existing object already has the right bytes.)
+ * - `get` of a missing key throws a TenderError with code TENDER_NOT_FOUND.
+ * - `list` returns every object whose put completed before the list started.
+ * - Nothing is ever renamed or rewritten, so S3 and local directories behave alike.
+ * Transient failures (timeouts, 5xx, resets) are retried inside the backend; what escapes is
+ * a TenderError with code TENDER_STORAGE (or TENDER_STORAGE_AUTH / _CONFIG for settings to fix).
+ */
+export interface ObjectInfo {
+  key: string;
+  size: number;
+}
+
+export interface ByteRange {
+  offset: number;
+  length: number;
+}
+
+export type PutResult = 'stored' | 'exists';
+
+export interface Storage {
+  /** Human-readable location for messages, e.g. "/srv/repo" or "s3://bucket/prefix". Never holds credentials. */
+  readonly location: string;
+  /** All objects whose key starts with `prefix`, in no particular order. */
+  list(prefix: string): AsyncIterable<ObjectInfo>;
+  /** Size of the object, or undefined if it does not exist. */
+  stat(key: string): Promise<ObjectInfo | undefined>;
+  /** The whole object, or `range` of it. Throws TENDER_NOT_FOUND if missing. */
+  get(key: string, range?: ByteRange): Promise<Buffer>;
+  /** Store an object made of `parts` (concatenated) unless `key` already exists. */
+  put(key: string, parts: readonly Uint8Array[]): Promise<PutResult>;
+  /** Remove an object. Removing a missing object is not an error. */
+  delete(key: string): Promise<void>;
+  /** Release connections and file handles. */
+  close(): Promise<void>;
+}
+
+export function totalLength(parts: readonly Uint8Array[]): number {
+  let n = 0;
+  for (const p of parts) n += p.byteLength;
+  return n;
+}

@@ -1,0 +1,130 @@
+import { existsSync } from 'node:fs';
+import os from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import type { MasterKeys } from '../transform/keys.js';
+import { CodecOps, type OpenRequest, type OpenResult, type SealRequest, type SealedResult } from './ops.js';
+import type { WorkerRequest, WorkerResponse } from './protocol.js';
+
+/** Where the pipeline's CPU work runs: worker threads, or this thread (workers: 0). */
+export interface CodecExecutor {
+  hash(buffer: SharedArrayBuffer, spans: Uint32Array): Promise<Uint8Array>;
+  seal(buffer: SharedArrayBuffer, requests: SealRequest[]): Promise<SealedResult[]>;
+  open(requests: OpenRequest[]): Promise<OpenResult[]>;
+  close(): Promise<void>;
+}
+
+export function defaultWorkerCount(): number {
+  return Math.max(1, Math.min(os.availableParallelism(), 8));
+}
+
+export function createExecutor(keys: MasterKeys, compressionLevel: number, workers = defaultWorkerCount()): CodecExecutor {
+  return workers <= 0 ? new InlineExecutor(keys, compressionLevel) : new WorkerPool(keys, compressionLevel, workers);
+}
+
+class InlineExecutor implements CodecExecutor {
+  private readonly ops: CodecOps;
+
+  constructor(keys: MasterKeys, compressionLevel: number) {
+    this.ops = new CodecOps(keys, compressionLevel);
+  }
+
+  async hash(buffer: SharedArrayBuffer, spans: Uint32Array): Promise<Uint8Array> {
+    return this.ops.hash(new Uint8Array(buffer), spans);
+  }
+
+  async seal(buffer: SharedArrayBuffer, requests: SealRequest[]): Promise<SealedResult[]> {
+    return this.ops.seal(new Uint8Array(buffer), requests);
+  }
+
+  async open(requests: OpenRequest[]): Promise<OpenResult[]> {
+    return this.ops.open(requests);
+  }
+
+  async close(): Promise<void> {}
+}
+
+interface Pending {
+  resolve: (r: WorkerResponse) => void;
+  reject: (e: Error) => void;
+}
+
+class PoolWorker {
+  readonly worker: Worker;
+  readonly pending = new Map<number, Pending>();
+
+  constructor(script: string, data: unknown) {
+    this.worker = new Worker(script, { workerData: data });
+    this.worker.on('message', (msg: WorkerResponse) => {
+      const p = this.pending.get(msg.seq);
+      if (!p) return;
+      this.pending.delete(msg.seq);
+      if (msg.op === 'error') p.reject(new Error(`worker failed: ${msg.message}`));
+      else p.resolve(msg);
+    });
+    const failAll = (err: Error) => {
+      for (const p of this.pending.values()) p.reject(err);
+      this.pending.clear();
+    };
+    this.worker.on('error', failAll);
+    this.worker.on('exit', (code) => {
+      if (this.pending.size > 0) failAll(new Error(`worker thread exited with code ${code}`));
+    });
+  }
+}
+
+class WorkerPool implements CodecExecutor {
+  private readonly workers: PoolWorker[];
+  private seq = 0;
+
+  constructor(keys: MasterKeys, compressionLevel: number, count: number) {
+    const script = workerScriptPath();
+    const data = { keys: { encryption: keys.encryption, blobId: keys.blobId, gearSeed: keys.gearSeed }, compressionLevel };
+    this.workers = Array.from({ length: count }, () => new PoolWorker(script, data));
+  }
+
+  private send(request: Omit<WorkerRequest, 'seq'>, transfer: ArrayBuffer[] = []): Promise<WorkerResponse> {
+    let target = this.workers[0]!;
+    for (const w of this.workers) if (w.pending.size < target.pending.size) target = w;
+    const seq = ++this.seq;
+    return new Promise((resolve, reject) => {
+      target.pending.set(seq, { resolve, reject });
+      target.worker.postMessage({ ...request, seq }, transfer);
+    });
+  }
+
+  async hash(buffer: SharedArrayBuffer, spans: Uint32Array): Promise<Uint8Array> {
+    const r = await this.send({ op: 'hash', buffer, spans } as WorkerRequest);
+    return (r as Extract<WorkerResponse, { op: 'hash' }>).ids;
+  }
+
+  async seal(buffer: SharedArrayBuffer, requests: SealRequest[]): Promise<SealedResult[]> {
+    const r = await this.send({ op: 'seal', buffer, requests } as WorkerRequest);
+    return (r as Extract<WorkerResponse, { op: 'seal' }>).sealed;
+  }
+
+  async open(requests: OpenRequest[]): Promise<OpenResult[]> {
+    // Hand over the sealed bytes without copying when a request owns its whole ArrayBuffer.
+    const transfer: ArrayBuffer[] = [];
+    for (const r of requests) {
+      if (r.sealed.byteOffset === 0 && r.sealed.byteLength === r.sealed.buffer.byteLength && !(r.sealed.buffer instanceof SharedArrayBuffer)) {
+        transfer.push(r.sealed.buffer as ArrayBuffer);
+      }
+    }
+    const r = await this.send({ op: 'open', requests } as WorkerRequest, transfer);
+    return (r as Extract<WorkerResponse, { op: 'open' }>).opened;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.workers.map((w) => w.worker.terminate()));
+  }
+}
+
+/** Workers must run built JavaScript: from src/ (under vitest) use the sibling dist/ build. */
+function workerScriptPath(): string {
+  const here = fileURLToPath(new URL('./worker.js', import.meta.url));
+  if (existsSync(here)) return here;
+  const built = here.replace(/([/\\])src([/\\]workers[/\\]worker\.js)$/, '$1dist$2');
+  if (existsSync(built)) return built;
+  throw new Error(`worker script not found at ${here} or ${built}: run \`npm run build\` first`);
+}
