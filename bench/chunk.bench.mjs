@@ -18,7 +18,7 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const { values: opts } = parseArgs({
   options: {
     mib: { type: 'string', default: '256' },
-    reps: { type: 'string', default: '3' },
+    reps: { type: 'string', default: '5' },
     dist: { type: 'boolean', default: false },
   },
 });
@@ -57,16 +57,22 @@ const data = new Uint8Array(size);
 for (let off = 0; off < size; off += 64 * MiB) randomFillSync(data, off, Math.min(64 * MiB, size - off));
 const gear = gearTable(new TextEncoder().encode('bench seed'));
 
-function best(fn) {
-  let bestMs = Infinity;
-  let result;
+/**
+ * Times each candidate `reps` times, interleaved (rep 1 of all, then rep 2 of all, ...) so that
+ * background load hits them alike; returns the best time of each, in ms, and its result.
+ */
+function bestOf(candidates) {
+  const res = candidates.map(() => ({ ms: Infinity, result: undefined }));
   for (let r = 0; r < reps; r++) {
-    const t0 = process.hrtime.bigint();
-    result = fn();
-    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-    bestMs = Math.min(bestMs, ms);
+    candidates.forEach(([, fn], i) => {
+      const t0 = process.hrtime.bigint();
+      const result = fn();
+      const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+      res[i].ms = Math.min(res[i].ms, ms);
+      res[i].result = result;
+    });
   }
-  return { ms: bestMs, result };
+  return res;
 }
 
 function walkCut(finder) {
@@ -98,16 +104,21 @@ const paramSets = [
 ];
 for (const [name, params] of paramSets) {
   console.log(`\nchunker ${name}`);
-  const ts = best(() => walkCut(new GearChunker(params, gear)));
-  console.log(`  TS GearChunker.cut            ${mbps(ts.ms)} MB/s  (${ts.result} chunks)`);
-  for (const variant of ['bytewise', 'rolling2']) {
-    const chunker = new NativeGearChunker(params, gear, { addon, variant });
-    const c = best(() => walkCut(chunker));
-    const a = best(() => walkCutAll(chunker));
-    if (c.result !== ts.result || a.result !== ts.result) throw new Error('chunk counts differ');
-    console.log(`  native cut    (${variant.padEnd(8)})    ${mbps(c.ms)} MB/s`);
-    console.log(`  native cutAll (${variant.padEnd(8)})    ${mbps(a.ms)} MB/s`);
-  }
+  const ts = new GearChunker(params, gear);
+  const bytewise = new NativeGearChunker(params, gear, { addon, variant: 'bytewise' });
+  const rolling2 = new NativeGearChunker(params, gear, { addon, variant: 'rolling2' });
+  const candidates = [
+    ['TS GearChunker.cut         ', () => walkCut(ts)],
+    ['native cut    (bytewise)   ', () => walkCut(bytewise)],
+    ['native cutAll (bytewise)   ', () => walkCutAll(bytewise)],
+    ['native cut    (rolling2)   ', () => walkCut(rolling2)],
+    ['native cutAll (rolling2)   ', () => walkCutAll(rolling2)],
+  ];
+  const res = bestOf(candidates);
+  candidates.forEach(([label], i) => {
+    if (res[i].result !== res[0].result) throw new Error(`${label.trim()}: chunk count differs from TS`);
+    console.log(`  ${label} ${mbps(res[i].ms)} MB/s${i === 0 ? `  (${res[0].result} chunks)` : ''}`);
+  });
 }
 
 const shuffleBytesLen = Math.min(size, 64 * MiB) + 3;
@@ -115,11 +126,11 @@ const src = data.subarray(0, shuffleBytesLen);
 const dst = new Uint8Array(shuffleBytesLen);
 console.log(`\nshuffle/unshuffle on ${(shuffleBytesLen / MiB).toFixed(0)} MiB`);
 for (const es of [2, 4]) {
-  const rows = [
-    ['TS shuffle    ', () => shuffleBytes(src, dst, es)],
-    ['native shuffle', () => addon.shuffle(src, dst, es)],
+  const candidates = [
+    ['TS shuffle      ', () => shuffleBytes(src, dst, es)],
+    ['native shuffle  ', () => addon.shuffle(src, dst, es)],
     ['TS unshuffle    ', () => unshuffleBytes(src, dst, es)],
     ['native unshuffle', () => addon.unshuffle(src, dst, es)],
   ];
-  for (const [label, fn] of rows) console.log(`  ${label.padEnd(16)} es=${es}  ${mbps(best(fn).ms, shuffleBytesLen)} MB/s`);
+  bestOf(candidates).forEach(({ ms }, i) => console.log(`  ${candidates[i][0]} es=${es}  ${mbps(ms, shuffleBytesLen)} MB/s`));
 }
