@@ -20,56 +20,21 @@ struct GearParams {
 
 enum class CutVariant : int { Bytewise = 1, Rolling2 = 2 };
 
-// One byte at a time: h = (h << 1) + gear[b]; a literal transcription of the TS reference.
-// Scans data[i, stop) continuing from hash *h; returns the index of the byte after which the
-// chunk ends, or `stop` (with *h updated) when no byte in range satisfies the mask.
-static inline size_t scanBytewise(const uint8_t* data, size_t i, size_t stop, uint32_t mask,
-                                  const uint32_t* gear, uint32_t* hp, bool* found) {
-  uint32_t h = *hp;
-  for (; i < stop; i++) {
-    h = (h << 1) + gear[data[i]];
-    if ((h & mask) == 0) {
-      *found = true;
-      return i;
-    }
-  }
-  *hp = h;
-  *found = false;
-  return stop;
-}
+// Scan data[i, stop) continuing from hash *h: returns the index of the first byte after whose
+// hash update (h & mask) == 0 (setting *found), or `stop` with *h updated and *found cleared.
+// They are out-of-line (in gear.cc) so that cut and cutAll share one copy of each hot loop.
+//
+// Bytewise: one byte at a time, h = (h << 1) + gear[b]; a literal transcription of the TS
+// reference.
+size_t scanBytewise(const uint8_t* data, size_t i, size_t stop, uint32_t mask, const uint32_t* gear,
+                    uint32_t* hp, bool* found);
 
-// FastCDC's "rolling two bytes": per step, h2 = (h << 2) + (gearLs[b0] + gear[b1]) keeps the
-// loop-carried dependency at one shift-add per two bytes; the intermediate hash
-// h1 = (h << 1) + gear[b0] (after the first byte) is computed off the critical path so that
-// the mask is still tested after every single byte, exactly like the reference.
-static inline size_t scanRolling2(const uint8_t* data, size_t i, size_t stop, uint32_t mask,
-                                  const uint32_t* gear, const uint32_t* gearLs, uint32_t* hp,
-                                  bool* found) {
-  uint32_t h = *hp;
-  while (i + 2 <= stop) {
-    const uint32_t g0 = gear[data[i]];
-    const uint32_t pair = gearLs[data[i]] + gear[data[i + 1]];
-    const uint32_t h1 = (h << 1) + g0;
-    const uint32_t h2 = (h << 2) + pair;
-    if (__builtin_expect((((h1 & mask) == 0) | ((h2 & mask) == 0)) != 0, 0)) {
-      *found = true;
-      return (h1 & mask) == 0 ? i : i + 1;
-    }
-    h = h2;
-    i += 2;
-  }
-  if (i < stop) {
-    h = (h << 1) + gear[data[i]];
-    if ((h & mask) == 0) {
-      *found = true;
-      return i;
-    }
-    i++;
-  }
-  *hp = h;
-  *found = false;
-  return stop;
-}
+// Rolling2: FastCDC's "rolling two bytes": per step, h2 = (h << 2) + (gearLs[b0] + gear[b1])
+// keeps the loop-carried dependency at one shift-add per two bytes; the intermediate hash
+// h1 = (h << 1) + gear[b0] is computed off the critical path so that the mask is still tested
+// after every single byte, exactly like the reference (so odd cut positions are found too).
+size_t scanRolling2(const uint8_t* data, size_t i, size_t stop, uint32_t mask, const uint32_t* gear,
+                    const uint32_t* gearLs, uint32_t* hp, bool* found);
 
 // Length of the chunk starting at `start` in data[start, end) (see fastcdc.ts for the contract).
 template <CutVariant V>

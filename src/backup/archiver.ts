@@ -41,6 +41,8 @@ export interface BackupOptions {
   scan?: boolean;
   onProgress?: (progress: BackupProgress) => void;
   onError?: (error: BackupError) => void;
+  /** Called when packs left by an interrupted run were indexed (and damaged ones skipped). */
+  onResume?: (resumed: { packs: number; damaged: string[] }) => void;
 }
 
 export interface BackupResult {
@@ -182,12 +184,26 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
 
   try {
     const roots = options.paths.map((p) => path.resolve(p));
+    for (const root of roots) {
+      await lstatExact(root).catch((err) => {
+        throw new TenderError('TENDER_USAGE', `cannot back up ${root}: ${describeIoError(err)}`, {
+          hint: 'check the path; nothing was written to the repository',
+        });
+      });
+    }
     const names = roots.map((p) => path.basename(p) || '/');
     const duplicate = names.find((n, i) => names.indexOf(n) !== i);
     if (duplicate !== undefined) {
       throw new TenderError('TENDER_USAGE', `two backup paths have the same name ${JSON.stringify(duplicate)}`, {
         hint: 'back them up in separate snapshots, or back up their common parent directory',
       });
+    }
+    // Resume: packs stored by an interrupted run but never indexed are indexed now, so their
+    // chunks are deduplicated instead of uploaded again.
+    const unindexed = await repo.listUnindexedPacks();
+    if (unindexed.length > 0) {
+      const adopted = await repo.indexPacksFromHeaders(unindexed);
+      options.onResume?.({ packs: adopted.indexed, damaged: adopted.damaged });
     }
     const parentRoot = options.parent ? await repo.loadTree(options.parent.snapshot.tree) : undefined;
     const previousByName = new Map(parentRoot?.nodes.map((n) => [n.name, n]));

@@ -7,6 +7,7 @@ import { registerCheck } from './commands/check.js';
 import { registerInit } from './commands/init.js';
 import { registerKey } from './commands/key.js';
 import { registerLs } from './commands/ls.js';
+import { registerRepair } from './commands/repair.js';
 import { registerRestore } from './commands/restore.js';
 import { registerSnapshots } from './commands/snapshots.js';
 
@@ -35,6 +36,7 @@ export function buildProgram(): Command {
   registerCheck(program);
   registerCat(program);
   registerKey(program);
+  registerRepair(program);
   return program;
 }
 

@@ -12,7 +12,7 @@ import { type BlobLocation, IdTable } from './index/id-table.js';
 import { type IndexFile, type IndexedPack, decodeIndex, encodeIndex } from './index/index-file.js';
 import { idToHex, randomId, storedObjectId } from './ids.js';
 import { type KdfParams, addKey, newMasterKeys, unlock } from './keys.js';
-import { PackBuilder, packKey } from './pack/pack.js';
+import { PackBuilder, decodePackHeader, headerLengthFromTail, packIdFromKey, packKey, packTailGuess } from './pack/pack.js';
 import { type Snapshot, decodeSnapshot, encodeSnapshot } from './snapshot/snapshot.js';
 import { type Tree, decodeTree, encodeTree } from './snapshot/tree.js';
 
@@ -187,6 +187,61 @@ export class Repository {
 
   forEachBlob(visit: (id: Uint8Array, loc: BlobLocation) => void): void {
     this.index.forEach(visit);
+  }
+
+  // ---- packs outside the index (resume, repair) ------------------------------------------
+
+  /** Packs in storage that no loaded index lists: left by an interrupted run (or just stored by another writer). */
+  async listUnindexedPacks(): Promise<Array<{ packId: Buffer; size: number }>> {
+    const found: Array<{ packId: Buffer; size: number }> = [];
+    for await (const { key, size } of this.storage.list('data/')) {
+      const hex = packIdFromKey(key);
+      if (hex && !this.packIndexByHex.has(hex)) found.push({ packId: Buffer.from(hex, 'hex'), size });
+    }
+    return found;
+  }
+
+  /** The blobs a pack's own header lists (one ranged read of its tail, two if the header is large). */
+  async readPackHeader(packId: Buffer, size: number): Promise<BlobEntry[]> {
+    const key = packKey(packId);
+    const tailLength = Math.min(size, packTailGuess);
+    let tail = await this.storage.get(key, { offset: size - tailLength, length: tailLength });
+    try {
+      const headerLength = headerLengthFromTail(tail, size);
+      if (headerLength + 4 > tail.length) tail = await this.storage.get(key, { offset: size - headerLength - 4, length: headerLength + 4 });
+      return decodePackHeader(this.keys.encryption, packId, tail, size);
+    } catch (err) {
+      throw wrapDecodeError(key, err);
+    }
+  }
+
+  /**
+   * Indexes packs from their own headers and writes one index file for them, so their blobs are
+   * used (deduplicated against) instead of uploaded again. Damaged packs are skipped and returned.
+   */
+  async indexPacksFromHeaders(
+    packs: ReadonlyArray<{ packId: Buffer; size: number }>,
+    superseded: Buffer[] = [],
+  ): Promise<{ indexed: number; damaged: string[]; indexFile?: string }> {
+    const limit = pLimit(8);
+    const damaged: string[] = [];
+    const indexed: IndexedPack[] = [];
+    await Promise.all(
+      packs.map((p) =>
+        limit(async () => {
+          try {
+            indexed.push({ packId: p.packId, packSize: p.size, blobs: await this.readPackHeader(p.packId, p.size) });
+          } catch (err) {
+            if (!(err instanceof TenderError && err.code === 'TENDER_CORRUPT')) throw err;
+            damaged.push(packKey(p.packId));
+          }
+        }),
+      ),
+    );
+    if (indexed.length === 0 && superseded.length === 0) return { indexed: 0, damaged };
+    const indexFile = await this.saveIndexFile({ superseded, packs: indexed });
+    this.addIndexedPacks(indexed);
+    return { indexed: indexed.length, damaged, indexFile };
   }
 
   // ---- writing blobs -------------------------------------------------------------------

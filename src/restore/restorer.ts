@@ -1,4 +1,6 @@
+import { execFile } from 'node:child_process';
 import { constants as fsConstants } from 'node:fs';
+import { promisify } from 'node:util';
 import { chmod, lchown, link, lutimes, mkdir, open, readdir, rmdir, symlink, utimes, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { minimatch } from 'minimatch';
@@ -39,6 +41,7 @@ export interface RestoreResult {
   errors: RestoreError[];
 }
 
+const execFileAsync = promisify(execFile);
 const zeroBlock = Buffer.alloc(8 * 1024 * 1024);
 
 function isAllZero(buf: Uint8Array): boolean {
@@ -160,8 +163,24 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
             await setMetadata(full, node);
             restored++;
             break;
-          default:
-            fail(rel, new Error(`${node.type} entries are not restored`));
+          case 'fifo':
+            await execFileAsync('mkfifo', ['-m', node.mode.toString(8), full]);
+            await setMetadata(full, node);
+            restored++;
+            break;
+          case 'chardev':
+          case 'blockdev': {
+            const rdev = BigInt(node.rdev ?? 0);
+            const major = ((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn);
+            const minor = (rdev & 0xffn) | ((rdev >> 12n) & ~0xffn);
+            await execFileAsync('mknod', ['-m', node.mode.toString(8), full, node.type === 'chardev' ? 'c' : 'b', String(major), String(minor)]);
+            await setMetadata(full, node);
+            restored++;
+            break;
+          }
+          case 'socket':
+            // A socket belongs to the process that listened on it; there is nothing to restore.
+            break;
         }
       } catch (err) {
         fail(rel, err);

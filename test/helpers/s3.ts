@@ -44,6 +44,7 @@ export function applyS3TestEnv(): S3TestEnv {
   delete process.env.AWS_PROFILE;
   delete process.env.AWS_ENDPOINT_URL_S3;
   process.env.AWS_EC2_METADATA_DISABLED = 'true';
+  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
   return env;
 }
 

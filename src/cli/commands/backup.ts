@@ -46,6 +46,10 @@ export function registerBackup(program: Command): void {
             ...(g.workers !== undefined ? { workers: g.workers } : {}),
             scan: !g.quiet,
             onProgress: (p) => progress.update(p),
+            onResume: ({ packs, damaged }) => {
+              if (!g.quiet && !g.json) process.stderr.write(`resuming: indexed ${packs} packs left by an interrupted backup\n`);
+              for (const key of damaged) process.stderr.write(`warning: ${key} is damaged and was not indexed; run \`tender check --read-data\`\n`);
+            },
             onError: (e) => {
               if (g.json) printJson({ message_type: 'error', path: e.path, error: e.message });
               else process.stderr.write(`warning: skipped ${e.path}: ${e.message}\n`);
