@@ -26,12 +26,9 @@ build() {
     return 0
   fi
   mkdir -p "$TOOLS_DIR"
-  # A developer machine may already hold a build of the same pinned version
-  # (TENDER_MINIO_FROM_SOURCE=1 ignores it and always runs go install).
+  # TENDER_MINIO_PREBUILT may name a binary of the same pinned version to copy instead of building.
   if [[ -n "${TENDER_MINIO_PREBUILT:-}" && -x "${TENDER_MINIO_PREBUILT}" ]]; then
     cp "$TENDER_MINIO_PREBUILT" "$MINIO_BIN.tmp.$$"
-  elif [[ -z "${TENDER_MINIO_FROM_SOURCE:-}" && -x /root/go-tools/minio ]]; then
-    cp /root/go-tools/minio "$MINIO_BIN.tmp.$$"
   else
     command -v go >/dev/null || die "Go is needed to build MinIO (install Go >= 1.24, or set TENDER_MINIO_PREBUILT)"
     echo "minio.sh: building $MINIO_MODULE (takes a few minutes the first time)" >&2

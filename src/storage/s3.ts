@@ -282,7 +282,7 @@ export class S3Storage implements Storage {
       ...(tuning.credentials ? { credentials: tuning.credentials } : {}),
       // Retries are ours (below): one classification, bounded attempts, counted.
       maxAttempts: 1,
-      // Integrity is a CRC32 we compute natively (checksumHeaders); no SDK checksums or aws-chunked trailers on top.
+      // Integrity is a CRC32 we compute natively (checksumOf); no SDK checksums or aws-chunked trailers on top.
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
       expectContinueHeader: false,
