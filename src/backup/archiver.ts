@@ -3,7 +3,9 @@ import path from 'node:path';
 import pLimit, { type LimitFunction } from 'p-limit';
 import { TenderError } from '../errors/errors.js';
 import { hexToId } from '../repo/ids.js';
+import { doomedPacks } from '../repo/plans.js';
 import type { Repository } from '../repo/repository.js';
+import { WriterSession } from '../repo/sessions.js';
 import type { Snapshot, SnapshotSummary } from '../repo/snapshot/snapshot.js';
 import type { Tree, TreeNode } from '../repo/snapshot/tree.js';
 import { createExecutor, defaultWorkerCount } from '../workers/pool.js';
@@ -54,7 +56,8 @@ export interface BackupResult {
 const version = '0.1.0';
 
 /**
- * The backup composition: walk → (unchanged? reuse parent) → FileSaver → trees → flush → snapshot.
+ * The backup composition: session → index → walk → (unchanged? reuse parent) → FileSaver → trees →
+ * flush → snapshot. The repository's index is loaded here, after the session is registered.
  * Unreadable files and directories are reported and left out; storage failures abort the run
  * before a snapshot is written, so nothing partial is ever recorded as a snapshot.
  */
@@ -181,8 +184,12 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
   };
 
   const scan = options.scan ? scanTotals(options.paths).then((t) => Object.assign(progress, t), () => undefined) : undefined;
+  // Register before reading the index, so a prune that plans deletions after this point waits for
+  // this run; packs doomed by plans that already exist are never used (docs/design.md).
+  const session = await WriterSession.start(repo);
 
   try {
+    await repo.loadIndex(await doomedPacks(repo));
     const roots = options.paths.map((p) => path.resolve(p));
     for (const root of roots) {
       await lstatExact(root).catch((err) => {
@@ -240,11 +247,13 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       program: `tender ${version}`,
       summary,
     };
+    session.assertAlive();
     const snapshotId = await repo.saveSnapshot(snapshot);
     return { snapshotId, snapshot, errors };
   } finally {
     await scan;
     await executor.close();
+    await session.end().catch(() => undefined);
   }
 }
 

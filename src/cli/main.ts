@@ -4,6 +4,7 @@ import { positiveInt } from './args.js';
 import { registerBackup } from './commands/backup.js';
 import { registerCat } from './commands/cat.js';
 import { registerCheck } from './commands/check.js';
+import { registerForget } from './commands/forget.js';
 import { registerInit } from './commands/init.js';
 import { registerKey } from './commands/key.js';
 import { registerLs } from './commands/ls.js';
@@ -37,6 +38,7 @@ export function buildProgram(): Command {
   registerCat(program);
   registerKey(program);
   registerRepair(program);
+  registerForget(program);
   return program;
 }
 

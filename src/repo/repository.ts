@@ -1,5 +1,5 @@
 import pLimit from 'p-limit';
-import { DecryptError } from '../crypto/aead.js';
+import { DecryptError, aadLabel, open, seal } from '../crypto/aead.js';
 import { TenderError } from '../errors/errors.js';
 import { type ChunkerParams, defaultChunkerParams } from '../backup/chunk/fastcdc.js';
 import type { Storage } from '../storage/storage.js';
@@ -51,6 +51,7 @@ export class Repository {
   private readonly packSizes: number[] = [];
   private readonly packIndexByHex = new Map<string, number>();
   private readonly indexFileIds = new Set<string>();
+  private excludedPacks: ReadonlySet<string> = new Set();
 
   // Writing state.
   private readonly openPacks = new Map<number, PackBuilder>();
@@ -110,8 +111,13 @@ export class Repository {
 
   // ---- index ---------------------------------------------------------------------------
 
-  /** Loads every index file. Damaged ones are an error naming the object (see `check`, `repair`). */
-  async loadIndex(): Promise<void> {
+  /**
+   * Loads every index file. Damaged ones are an error naming the object (see `check`, `repair`).
+   * Packs in `excludedPacks` (doomed by a pending deletion plan) are left out, so nothing new
+   * comes to depend on them.
+   */
+  async loadIndex(excludedPacks: ReadonlySet<string> = new Set()): Promise<void> {
+    this.excludedPacks = excludedPacks;
     const keys: string[] = [];
     for await (const { key } of this.storage.list('index/')) keys.push(key);
     const superseded = new Set<string>();
@@ -120,7 +126,7 @@ export class Repository {
     for (const { file } of files) for (const id of file.superseded) superseded.add(`index/${idToHex(id)}`);
     for (const { key, file } of files) {
       this.indexFileIds.add(key);
-      if (!superseded.has(key)) this.addIndexedPacks(file.packs);
+      if (!superseded.has(key)) this.addIndexedPacks(file.packs.filter((p) => !excludedPacks.has(idToHex(p.packId))));
     }
   }
 
@@ -191,12 +197,15 @@ export class Repository {
 
   // ---- packs outside the index (resume, repair) ------------------------------------------
 
-  /** Packs in storage that no loaded index lists: left by an interrupted run (or just stored by another writer). */
+  /**
+   * Packs in storage that no loaded index lists (and no deletion plan dooms): left by an
+   * interrupted run, or just stored by another writer.
+   */
   async listUnindexedPacks(): Promise<Array<{ packId: Buffer; size: number }>> {
     const found: Array<{ packId: Buffer; size: number }> = [];
     for await (const { key, size } of this.storage.list('data/')) {
       const hex = packIdFromKey(key);
-      if (hex && !this.packIndexByHex.has(hex)) found.push({ packId: Buffer.from(hex, 'hex'), size });
+      if (hex && !this.packIndexByHex.has(hex) && !this.excludedPacks.has(hex)) found.push({ packId: Buffer.from(hex, 'hex'), size });
     }
     return found;
   }
@@ -367,6 +376,27 @@ export class Repository {
       return decodeTree(bytes);
     } catch (err) {
       throw wrapDecodeError(`tree ${hexId}`, err);
+    }
+  }
+
+  // ---- small sealed JSON objects (plans, sessions) ------------------------------------------
+
+  /** Stores `value` as sealed JSON under `<prefix>/<sha256 of the stored bytes>`; returns the key. */
+  async saveSealedJson(prefix: string, value: unknown): Promise<string> {
+    const bytes = seal(this.keys.encryption, Buffer.from(JSON.stringify(value)), aadLabel(prefix));
+    const key = `${prefix}/${idToHex(storedObjectId([bytes]))}`;
+    await this.storage.put(key, [bytes]);
+    return key;
+  }
+
+  async loadSealedJson<T>(key: string): Promise<T> {
+    const prefix = key.slice(0, key.indexOf('/'));
+    const bytes = await this.storage.get(key);
+    if (idToHex(storedObjectId([bytes])) !== key.slice(prefix.length + 1)) throw corrupt(key, 'does not match its name (damaged)');
+    try {
+      return JSON.parse(open(this.keys.encryption, bytes, aadLabel(prefix)).toString('utf8')) as T;
+    } catch (err) {
+      throw wrapDecodeError(key, err instanceof SyntaxError ? new FormatError('not valid JSON') : err);
     }
   }
 

@@ -27,7 +27,7 @@ export function registerBackup(program: Command): void {
     .option('--force', 'read every file, ignoring the parent snapshot')
     .action(async (paths: string[], opts: BackupCliOptions, command: Command) => {
       const g = globalOptions(command);
-      await withRepository(g, true, async (repo) => {
+      await withRepository(g, false, async (repo) => {
         const absolute = paths.map((p) => path.resolve(p));
         const host = opts.host ?? os.hostname();
         const parent = opts.force

@@ -1,0 +1,234 @@
+import { TenderError } from '../errors/errors.js';
+import { BlobType } from '../repo/blob.js';
+import { hexToId, idToHex } from '../repo/ids.js';
+import { IdTable } from '../repo/index/id-table.js';
+import type { IndexedPack } from '../repo/index/index-file.js';
+import { packKey } from '../repo/pack/pack.js';
+import type { Repository } from '../repo/repository.js';
+import { type DeletionPlan, listDeletionPlans } from '../repo/plans.js';
+import { listSessions, maxBeatAgeMs, sessionKey } from '../repo/sessions.js';
+
+/**
+ * Garbage collection without a lock (docs/design.md, "Garbage collection"):
+ *   mark   — find packs no snapshot needs (and repack partly used ones), store a deletion plan;
+ *   sweep  — once every backup that started before the plan has ended (or is dead), re-check the
+ *            snapshots written since, write an index without the doomed packs, then delete them.
+ * Backups that start after a plan exists never use its packs (Repository.loadIndex excludes them).
+ */
+export interface PruneOptions {
+  dryRun?: boolean;
+  /** A session whose newest heartbeat is older than this is dead. Must exceed twice the heartbeat. */
+  graceMs?: number;
+  /** Sessions that started up to this long after a plan still count as started before it. */
+  clockSkewMs?: number;
+  /** Repack packs with at least this fraction of unused bytes. */
+  repackUnusedFraction?: number;
+  log?: (message: string) => void;
+}
+
+export interface PruneReport {
+  /** Packs (and bytes) the mark phase found unused or repacked, in the new plan. */
+  planned: { packs: number; bytes: number; repacked: number; blobsRepacked: number };
+  plansSwept: number;
+  plansWaiting: number;
+  packsDeleted: number;
+  bytesDeleted: number;
+  /** Packs a sweep kept because a snapshot written after its plan uses them. */
+  packsRescued: number;
+}
+
+export const defaultGraceMs = 30 * 60_000;
+
+export async function prune(repo: Repository, options: PruneOptions = {}): Promise<PruneReport> {
+  const graceMs = options.graceMs ?? defaultGraceMs;
+  if (graceMs <= maxBeatAgeMs) {
+    throw new TenderError('TENDER_USAGE', `the grace period must exceed ${maxBeatAgeMs / 1000} s (twice the backup heartbeat)`);
+  }
+  const log = options.log ?? (() => {});
+  const report: PruneReport = {
+    planned: { packs: 0, bytes: 0, repacked: 0, blobsRepacked: 0 },
+    plansSwept: 0,
+    plansWaiting: 0,
+    packsDeleted: 0,
+    bytesDeleted: 0,
+    packsRescued: 0,
+  };
+  const pending = await listDeletionPlans(repo);
+  const alreadyDoomed = new Set(pending.flatMap((p) => p.plan.packs));
+  // The whole index, doomed packs included: snapshots written since a pending plan may need them.
+  await repo.loadIndex();
+  const plan = await mark(repo, alreadyDoomed, options, report, log);
+  if (options.dryRun) return report;
+  if (plan) pending.push(plan);
+  for (const { key, plan: p } of pending) {
+    if (await sweep(repo, key, p, graceMs, options.clockSkewMs ?? 60_000, report, log)) report.plansSwept++;
+    else report.plansWaiting++;
+  }
+  await removeDeadSessions(repo, graceMs);
+  return report;
+}
+
+async function mark(
+  repo: Repository,
+  alreadyDoomed: ReadonlySet<string>,
+  options: PruneOptions,
+  report: PruneReport,
+  log: (m: string) => void,
+): Promise<{ key: string; plan: DeletionPlan } | undefined> {
+  const createdMs = Date.now();
+  const snapshots = await repo.listSnapshotIds();
+  log(`marking blobs used by ${snapshots.length} snapshots`);
+  const used = new IdTable();
+  const seenTrees = new Set<string>();
+  for (const id of snapshots) await markTree(repo, (await repo.loadSnapshot(id)).tree, used, seenTrees);
+
+  const packs = await indexedPacks(repo, [...repo.indexFiles], alreadyDoomed);
+  // Packs no index lists (interrupted backups, or one being written now: the sweep waits for it).
+  for (const p of await repo.listUnindexedPacks()) {
+    const hex = idToHex(p.packId);
+    if (!alreadyDoomed.has(hex)) packs.set(hex, { packId: p.packId, packSize: p.size, blobs: [] });
+  }
+
+  const doomed: string[] = [];
+  const repack: IndexedPack[] = [];
+  const threshold = options.repackUnusedFraction ?? 0.25;
+  for (const [hex, pack] of packs) {
+    let usedBytes = 0;
+    for (const b of pack.blobs) if (isCanonicalUse(repo, used, b.id, pack.packId)) usedBytes += b.storedLength;
+    if (usedBytes === 0) doomed.push(hex);
+    else if ((pack.packSize - usedBytes) / pack.packSize >= threshold) repack.push(pack);
+    if (usedBytes === 0) report.planned.bytes += pack.packSize;
+  }
+  report.planned.packs = doomed.length;
+  report.planned.repacked = repack.length;
+  if (options.dryRun || (doomed.length === 0 && repack.length === 0)) {
+    for (const p of repack) report.planned.bytes += p.packSize;
+    return undefined;
+  }
+
+  // Copy the live blobs of partly used packs into new packs (sealed bytes as they are: a blob's
+  // encryption binds it to its ID, not to its pack), and index them before anything is doomed.
+  for (const pack of repack) {
+    const bytes = await repo.storage.get(packKey(pack.packId));
+    for (const b of pack.blobs) {
+      if (!isCanonicalUse(repo, used, b.id, pack.packId)) continue;
+      const sealed = Buffer.from(bytes.subarray(b.offset, b.offset + b.storedLength));
+      await repo.saveSealed(b.type, b.id, b.rawLength, { parts: [sealed], storedLength: sealed.length, flags: b.flags });
+      report.planned.blobsRepacked++;
+    }
+    doomed.push(idToHex(pack.packId));
+    report.planned.bytes += pack.packSize;
+  }
+  await repo.flush();
+
+  const plan: DeletionPlan = { version: 1, createdMs, packs: doomed, snapshots };
+  const key = await repo.saveSealedJson('plans', plan);
+  log(`deletion plan ${key}: ${doomed.length} packs`);
+  return { key, plan };
+}
+
+/** Whether the blob is used and this pack holds the copy the index points at. */
+function isCanonicalUse(repo: Repository, used: IdTable, id: Uint8Array, packId: Uint8Array): boolean {
+  if (!used.has(id)) return false;
+  const loc = repo.lookup(id);
+  return loc !== undefined && repo.packIdAt(loc.packIndex).equals(packId);
+}
+
+async function indexedPacks(repo: Repository, indexFiles: readonly string[], excluded: ReadonlySet<string>): Promise<Map<string, IndexedPack>> {
+  const packs = new Map<string, IndexedPack>();
+  for (const key of indexFiles) {
+    const file = await repo.readIndexFile(key).catch((err) => {
+      if (err instanceof TenderError && err.code === 'TENDER_NOT_FOUND') return undefined;
+      throw err;
+    });
+    for (const p of file?.packs ?? []) {
+      const hex = idToHex(p.packId);
+      if (!excluded.has(hex)) packs.set(hex, p);
+    }
+  }
+  return packs;
+}
+
+const markedLocation = { packIndex: 0, offset: 0, storedLength: 0, rawLength: 0, type: 0, flags: 0 };
+
+async function markTree(repo: Repository, treeHex: string, used: IdTable, seenTrees: Set<string>): Promise<void> {
+  if (seenTrees.has(treeHex)) return;
+  seenTrees.add(treeHex);
+  used.add(hexToId(treeHex), markedLocation);
+  const tree = await repo.loadTree(treeHex);
+  for (const node of tree.nodes) {
+    if (node.subtree) await markTree(repo, node.subtree, used, seenTrees);
+    for (const hex of node.content ?? []) used.add(hexToId(hex), markedLocation);
+    for (const hex of node.contentLists ?? []) {
+      const listId = hexToId(hex);
+      if (!used.add(listId, markedLocation)) continue;
+      const list = await repo.loadBlob(listId, BlobType.list);
+      for (let i = 0; i < list.length; i += 32) used.add(list.subarray(i, i + 32), markedLocation);
+    }
+  }
+}
+
+async function sweep(
+  repo: Repository,
+  key: string,
+  plan: DeletionPlan,
+  graceMs: number,
+  clockSkewMs: number,
+  report: PruneReport,
+  log: (m: string) => void,
+): Promise<boolean> {
+  const now = Date.now();
+  const blocking = (await listSessions(repo)).filter((s) => s.startedMs < plan.createdMs + clockSkewMs && now - s.beatMs < graceMs);
+  if (blocking.length > 0) {
+    log(`plan ${key} waits for ${blocking.length} backups that started before it`);
+    return false;
+  }
+  // Snapshots written since the mark may use doomed packs (their backups started before the plan).
+  const seen = new Set(plan.snapshots);
+  const newer = (await repo.listSnapshotIds()).filter((id) => !seen.has(id));
+  const usedSince = new IdTable();
+  const seenTrees = new Set<string>();
+  for (const id of newer) await markTree(repo, (await repo.loadSnapshot(id)).tree, usedSince, seenTrees);
+  const doomed = new Set(plan.packs);
+  const rescued: IndexedPack[] = [];
+  if (usedSince.size > 0) {
+    for (const hex of plan.packs) {
+      const size = (await repo.storage.stat(packKey(hex)))?.size;
+      if (size === undefined) continue;
+      const blobs = await repo.readPackHeader(hexToId(hex), size);
+      if (blobs.some((b) => usedSince.has(b.id))) {
+        doomed.delete(hex);
+        rescued.push({ packId: hexToId(hex), packSize: size, blobs });
+      }
+    }
+  }
+  report.packsRescued += rescued.length;
+  // One new index for everything indexed now, less the doomed packs, superseding every current
+  // index file; stored before anything is deleted. Index files written after this listing come
+  // from backups that started after the plan, which never use doomed packs.
+  const indexFiles: string[] = [];
+  for await (const { key: file } of repo.storage.list('index/')) indexFiles.push(file);
+  const kept = await indexedPacks(repo, indexFiles, doomed);
+  for (const p of rescued) kept.set(idToHex(p.packId), p);
+  const newIndex = await repo.saveIndexFile({
+    superseded: indexFiles.map((k) => hexToId(k.slice('index/'.length))),
+    packs: [...kept.values()],
+  });
+  for (const hex of doomed) {
+    const info = await repo.storage.stat(packKey(hex));
+    await repo.storage.delete(packKey(hex));
+    if (info) {
+      report.packsDeleted++;
+      report.bytesDeleted += info.size;
+    }
+  }
+  for (const file of indexFiles) if (file !== newIndex) await repo.storage.delete(file);
+  await repo.storage.delete(key);
+  log(`plan ${key} done: ${doomed.size} packs deleted`);
+  return true;
+}
+
+async function removeDeadSessions(repo: Repository, graceMs: number): Promise<void> {
+  const now = Date.now();
+  for (const s of await listSessions(repo)) if (now - s.beatMs >= graceMs) await repo.storage.delete(sessionKey(s));
+}

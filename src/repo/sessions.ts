@@ -1,0 +1,96 @@
+import os from 'node:os';
+import { TenderError } from '../errors/errors.js';
+import { randomId, idToHex } from './ids.js';
+import type { Repository } from './repository.js';
+
+/**
+ * Writer sessions: how prune knows which backups may still depend on data it plans to delete
+ * (docs/design.md, "Garbage collection"). A backup stores `sessions/<id>.<startMs>.<beatMs>` when it
+ * starts, replaces it with a fresh beat every `heartbeatMs`, and deletes it when it ends.
+ * A session whose newest beat is older than prune's grace period is taken as dead.
+ * TENDER_HEARTBEAT_MS shortens the beat (tests); prune's grace must exceed twice the beat.
+ */
+export const heartbeatMs = Number(process.env.TENDER_HEARTBEAT_MS) || 5 * 60_000;
+/** A backup refuses to write its snapshot if its last successful heartbeat is older than this. */
+export const maxBeatAgeMs = 2 * heartbeatMs;
+
+export interface SessionInfo {
+  id: string;
+  startedMs: number;
+  beatMs: number;
+}
+
+const sessionKeyPattern = /^sessions\/([0-9a-f]{32})\.(\d+)\.(\d+)$/;
+
+export function sessionKey(s: SessionInfo): string {
+  return `sessions/${s.id}.${s.startedMs}.${s.beatMs}`;
+}
+
+/** Live and stale sessions, newest beat per session. */
+export async function listSessions(repo: Repository): Promise<SessionInfo[]> {
+  const byId = new Map<string, SessionInfo>();
+  for await (const { key } of repo.storage.list('sessions/')) {
+    const m = sessionKeyPattern.exec(key);
+    if (!m) continue;
+    const s = { id: m[1]!, startedMs: Number(m[2]), beatMs: Number(m[3]) };
+    const seen = byId.get(s.id);
+    if (!seen || seen.beatMs < s.beatMs) byId.set(s.id, s);
+  }
+  return [...byId.values()];
+}
+
+export class WriterSession {
+  private current: SessionInfo;
+  private timer: NodeJS.Timeout | undefined;
+  private beating: Promise<void> = Promise.resolve();
+
+  private constructor(
+    private readonly repo: Repository,
+    info: SessionInfo,
+  ) {
+    this.current = info;
+  }
+
+  /** Registers a session; call before loading the index or the deletion plans. */
+  static async start(repo: Repository): Promise<WriterSession> {
+    const now = Date.now();
+    const session = new WriterSession(repo, { id: idToHex(randomId()).slice(0, 32), startedMs: now, beatMs: now });
+    await repo.storage.put(sessionKey(session.current), [Buffer.from(JSON.stringify({ host: os.hostname(), pid: process.pid }))]);
+    session.timer = setInterval(() => {
+      session.beating = session.beating.then(() => session.beat()).catch(() => undefined);
+    }, heartbeatMs);
+    session.timer.unref();
+    return session;
+  }
+
+  private async beat(): Promise<void> {
+    const next = { ...this.current, beatMs: Date.now() };
+    await this.repo.storage.put(sessionKey(next), [Buffer.from('{}')]);
+    const previous = this.current;
+    this.current = next;
+    await this.repo.storage.delete(sessionKey(previous));
+  }
+
+  get startedMs(): number {
+    return this.current.startedMs;
+  }
+
+  /**
+   * Zombie guard: a writer that could not refresh its session for too long (suspended, partitioned)
+   * may have been declared dead by a prune that then deleted data this run relies on.
+   */
+  assertAlive(): void {
+    const age = Date.now() - this.current.beatMs;
+    if (age > maxBeatAgeMs) {
+      throw new TenderError('TENDER_STORAGE', `this backup could not refresh its session marker for ${Math.round(age / 1000)} s`, {
+        hint: 'a concurrent prune may have removed data this run deduplicated against; run the backup again',
+      });
+    }
+  }
+
+  async end(): Promise<void> {
+    clearInterval(this.timer);
+    await this.beating;
+    await this.repo.storage.delete(sessionKey(this.current));
+  }
+}
