@@ -75,7 +75,6 @@ async function mark(
   report: PruneReport,
   log: (m: string) => void,
 ): Promise<{ key: string; plan: DeletionPlan } | undefined> {
-  const createdMs = Date.now();
   const snapshots = await repo.listSnapshotIds();
   log(`marking blobs used by ${snapshots.length} snapshots`);
   const used = new IdTable();
@@ -121,7 +120,9 @@ async function mark(
   }
   await repo.flush();
 
-  const plan: DeletionPlan = { version: 1, createdMs, packs: doomed, snapshots };
+  // The plan's time is taken just before it is stored: a backup that starts later (plus clock
+  // skew) is sure to see it; one that started earlier blocks the sweep.
+  const plan: DeletionPlan = { version: 1, createdMs: Date.now(), packs: doomed, snapshots };
   const key = await repo.saveSealedJson('plans', plan);
   log(`deletion plan ${key}: ${doomed.length} packs`);
   return { key, plan };
