@@ -11,6 +11,8 @@ import { createExecutor, defaultWorkerCount } from '../workers/pool.js';
 export interface CheckOptions {
   /** Read every pack and verify every blob (decrypt, decompress, hash). */
   readData?: boolean;
+  /** Read only this subset of the packs: a fraction in (0, 1], or group n of t (by pack ID). */
+  readDataSubset?: { fraction: number } | { group: number; of: number };
   workers?: number;
   onProgress?: (message: string) => void;
 }
@@ -95,13 +97,16 @@ export async function check(repo: Repository, options: CheckOptions = {}): Promi
     }
   }
 
-  if (options.readData) {
-    say('reading all packs');
+  if (options.readData || options.readDataSubset) {
+    const subset = options.readDataSubset;
+    const selected = (id: string) =>
+      !subset ? true : 'fraction' in subset ? Math.random() < subset.fraction : parseInt(id.slice(0, 8), 16) % subset.of === subset.group - 1;
+    say(subset ? 'reading a subset of the packs' : 'reading all packs');
     const executor = createExecutor(repo.keys, repo.config.compressionLevel, options.workers ?? defaultWorkerCount());
     const readers = pLimit(2);
     try {
       await Promise.all(
-        [...indexedPacks].filter(([id, p]) => stored.get(id) === p.packSize).map(([id, pack]) =>
+        [...indexedPacks].filter(([id, p]) => stored.get(id) === p.packSize && selected(id)).map(([id, pack]) =>
           readers(async () => {
             const key = packKey(id);
             const bytes = await repo.storage.get(key);

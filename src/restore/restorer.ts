@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process';
 import { constants as fsConstants } from 'node:fs';
 import { promisify } from 'node:util';
-import { chmod, lchown, link, lutimes, mkdir, open, readdir, rmdir, symlink, utimes, type FileHandle } from 'node:fs/promises';
+import { chmod, lchown, link, lstat, lutimes, mkdir, open, readdir, rm, rmdir, symlink, utimes, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { minimatch } from 'minimatch';
 import pLimit from 'p-limit';
@@ -19,6 +19,8 @@ export interface RestoreOptions {
   target: string;
   /** Globs on the path inside the snapshot ("ckpt/step-100/**"); a match includes everything below it. */
   include?: string[];
+  /** Restore into a non-empty target, replacing entries that are in the way. */
+  overwrite?: boolean;
   workers?: number;
   onProgress?: (p: RestoreProgress) => void;
 }
@@ -55,12 +57,25 @@ function isAllZero(buf: Uint8Array): boolean {
 /**
  * Restore mirrors backup: tree walk → plan ranged reads per pack → decrypt+decompress+verify in
  * workers → positional writes in order. Every name is checked before anything is created; files
- * are created with O_EXCL|O_NOFOLLOW inside directories this run created, so a hostile snapshot
- * (names with "/" or "..", duplicate names, symlink tricks) cannot write outside the target.
+ * are created with O_EXCL|O_NOFOLLOW, and directories are entered only if they are real
+ * directories (with --overwrite, a symlink in the way is removed, never followed), so a hostile
+ * snapshot (names with "/" or "..", duplicate names, symlink tricks) cannot write outside the target.
  */
 export async function restore(repo: Repository, snapshot: Snapshot, options: RestoreOptions): Promise<RestoreResult> {
   const target = path.resolve(options.target);
-  await prepareTarget(target);
+  await prepareTarget(target, options.overwrite ?? false);
+  /** Creates an entry; with overwrite, whatever is in its place (never followed if a symlink) goes first. */
+  const create = async (full: string, make: () => Promise<unknown>, keepDirectory = false): Promise<void> => {
+    try {
+      await make();
+    } catch (err) {
+      if (systemErrorCode(err) !== 'EEXIST' || !options.overwrite) throw err;
+      const existing = await lstat(full);
+      if (keepDirectory && existing.isDirectory()) return;
+      await rm(full, { recursive: true, force: true });
+      await make();
+    }
+  };
   const executor = createExecutor(repo.keys, repo.config.compressionLevel, options.workers ?? defaultWorkerCount());
   const result: RestoreResult = { files: 0, dirs: 0, bytes: 0, errors: [] };
   const progress: RestoreProgress = { filesDone: 0, bytesDone: 0 };
@@ -100,12 +115,16 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
     const linkKey = node.links > 1 ? `${node.device}:${node.inode}` : undefined;
     const first = linkKey ? hardlinks.get(linkKey) : undefined;
     if (first) {
-      await link(first, full);
+      await create(full, () => link(first, full));
       result.files++;
       return;
     }
     if (linkKey) hardlinks.set(linkKey, full);
-    const handle = await open(full, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW, 0o600);
+    let handle: FileHandle | undefined;
+    await create(full, async () => {
+      handle = await open(full, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW, 0o600);
+    });
+    if (!handle) throw new Error(`could not create ${rel}`);
     try {
       const written = await writeContent(repo, executor, handle, await chunkRefs(repo, node), (n) => {
         progress.bytesDone += n;
@@ -144,7 +163,8 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
       try {
         switch (node.type) {
           case 'dir':
-            await mkdir(full, { mode: 0o700 });
+            // An existing real directory is reused; a symlink in its place is replaced, never followed.
+            await create(full, () => mkdir(full, { mode: 0o700 }), true);
             // A directory entered only on the way to --include matches is dropped if none were inside.
             if ((await restoreDir(full, rel, node.subtree!, included)) === 0 && !included) {
               await rmdir(full);
@@ -159,12 +179,12 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
             restored++;
             break;
           case 'symlink':
-            await symlink(node.linkTarget!, full);
+            await create(full, () => symlink(node.linkTarget!, full));
             await setMetadata(full, node);
             restored++;
             break;
           case 'fifo':
-            await execFileAsync('mkfifo', ['-m', node.mode.toString(8), full]);
+            await create(full, () => execFileAsync('mkfifo', ['-m', node.mode.toString(8), full]));
             await setMetadata(full, node);
             restored++;
             break;
@@ -173,7 +193,8 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
             const rdev = BigInt(node.rdev ?? 0);
             const major = ((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn);
             const minor = (rdev & 0xffn) | ((rdev >> 12n) & ~0xffn);
-            await execFileAsync('mknod', ['-m', node.mode.toString(8), full, node.type === 'chardev' ? 'c' : 'b', String(major), String(minor)]);
+            const args = ['-m', node.mode.toString(8), full, node.type === 'chardev' ? 'c' : 'b', String(major), String(minor)];
+            await create(full, () => execFileAsync('mknod', args));
             await setMetadata(full, node);
             restored++;
             break;
@@ -200,12 +221,12 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
   return result;
 }
 
-async function prepareTarget(target: string): Promise<void> {
+async function prepareTarget(target: string, overwrite: boolean): Promise<void> {
   try {
     const entries = await readdir(target);
-    if (entries.length > 0) {
+    if (entries.length > 0 && !overwrite) {
       throw new TenderError('TENDER_TARGET_NOT_EMPTY', `the restore target ${target} is not empty`, {
-        hint: 'restore into a new or empty directory',
+        hint: 'restore into a new or empty directory, or pass --overwrite to replace what is there',
       });
     }
   } catch (err) {

@@ -8,11 +8,13 @@ export function registerCheck(program: Command): void {
     .command('check')
     .description('check the repository for damage')
     .option('--read-data', 'also read every pack and verify every chunk')
-    .action(async (opts: { readData?: boolean }, command: Command) => {
+    .option('--read-data-subset <subset>', 'read and verify a subset of the packs: N% (random) or n/t (group n of t)')
+    .action(async (opts: { readData?: boolean; readDataSubset?: string }, command: Command) => {
       const g = globalOptions(command);
       await withRepository(g, false, async (repo) => {
         const report = await check(repo, {
           readData: !!opts.readData,
+          ...(opts.readDataSubset ? { readDataSubset: parseSubset(opts.readDataSubset) } : {}),
           ...(g.workers !== undefined ? { workers: g.workers } : {}),
           onProgress: (m) => !g.json && !g.quiet && process.stderr.write(`${m}\n`),
         });
@@ -23,7 +25,8 @@ export function registerCheck(program: Command): void {
             print(`damaged: ${p.object}: ${p.problem}`);
             for (const a of p.affects ?? []) print(`  used by ${a}`);
           }
-          print(`${report.snapshots} snapshots, ${report.packs} packs, ${report.blobs} blobs checked${opts.readData ? ' (all data read)' : ''}`);
+          const read = opts.readData ? ' (all data read)' : opts.readDataSubset ? ` (data of ${opts.readDataSubset} of the packs read)` : '';
+          print(`${report.snapshots} snapshots, ${report.packs} packs, ${report.blobs} blobs checked${read}`);
         }
         if (report.problems.length > 0) {
           throw new TenderError('TENDER_CORRUPT', `check found ${report.problems.length} problems`, {
@@ -33,4 +36,12 @@ export function registerCheck(program: Command): void {
         if (!g.json) print('no errors were found');
       });
     });
+}
+
+function parseSubset(text: string): { fraction: number } | { group: number; of: number } {
+  const percent = /^(\d+(?:\.\d+)?)%$/.exec(text);
+  if (percent && Number(percent[1]) > 0 && Number(percent[1]) <= 100) return { fraction: Number(percent[1]) / 100 };
+  const group = /^(\d+)\/(\d+)$/.exec(text);
+  if (group && Number(group[1]) >= 1 && Number(group[1]) <= Number(group[2])) return { group: Number(group[1]), of: Number(group[2]) };
+  throw new TenderError('TENDER_USAGE', `bad --read-data-subset ${JSON.stringify(text)}`, { hint: 'use N% (e.g. 10%) or n/t (e.g. 1/5)' });
 }

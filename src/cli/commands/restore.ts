@@ -10,6 +10,7 @@ import { selectSnapshot } from '../select.js';
 interface RestoreCliOptions {
   target?: string;
   include: string[];
+  overwrite?: boolean;
   host?: string;
   tag: string[];
   path: string[];
@@ -21,6 +22,7 @@ export function registerRestore(program: Command): void {
     .description('restore a snapshot into a directory (the manual restore path)')
     .argument('<snapshot>', 'snapshot ID or "latest"')
     .option('-t, --target <dir>', 'directory to restore into (must be new or empty)')
+    .option('--overwrite', 'restore into a non-empty target, replacing entries that are in the way')
     .option('--include <glob>', 'restore only paths matching this glob, relative to the snapshot root (repeatable)', collect, [])
     .option('--host <name>', 'with latest: newest snapshot of this host')
     .option('--tag <tag>', 'with latest: newest snapshot with this tag (repeatable)', collect, [])
@@ -38,6 +40,7 @@ export function registerRestore(program: Command): void {
           result = await restore(repo, snapshot, {
             target,
             ...(opts.include.length ? { include: opts.include } : {}),
+            ...(opts.overwrite ? { overwrite: true } : {}),
             ...(g.workers !== undefined ? { workers: g.workers } : {}),
             onProgress: (p) => progress.update({ ...p, ...(snapshot.summary ? { totalBytes: snapshot.summary.totalBytes } : {}) }),
           });
