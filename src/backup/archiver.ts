@@ -11,7 +11,7 @@ import type { Tree, TreeNode } from '../repo/snapshot/tree.js';
 import { createExecutor, defaultWorkerCount } from '../workers/pool.js';
 import { createBoundaryFinder } from './chunk/native.js';
 import { gearTable } from './chunk/fastcdc.js';
-import { SlotPool } from './chunk/slot-pool.js';
+import { BufferPool } from '../util/buffer-pool.js';
 import { type FileContent, FileSaver } from './file-saver.js';
 import { compareNames, lstatExact, metadataNode, nodeType, readDirSorted, unchangedSince } from './walk.js';
 
@@ -66,8 +66,8 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
   const workers = options.workers ?? defaultWorkerCount();
   const params = repo.config.chunker;
   const executor = createExecutor(repo.keys, repo.config.compressionLevel, workers);
-  const fileConcurrency = options.fileConcurrency ?? 4;
-  const slots = new SlotPool(2 * params.maxSize, fileConcurrency + 1);
+  const fileConcurrency = options.fileConcurrency ?? 3;
+  const slots = new BufferPool(2 * params.maxSize, fileConcurrency + 1);
   const progress: BackupProgress = { filesDone: 0, bytesDone: 0, errors: 0 };
   const counters = { bytesRead: 0, blobsAdded: 0, bytesAdded: 0, bytesStored: 0 };
   const summary: SnapshotSummary = {

@@ -1,11 +1,12 @@
 import { open } from 'node:fs/promises';
 import type { BoundaryFinder, ChunkerParams } from './chunk/fastcdc.js';
-import type { Slot, SlotPool } from './chunk/slot-pool.js';
+import type { BufferPool, PooledBuffer as Slot } from '../util/buffer-pool.js';
 import { BlobType } from '../repo/blob.js';
 import { idToHex } from '../repo/ids.js';
 import type { Repository } from '../repo/repository.js';
 import { inlineContentLimit, listBlobCapacity } from '../repo/snapshot/tree.js';
-import type { SealRequest } from '../workers/ops.js';
+import { sealOverhead } from '../crypto/aead.js';
+import type { Reservation } from '../repo/pack/pack.js';
 import type { CodecExecutor } from '../workers/pool.js';
 
 /**
@@ -34,12 +35,12 @@ export class FileSaver {
     private readonly executor: CodecExecutor,
     private readonly chunker: BoundaryFinder,
     private readonly params: ChunkerParams,
-    private readonly slots: SlotPool,
+    private readonly slots: BufferPool,
     private readonly parallelism: number,
     readonly counters: SaveCounters,
     private readonly onBytes: (n: number) => void = () => {},
   ) {
-    if (slots.slotSize < 2 * params.maxSize) throw new Error('slot size must be at least twice the maximum chunk size');
+    if (slots.bufferSize < 2 * params.maxSize) throw new Error('slot size must be at least twice the maximum chunk size');
   }
 
   async save(path: string): Promise<FileContent> {
@@ -74,7 +75,8 @@ export class FileSaver {
         }
         const next = eof ? undefined : await this.slots.acquire();
         if (next) {
-          next.view.set(slot.view.subarray(start, end), 0);
+          // Buffer.copy is a memmove; TypedArray.set on shared memory copies element by element.
+          slot.bytes.copy(next.bytes, 0, start, end);
           carry = end - start;
         }
         const processed = this.processSlot(slot, Uint32Array.from(spans));
@@ -96,45 +98,50 @@ export class FileSaver {
     }
   }
 
-  /** Hash every chunk of the slot, seal the new ones, hand them to the repository; IDs in order. */
+  /**
+   * Hash every chunk of the slot, then for each new chunk reserve room in a pack and have a worker
+   * seal it straight into that room. Resolves with the slot's chunk IDs in order.
+   */
   private async processSlot(slot: Slot, spans: Uint32Array): Promise<Uint8Array> {
-    let released = false;
     try {
       if (spans.length === 0) return new Uint8Array(0);
       const idGroups = await Promise.all(splitSpans(spans, this.parallelism).map((g) => this.executor.hash(slot.buffer, g)));
       const ids = concat(idGroups);
-      const requests: SealRequest[] = [];
+      const sealing: Promise<void>[] = [];
       for (let i = 0; i < spans.length / 2; i++) {
         const id = ids.subarray(i * 32, i * 32 + 32);
         if (this.repo.has(id)) continue;
         const hex = idToHex(id);
         if (this.inflight.has(hex)) continue;
         this.inflight.add(hex);
-        requests.push({ type: BlobType.data, id, offset: spans[2 * i]!, length: spans[2 * i + 1]! });
+        const offset = spans[2 * i]!;
+        const length = spans[2 * i + 1]!;
+        // Reserve, then dispatch at once: a pack completes only when all its reservations are
+        // committed, so holding reservations while waiting for another could deadlock the pool.
+        const r = await this.repo.reserve(BlobType.data, length + sealOverhead);
+        sealing.push(this.seal(slot, id, hex, offset, length, r));
       }
-      const groups = splitArray(requests, this.parallelism);
-      const sealedGroups = await Promise.all(groups.map((g) => this.executor.seal(slot.buffer, g)));
-      this.slots.release(slot);
-      released = true;
-      let r = 0;
-      for (const sealedGroup of sealedGroups) {
-        for (const sealed of sealedGroup) {
-          const request = requests[r++]!;
-          const bytes = Buffer.from(sealed.bytes.buffer, sealed.bytes.byteOffset, sealed.bytes.byteLength);
-          await this.repo.saveSealed(BlobType.data, request.id, request.length, {
-            parts: [bytes],
-            storedLength: bytes.length,
-            flags: sealed.flags,
-          });
-          this.inflight.delete(idToHex(request.id));
-          this.counters.blobsAdded++;
-          this.counters.bytesAdded += request.length;
-          this.counters.bytesStored += bytes.length;
-        }
-      }
+      await Promise.all(sealing);
       return ids;
     } finally {
-      if (!released) this.slots.release(slot);
+      this.slots.release(slot);
+    }
+  }
+
+  private async seal(slot: Slot, id: Uint8Array, hex: string, offset: number, length: number, r: Reservation): Promise<void> {
+    try {
+      const [sealed] = await this.executor.seal(slot.buffer, [
+        { type: BlobType.data, id, offset, length, target: r.buffer, targetOffset: r.offset, targetCapacity: r.capacity },
+      ]);
+      this.repo.commit(r, BlobType.data, id, length, sealed!.storedLength, sealed!.flags);
+      this.counters.blobsAdded++;
+      this.counters.bytesAdded += length;
+      this.counters.bytesStored += sealed!.storedLength;
+    } catch (err) {
+      this.repo.abandon(r);
+      throw err;
+    } finally {
+      this.inflight.delete(hex);
     }
   }
 }
@@ -185,13 +192,5 @@ function splitSpans(spans: Uint32Array, parts: number): Uint32Array[] {
   const per = Math.ceil(chunks / Math.max(1, Math.min(parts, chunks)));
   const out: Uint32Array[] = [];
   for (let i = 0; i < chunks; i += per) out.push(spans.subarray(2 * i, 2 * Math.min(chunks, i + per)));
-  return out;
-}
-
-function splitArray<T>(items: T[], parts: number): T[][] {
-  if (items.length === 0) return [];
-  const per = Math.ceil(items.length / Math.max(1, Math.min(parts, items.length)));
-  const out: T[][] = [];
-  for (let i = 0; i < items.length; i += per) out.push(items.slice(i, i + per));
   return out;
 }

@@ -111,8 +111,7 @@ async function mark(
     const bytes = await repo.storage.get(packKey(pack.packId));
     for (const b of pack.blobs) {
       if (!isCanonicalUse(repo, used, b.id, pack.packId)) continue;
-      const sealed = Buffer.from(bytes.subarray(b.offset, b.offset + b.storedLength));
-      await repo.saveSealed(b.type, b.id, b.rawLength, { parts: [sealed], storedLength: sealed.length, flags: b.flags });
+      await repo.saveSealed(b.type, b.id, b.rawLength, bytes.subarray(b.offset, b.offset + b.storedLength), b.flags);
       report.planned.blobsRepacked++;
     }
     doomed.push(idToHex(pack.packId));

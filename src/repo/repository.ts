@@ -1,9 +1,10 @@
 import pLimit from 'p-limit';
-import { DecryptError, aadLabel, open, seal } from '../crypto/aead.js';
+import { DecryptError, aadLabel, open, seal, sealOverhead } from '../crypto/aead.js';
 import { TenderError } from '../errors/errors.js';
 import { type ChunkerParams, defaultChunkerParams } from '../backup/chunk/fastcdc.js';
 import type { Storage } from '../storage/storage.js';
-import { BlobCodec, BlobCorruptError, type SealedBlob } from '../transform/blob-codec.js';
+import { BlobCodec, BlobCorruptError } from '../transform/blob-codec.js';
+import { BufferPool, type PooledBuffer, sharedBuffer } from '../util/buffer-pool.js';
 import type { MasterKeys } from '../transform/keys.js';
 import { FormatError } from './binary.js';
 import { type BlobEntry, BlobType } from './blob.js';
@@ -12,7 +13,7 @@ import { type BlobLocation, IdTable } from './index/id-table.js';
 import { type IndexFile, type IndexedPack, decodeIndex, encodeIndex } from './index/index-file.js';
 import { idToHex, randomId, storedObjectId } from './ids.js';
 import { type KdfParams, addKey, newMasterKeys, unlock } from './keys.js';
-import { PackBuilder, decodePackHeader, headerLengthFromTail, packIdFromKey, packKey, packTailGuess } from './pack/pack.js';
+import { PackBuilder, type Reservation, decodePackHeader, headerLengthFromTail, packIdFromKey, packKey, packTailGuess } from './pack/pack.js';
 import { type Snapshot, decodeSnapshot, encodeSnapshot } from './snapshot/snapshot.js';
 import { type Tree, decodeTree, encodeTree } from './snapshot/tree.js';
 
@@ -24,7 +25,7 @@ export interface InitOptions {
 }
 
 export interface WriteOptions {
-  /** Packs uploading at once; more wait (backpressure on the producer). */
+  /** Packs uploading at once; producers wait for a free pack buffer beyond that (backpressure). */
   uploadConcurrency?: number;
   /** Write an index file after this many packs are stored, so a crashed run keeps its work. */
   packsPerIndex?: number;
@@ -54,12 +55,15 @@ export class Repository {
   private excludedPacks: ReadonlySet<string> = new Set();
 
   // Writing state.
-  private readonly openPacks = new Map<number, PackBuilder>();
+  private readonly openPacks = new Map<BlobType, PackBuilder>();
   private readonly uploads = new Set<Promise<void>>();
   private pendingIndex: IndexedPack[] = [];
   private uploadError: unknown;
-  private readonly uploadConcurrency: number;
   private readonly packsPerIndex: number;
+  /** Pack buffers: one open pack per blob type plus the packs uploading; bounds memory. */
+  private readonly packBuffers: BufferPool;
+  /** Hex IDs of committed blobs whose pack is not stored yet (they count as present for dedup). */
+  private readonly unindexed = new Set<string>();
   onPackStored: ((event: StoredPackEvent) => void) | undefined;
 
   private constructor(
@@ -70,7 +74,7 @@ export class Repository {
     options: WriteOptions = {},
   ) {
     this.codec = new BlobCodec(keys, config.compressionLevel);
-    this.uploadConcurrency = options.uploadConcurrency ?? 2;
+    this.packBuffers = new BufferPool(config.packSize, (options.uploadConcurrency ?? 2) + 2);
     this.packsPerIndex = options.packsPerIndex ?? 32;
   }
 
@@ -168,7 +172,7 @@ export class Repository {
   }
 
   has(id: Uint8Array): boolean {
-    return this.index.has(id);
+    return this.index.has(id) || (this.unindexed.size > 0 && this.unindexed.has(idToHex(id)));
   }
 
   lookup(id: Uint8Array): BlobLocation | undefined {
@@ -256,47 +260,93 @@ export class Repository {
   // ---- writing blobs -------------------------------------------------------------------
 
   /**
-   * Adds a sealed blob to the open pack of its type. Resolves when the blob is accepted; waits
-   * (backpressure) while `uploadConcurrency` packs are already uploading.
-   * The blob is findable with `has` at once, so later duplicates in this run are skipped.
+   * Sets aside `capacity` bytes in the open pack for `type` for one sealed blob. Waits
+   * (backpressure) while every pack buffer is in use: open packs and packs being uploaded.
+   * The caller fills the region and then commits or abandons it.
    */
-  async saveSealed(type: BlobType, id: Uint8Array, rawLength: number, sealed: SealedBlob): Promise<void> {
+  async reserve(type: BlobType, capacity: number): Promise<Reservation> {
     this.throwIfUploadFailed();
-    let pack = this.openPacks.get(type);
-    if (!pack) {
-      pack = new PackBuilder();
-      this.openPacks.set(type, pack);
+    for (;;) {
+      const open = this.openPacks.get(type);
+      const reservation = open?.reserve(capacity);
+      if (reservation) return reservation;
+      if (open) this.closePack(type, open);
+      const buffer = capacity <= this.packBuffers.bufferSize ? await this.packBuffers.acquire() : sharedBuffer(capacity);
+      this.throwIfUploadFailed();
+      // Another caller may have opened a pack for this type while this one waited.
+      const raced = this.openPacks.get(type);
+      if (raced) {
+        this.releasePackBuffer(buffer);
+        continue;
+      }
+      this.openPacks.set(type, new PackBuilder(buffer));
     }
+  }
+
+  /** Records the sealed blob written into `r`. The blob counts as stored (`has`) from now on. */
+  commit(r: Reservation, type: BlobType, id: Uint8Array, rawLength: number, storedLength: number, flags: number): void {
     const idCopy = Buffer.from(id);
-    const entry = pack.add({ id: idCopy, type, flags: sealed.flags, rawLength }, sealed.parts);
-    const packIndex = this.packIndexOf(pack.id, 0);
-    this.index.add(idCopy, { packIndex, offset: entry.offset, storedLength: entry.storedLength, rawLength, type, flags: sealed.flags });
-    if (pack.size >= this.config.packSize) {
-      this.openPacks.delete(type);
-      await this.startUpload(pack);
-    }
+    r.pack.commit(r, { id: idCopy, type, flags, rawLength }, storedLength);
+    this.unindexed.add(idToHex(idCopy));
+    if (r.pack.complete) this.startUpload(r.pack);
+  }
+
+  abandon(r: Reservation): void {
+    r.pack.abandon(r);
+    if (r.pack.complete) this.startUpload(r.pack);
   }
 
   /** Seals and saves a blob on this thread (trees and lists: small and few). Returns its ID. */
   async saveBlob(type: BlobType, plaintext: Buffer): Promise<Buffer> {
     const id = this.codec.id(plaintext);
-    if (!this.index.has(id)) await this.saveSealed(type, id, plaintext.length, this.codec.seal(type, id, plaintext));
+    if (this.has(id)) return id;
+    const r = await this.reserve(type, plaintext.length + sealOverhead);
+    const { storedLength, flags } = this.codec.sealInto(type, id, plaintext, new Uint8Array(r.buffer, r.offset, r.capacity));
+    this.commit(r, type, id, plaintext.length, storedLength, flags);
     return id;
+  }
+
+  /** Saves an already sealed blob (repack copies sealed bytes between packs unchanged). */
+  async saveSealed(type: BlobType, id: Uint8Array, rawLength: number, sealed: Uint8Array, flags: number): Promise<void> {
+    const r = await this.reserve(type, sealed.length);
+    new Uint8Array(r.buffer, r.offset, sealed.length).set(sealed);
+    this.commit(r, type, id, rawLength, sealed.length, flags);
   }
 
   async saveTree(tree: Tree): Promise<string> {
     return idToHex(await this.saveBlob(BlobType.tree, encodeTree(tree)));
   }
 
-  private async startUpload(pack: PackBuilder): Promise<void> {
-    while (this.uploads.size >= this.uploadConcurrency) await Promise.race(this.uploads);
-    this.throwIfUploadFailed();
-    const { key, parts, size } = pack.finish(this.keys.encryption);
-    this.packSizes[this.packIndexOf(pack.id, size)] = size;
+  private closePack(type: BlobType, pack: PackBuilder): void {
+    if (this.openPacks.get(type) === pack) this.openPacks.delete(type);
+    pack.closed = true;
+    if (pack.complete) this.startUpload(pack);
+  }
+
+  private releasePackBuffer(buffer: PooledBuffer): void {
+    if (buffer.buffer.byteLength === this.packBuffers.bufferSize) this.packBuffers.release(buffer);
+  }
+
+  /** Stores a complete pack; its buffer returns to the pool when the upload ends. */
+  private startUpload(pack: PackBuilder): void {
+    if (pack.isEmpty) {
+      this.releasePackBuffer(pack.buffer);
+      return;
+    }
+    const { key, parts, size, entries } = pack.finish(this.keys.encryption);
     const upload = (async () => {
-      await this.storage.put(key, parts);
-      this.onPackStored?.({ key, size, blobs: pack.entries.length });
-      this.pendingIndex.push({ packId: pack.id, packSize: size, blobs: pack.entries });
+      try {
+        await this.storage.put(key, parts);
+      } finally {
+        this.releasePackBuffer(pack.buffer);
+      }
+      const packIndex = this.packIndexOf(pack.id, size);
+      for (const e of entries) {
+        this.index.add(e.id, { packIndex, offset: e.offset, storedLength: e.storedLength, rawLength: e.rawLength, type: e.type, flags: e.flags });
+        this.unindexed.delete(idToHex(e.id));
+      }
+      this.onPackStored?.({ key, size, blobs: entries.length });
+      this.pendingIndex.push({ packId: pack.id, packSize: size, blobs: entries });
       if (this.pendingIndex.length >= this.packsPerIndex) await this.writePendingIndex();
     })().catch((err) => {
       this.uploadError ??= err;
@@ -326,12 +376,10 @@ export class Repository {
 
   /** Stores every open pack, waits for all uploads, and writes the index for them. */
   async flush(): Promise<void> {
-    for (const [type, pack] of this.openPacks) {
-      this.openPacks.delete(type);
-      await this.startUpload(pack);
-    }
+    for (const [type, pack] of [...this.openPacks]) this.closePack(type, pack);
     while (this.uploads.size > 0) await Promise.race(this.uploads);
     this.throwIfUploadFailed();
+    if (this.unindexed.size > 0) throw new Error(`flush: ${this.unindexed.size} committed blobs are in no stored pack`);
     await this.writePendingIndex();
   }
 

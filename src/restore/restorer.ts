@@ -79,7 +79,8 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
   const executor = createExecutor(repo.keys, repo.config.compressionLevel, options.workers ?? defaultWorkerCount());
   const result: RestoreResult = { files: 0, dirs: 0, bytes: 0, errors: [] };
   const progress: RestoreProgress = { filesDone: 0, bytesDone: 0 };
-  const hardlinks = new Map<string, string>();
+  /** First path restored for each hardlinked inode, resolved once that file is complete. */
+  const hardlinks = new Map<string, Promise<string>>();
   const files = pLimit(4);
   const isRoot = process.getuid?.() === 0;
   const include = options.include?.map((g) => g.replace(/^\/+/, '').replace(/\/+$/, ''));
@@ -111,15 +112,22 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
     await utimes(full, mtime, mtime);
   };
 
-  const restoreFile = async (full: string, rel: string, node: TreeNode) => {
+  /** Restores a file, or links it to the first restored path of its inode (waiting outside the file limiter). */
+  const restoreFileOrLink = (full: string, rel: string, node: TreeNode): Promise<void> => {
     const linkKey = node.links > 1 ? `${node.device}:${node.inode}` : undefined;
     const first = linkKey ? hardlinks.get(linkKey) : undefined;
     if (first) {
-      await create(full, () => link(first, full));
-      result.files++;
-      return;
+      return first.then(async (firstPath) => {
+        await create(full, () => link(firstPath, full));
+        result.files++;
+      });
     }
-    if (linkKey) hardlinks.set(linkKey, full);
+    const done = files(() => restoreFile(full, rel, node)).then(() => full);
+    if (linkKey) hardlinks.set(linkKey, done);
+    return done.then(() => undefined);
+  };
+
+  const restoreFile = async (full: string, rel: string, node: TreeNode) => {
     let handle: FileHandle | undefined;
     await create(full, async () => {
       handle = await open(full, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW, 0o600);
@@ -175,7 +183,7 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
             restored++;
             break;
           case 'file':
-            pendingFiles.push(files(() => restoreFile(full, rel, node)).catch((err) => fail(rel, err)));
+            pendingFiles.push(restoreFileOrLink(full, rel, node).catch((err) => fail(rel, err)));
             restored++;
             break;
           case 'symlink':

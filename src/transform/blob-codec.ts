@@ -1,5 +1,6 @@
-import { Compressor, Decompressor } from 'zstd-napi';
-import { DecryptError, open, sealParts } from '../crypto/aead.js';
+import zstd from 'zstd-napi/binding.js';
+import { DecryptError, open } from '../crypto/aead.js';
+import { sealInto } from '../crypto/seal-into.js';
 import { blobId } from '../repo/ids.js';
 import { BlobFlag, blobTypeName } from '../repo/blob.js';
 import type { MasterKeys } from './keys.js';
@@ -11,7 +12,6 @@ import type { MasterKeys } from './keys.js';
  * The AAD of a blob is "tender:blob" ‖ type ‖ ID, so a sealed blob cannot pass for another.
  */
 export interface SealedBlob {
-  parts: Buffer[];
   storedLength: number;
   flags: number;
 }
@@ -27,8 +27,10 @@ export function blobAad(type: number, id: Uint8Array): Buffer {
 }
 
 export class BlobCodec {
-  private compressor: Compressor | undefined;
-  private readonly decompressor = new Decompressor();
+  private readonly compressor: zstd.CCtx | undefined;
+  private readonly decompressor = new zstd.DCtx();
+  /** Reused output buffer for compression: no fresh memory per chunk (first touch is slow). */
+  private scratch = Buffer.alloc(0);
 
   constructor(
     private readonly keys: MasterKeys,
@@ -36,8 +38,8 @@ export class BlobCodec {
     compressionLevel: number,
   ) {
     if (compressionLevel > 0) {
-      this.compressor = new Compressor();
-      this.compressor.setParameters({ compressionLevel });
+      this.compressor = new zstd.CCtx();
+      this.compressor.setParameter(zstd.CParameter.compressionLevel, compressionLevel);
     }
   }
 
@@ -45,19 +47,24 @@ export class BlobCodec {
     return blobId(this.keys.blobId, plaintext);
   }
 
-  seal(type: number, id: Uint8Array, plaintext: Uint8Array): SealedBlob {
+  /**
+   * Seals `plaintext` straight into `dst` (a reserved region of a pack buffer), which must hold at
+   * least plaintext length + sealOverhead bytes. Returns the stored length and flags.
+   */
+  sealInto(type: number, id: Uint8Array, plaintext: Uint8Array, dst: Uint8Array): SealedBlob {
     let payload: Uint8Array = plaintext;
     let flags = 0;
     if (this.compressor && plaintext.byteLength > 0) {
-      const compressed = this.compressor.compress(asBuffer(plaintext));
+      const bound = zstd.compressBound(plaintext.byteLength);
+      if (this.scratch.length < bound) this.scratch = Buffer.allocUnsafeSlow(bound);
+      const compressedLength = this.compressor.compress2(this.scratch, plaintext);
       // Keep compression only when it saves at least 1/64: otherwise decompression is wasted work.
-      if (compressed.length < plaintext.byteLength - (plaintext.byteLength >> 6)) {
-        payload = compressed;
+      if (compressedLength < plaintext.byteLength - (plaintext.byteLength >> 6)) {
+        payload = this.scratch.subarray(0, compressedLength);
         flags |= BlobFlag.zstd;
       }
     }
-    const parts = sealParts(this.keys.encryption, payload, blobAad(type, id));
-    return { parts, storedLength: parts[0]!.length + parts[1]!.length + parts[2]!.length, flags };
+    return { storedLength: sealInto(this.keys.encryption, blobAad(type, id), payload, dst), flags };
   }
 
   /** Returns the verified plaintext, or throws BlobCorruptError saying what is wrong. */
@@ -72,9 +79,12 @@ export class BlobCodec {
     let plaintext = payload;
     if (flags & BlobFlag.zstd) {
       try {
-        plaintext = this.decompressor.decompress(payload);
+        // The index gives the exact size, so the output is allocated once and never grows.
+        plaintext = Buffer.allocUnsafeSlow(rawLength);
+        const produced = zstd.getFrameContentSize(payload) === rawLength ? this.decompressor.decompress(plaintext, payload) : -1;
+        if (produced !== rawLength) throw new Error('size mismatch');
       } catch {
-        throw new BlobCorruptError(type, id, 'does not decompress');
+        throw new BlobCorruptError(type, id, 'does not decompress to its indexed size');
       }
     }
     if (plaintext.length !== rawLength) {
@@ -96,6 +106,3 @@ export class BlobCorruptError extends Error {
   }
 }
 
-function asBuffer(data: Uint8Array): Buffer {
-  return Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-}

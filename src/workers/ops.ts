@@ -5,16 +5,19 @@ import type { MasterKeys } from '../transform/keys.js';
  * The CPU-heavy steps of the pipeline, as plain functions over byte spans. They run inside
  * worker threads (src/workers/worker.ts) or inline; both call exactly this code.
  */
+/** Seal the plaintext at [offset, offset+length) of the source buffer into a reserved pack region. */
 export interface SealRequest {
   type: number;
   id: Uint8Array;
   offset: number;
   length: number;
+  target: SharedArrayBuffer;
+  targetOffset: number;
+  targetCapacity: number;
 }
 
 export interface SealedResult {
-  /** nonce ‖ ciphertext ‖ tag in one buffer that owns its memory (transferable). */
-  bytes: Uint8Array;
+  storedLength: number;
   flags: number;
 }
 
@@ -45,27 +48,29 @@ export class CodecOps {
   }
 
   seal(data: Uint8Array, requests: readonly SealRequest[]): SealedResult[] {
-    return requests.map((r) => {
-      const sealed = this.codec.seal(r.type, r.id, data.subarray(r.offset, r.offset + r.length));
-      const bytes = new Uint8Array(new ArrayBuffer(sealed.storedLength));
-      let at = 0;
-      for (const part of sealed.parts) {
-        bytes.set(part, at);
-        at += part.length;
-      }
-      return { bytes, flags: sealed.flags };
-    });
+    return requests.map((r) =>
+      this.codec.sealInto(r.type, r.id, data.subarray(r.offset, r.offset + r.length), new Uint8Array(r.target, r.targetOffset, r.targetCapacity)),
+    );
   }
 
   open(requests: readonly OpenRequest[]): OpenResult[] {
     return requests.map((r) => {
       try {
         const plain = this.codec.open(r.type, r.id, r.flags, r.rawLength, r.sealed);
-        // Copy out of Node's buffer pool only when the result shares an ArrayBuffer, so it can be transferred.
-        return { plain: plain.byteLength === plain.buffer.byteLength ? plain : new Uint8Array(plain) };
+        return { plain: ownsMemory(plain) ? plain : ownedCopy(plain) };
       } catch (err) {
         return { error: (err as Error).message };
       }
     });
   }
+}
+
+/** Whether the view covers its whole ArrayBuffer, so the buffer can be transferred to another thread. */
+export function ownsMemory(view: Uint8Array): boolean {
+  return view.byteOffset === 0 && view.byteLength === view.buffer.byteLength && !(view.buffer instanceof SharedArrayBuffer);
+}
+
+/** A copy that owns its memory (small buffers come from Node's shared pool and cannot be transferred). */
+function ownedCopy(view: Uint8Array): Uint8Array {
+  return new Uint8Array(view);
 }

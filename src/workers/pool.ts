@@ -3,7 +3,7 @@ import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import type { MasterKeys } from '../transform/keys.js';
-import { CodecOps, type OpenRequest, type OpenResult, type SealRequest, type SealedResult } from './ops.js';
+import { CodecOps, ownsMemory, type OpenRequest, type OpenResult, type SealRequest, type SealedResult } from './ops.js';
 import type { WorkerRequest, WorkerResponse } from './protocol.js';
 
 /** Where the pipeline's CPU work runs: worker threads, or this thread (workers: 0). */
@@ -106,11 +106,7 @@ class WorkerPool implements CodecExecutor {
   async open(requests: OpenRequest[]): Promise<OpenResult[]> {
     // Hand over the sealed bytes without copying when a request owns its whole ArrayBuffer.
     const transfer: ArrayBuffer[] = [];
-    for (const r of requests) {
-      if (r.sealed.byteOffset === 0 && r.sealed.byteLength === r.sealed.buffer.byteLength && !(r.sealed.buffer instanceof SharedArrayBuffer)) {
-        transfer.push(r.sealed.buffer as ArrayBuffer);
-      }
-    }
+    for (const r of requests) if (ownsMemory(r.sealed)) transfer.push(r.sealed.buffer as ArrayBuffer);
     const r = await this.send({ op: 'open', requests } as WorkerRequest, transfer);
     return (r as Extract<WorkerResponse, { op: 'open' }>).opened;
   }

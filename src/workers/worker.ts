@@ -21,9 +21,7 @@ parentPort!.on('message', (msg: WorkerRequest) => {
         break;
       }
       case 'seal': {
-        const sealed = ops.seal(new Uint8Array(msg.buffer), msg.requests);
-        for (const s of sealed) transfer.push(s.bytes.buffer as ArrayBuffer);
-        response = { seq: msg.seq, op: 'seal', sealed };
+        response = { seq: msg.seq, op: 'seal', sealed: ops.seal(new Uint8Array(msg.buffer), msg.requests) };
         break;
       }
       case 'open': {

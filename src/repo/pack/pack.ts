@@ -1,4 +1,5 @@
-import { DecryptError, aadLabel, open, sealParts } from '../../crypto/aead.js';
+import { DecryptError, aadLabel, open, seal } from '../../crypto/aead.js';
+import type { PooledBuffer } from '../../util/buffer-pool.js';
 import { BinaryReader, BinaryWriter, FormatError } from '../binary.js';
 import { type BlobEntry, isBlobType } from '../blob.js';
 import { idLength, idToHex, randomId } from '../ids.js';
@@ -29,35 +30,86 @@ function headerAad(packId: Uint8Array): Buffer {
   return Buffer.concat([aadLabel('pack-header'), packId]);
 }
 
-/** Collects sealed blobs for one pack; `finish` appends the header. Blob buffers are not copied. */
+/** A region of a pack's buffer set aside for one sealed blob, filled by a worker or this thread. */
+export interface Reservation {
+  readonly pack: PackBuilder;
+  /** Position of the blob among the pack's blobs. */
+  readonly slot: number;
+  readonly buffer: SharedArrayBuffer;
+  readonly offset: number;
+  readonly capacity: number;
+}
+
+type PackBlob =
+  | { state: 'reserved'; offset: number }
+  | { state: 'committed'; entry: Omit<BlobEntry, 'offset'>; bytes: Uint8Array }
+  | { state: 'abandoned' };
+
+/**
+ * One pack being filled. Sealed blobs are written straight into reserved regions of the pack's
+ * buffer (by worker threads), so they are never copied; a reserved region may end up partly
+ * unused (compression), and `finish` lists only the bytes used. Blob offsets in the pack file are
+ * the sums of the stored lengths before them, so they are known when the pack is finished.
+ */
 export class PackBuilder {
   readonly id = randomId();
-  readonly parts: Buffer[] = [];
-  readonly entries: BlobEntry[] = [];
-  size = 0;
+  private readonly blobs: PackBlob[] = [];
+  private reserved = 0;
+  private pending = 0;
+  /** No more reservations: the pack is stored once every reserved blob is committed. */
+  closed = false;
 
-  add(entry: Omit<BlobEntry, 'offset' | 'storedLength'>, sealedParts: readonly Buffer[]): BlobEntry {
-    let storedLength = 0;
-    for (const p of sealedParts) {
-      this.parts.push(p);
-      storedLength += p.length;
-    }
-    const full: BlobEntry = { ...entry, offset: this.size, storedLength };
-    this.entries.push(full);
-    this.size += storedLength;
-    return full;
+  constructor(readonly buffer: PooledBuffer) {}
+
+  /** A region of `capacity` bytes, or undefined if the buffer has no room left. */
+  reserve(capacity: number): Reservation | undefined {
+    if (this.closed || this.reserved + capacity > this.buffer.view.length) return undefined;
+    const offset = this.reserved;
+    this.reserved += capacity;
+    this.pending++;
+    this.blobs.push({ state: 'reserved', offset });
+    return { pack: this, slot: this.blobs.length - 1, buffer: this.buffer.buffer, offset, capacity };
   }
 
-  finish(encryptionKey: Uint8Array): { key: string; parts: Buffer[]; size: number } {
-    const w = new BinaryWriter(1 + 4 + this.entries.length * headerEntrySize).u8(packHeaderVersion).u32(this.entries.length);
-    for (const e of this.entries) w.u8(e.type).u8(e.flags).u32(e.storedLength).u32(e.rawLength).id(e.id);
-    const sealed = sealParts(encryptionKey, w.finish(), headerAad(this.id));
-    const headerLength = sealed.reduce((n, p) => n + p.length, 0);
+  commit(r: Reservation, entry: Omit<BlobEntry, 'offset' | 'storedLength'>, storedLength: number): void {
+    if (storedLength > r.capacity) throw new Error(`sealed blob of ${storedLength} bytes overflows its ${r.capacity}-byte reservation`);
+    this.blobs[r.slot] = { state: 'committed', entry: { ...entry, storedLength }, bytes: this.buffer.view.subarray(r.offset, r.offset + storedLength) };
+    this.pending--;
+  }
+
+  abandon(r: Reservation): void {
+    this.blobs[r.slot] = { state: 'abandoned' };
+    this.pending--;
+  }
+
+  /** Closed, with every reservation committed or abandoned. */
+  get complete(): boolean {
+    return this.closed && this.pending === 0;
+  }
+
+  get isEmpty(): boolean {
+    return !this.blobs.some((b) => b.state === 'committed');
+  }
+
+  /** The pack file's parts (views into the buffer, then the sealed header and trailer) and its blob entries. */
+  finish(encryptionKey: Uint8Array): { key: string; parts: Uint8Array[]; size: number; entries: BlobEntry[] } {
+    const parts: Uint8Array[] = [];
+    const entries: BlobEntry[] = [];
+    let size = 0;
+    for (const b of this.blobs) {
+      if (b.state !== 'committed') continue;
+      entries.push({ ...b.entry, offset: size });
+      parts.push(b.bytes);
+      size += b.bytes.length;
+    }
+    const w = new BinaryWriter(1 + 4 + entries.length * headerEntrySize).u8(packHeaderVersion).u32(entries.length);
+    for (const e of entries) w.u8(e.type).u8(e.flags).u32(e.storedLength).u32(e.rawLength).id(e.id);
+    const sealed = seal(encryptionKey, w.finish(), headerAad(this.id));
     const trailer = Buffer.alloc(trailerSize);
-    trailer.writeUInt32LE(headerLength);
-    this.parts.push(...sealed, trailer);
-    this.size += headerLength + trailerSize;
-    return { key: packKey(this.id), parts: this.parts, size: this.size };
+    trailer.writeUInt32LE(sealed.length);
+    parts.push(sealed, trailer);
+    size += sealed.length + trailerSize;
+    return { key: packKey(this.id), parts, size, entries };
   }
 }
 

@@ -1,0 +1,45 @@
+/**
+ * A bounded set of reusable shared buffers. Used for file-read slots and for pack buffers:
+ * workers see the same memory (nothing is copied to reach them), reuse keeps pages warm (first
+ * touch of fresh memory is slow on our VMs), and the count bounds the memory in flight —
+ * `acquire` waits while every buffer is in use (backpressure).
+ */
+export interface PooledBuffer {
+  readonly buffer: SharedArrayBuffer;
+  readonly view: Uint8Array;
+  /** The same memory as a Buffer, for fast copies (TypedArray.set on shared memory is slow). */
+  readonly bytes: Buffer;
+}
+
+export class BufferPool {
+  private readonly free: PooledBuffer[] = [];
+  private readonly waiters: Array<(buffer: PooledBuffer) => void> = [];
+  private created = 0;
+
+  constructor(
+    readonly bufferSize: number,
+    readonly maxBuffers: number,
+  ) {}
+
+  acquire(): Promise<PooledBuffer> {
+    const buffer = this.free.pop();
+    if (buffer) return Promise.resolve(buffer);
+    if (this.created < this.maxBuffers) {
+      this.created++;
+      return Promise.resolve(sharedBuffer(this.bufferSize));
+    }
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  release(buffer: PooledBuffer): void {
+    const waiter = this.waiters.shift();
+    if (waiter) waiter(buffer);
+    else this.free.push(buffer);
+  }
+}
+
+/** A shared buffer outside any pool (for the rare object larger than the pool's buffers). */
+export function sharedBuffer(size: number): PooledBuffer {
+  const buffer = new SharedArrayBuffer(size);
+  return { buffer, view: new Uint8Array(buffer), bytes: Buffer.from(buffer) };
+}
