@@ -6,6 +6,7 @@ import { hexToId, idToHex, storedObjectId } from '../repo/ids.js';
 import type { IndexedPack } from '../repo/index/index-file.js';
 import { decodePackHeader, packIdFromKey, packKey } from '../repo/pack/pack.js';
 import type { Repository } from '../repo/repository.js';
+import { BufferPool, sharedBuffer } from '../util/buffer-pool.js';
 import { createExecutor, defaultWorkerCount } from '../workers/pool.js';
 
 export interface CheckOptions {
@@ -104,38 +105,37 @@ export async function check(repo: Repository, options: CheckOptions = {}): Promi
     say(subset ? 'reading a subset of the packs' : 'reading all packs');
     const executor = createExecutor(repo.keys, repo.config.compressionLevel, options.workers ?? defaultWorkerCount());
     const readers = pLimit(2);
+    // Packs are read into reused shared buffers that the workers verify in place.
+    const buffers = new BufferPool(repo.config.packSize + 1024 * 1024, 2);
+    const verifyPack = async (id: string, pack: IndexedPack) => {
+      const key = packKey(id);
+      const pooled = pack.packSize <= buffers.bufferSize ? await buffers.acquire() : sharedBuffer(pack.packSize);
+      try {
+        const bytes = await repo.storage.get(key, undefined, pooled.view);
+        try {
+          const header = decodePackHeader(repo.keys.encryption, hexToId(id), bytes, bytes.length);
+          const headerIds = new Set(header.map((b) => idToHex(b.id)));
+          if (pack.blobs.some((b) => !headerIds.has(idToHex(b.id)))) problem(key, 'header does not list every blob its index entry has');
+        } catch (err) {
+          if (!(err instanceof FormatError)) throw err;
+          problem(key, `header: ${err.message}`);
+        }
+        const opened = await executor.open(
+          pooled.buffer,
+          pack.blobs.map((b) => ({ type: b.type, id: b.id, flags: b.flags, rawLength: b.rawLength, offset: b.offset, storedLength: b.storedLength })),
+        );
+        opened.forEach((error, i) => {
+          if (error === null) return;
+          problem(key, `is damaged: ${error}`);
+          damagedBlobs.set(idToHex(pack.blobs[i]!.id), `${key} is damaged`);
+        });
+      } finally {
+        if (pooled.view.length === buffers.bufferSize) buffers.release(pooled);
+      }
+    };
     try {
-      await Promise.all(
-        [...indexedPacks].filter(([id, p]) => stored.get(id) === p.packSize && selected(id)).map(([id, pack]) =>
-          readers(async () => {
-            const key = packKey(id);
-            const bytes = await repo.storage.get(key);
-            try {
-              const header = decodePackHeader(repo.keys.encryption, hexToId(id), bytes, bytes.length);
-              const headerIds = new Set(header.map((b) => idToHex(b.id)));
-              if (pack.blobs.some((b) => !headerIds.has(idToHex(b.id)))) problem(key, 'header does not list every blob its index entry has');
-            } catch (err) {
-              if (!(err instanceof FormatError)) throw err;
-              problem(key, `header: ${err.message}`);
-            }
-            const opened = await executor.open(
-              pack.blobs.map((b) => ({
-                type: b.type,
-                id: b.id,
-                flags: b.flags,
-                rawLength: b.rawLength,
-                sealed: bytes.subarray(b.offset, b.offset + b.storedLength),
-              })),
-            );
-            opened.forEach((o, i) => {
-              if ('error' in o) {
-                problem(key, `is damaged: ${o.error}`);
-                damagedBlobs.set(idToHex(pack.blobs[i]!.id), `${key} is damaged`);
-              }
-            });
-          }),
-        ),
-      );
+      const toRead = [...indexedPacks].filter(([id, p]) => stored.get(id) === p.packSize && selected(id));
+      await Promise.all(toRead.map(([id, pack]) => readers(() => verifyPack(id, pack))));
     } finally {
       await executor.close();
     }

@@ -12,6 +12,7 @@ import { packKey } from '../repo/pack/pack.js';
 import { corrupt, type Repository } from '../repo/repository.js';
 import type { Snapshot } from '../repo/snapshot/snapshot.js';
 import { type TreeNode, isSafeName } from '../repo/snapshot/tree.js';
+import { BufferPool, type PooledBuffer } from '../util/buffer-pool.js';
 import { createExecutor, defaultWorkerCount, type CodecExecutor } from '../workers/pool.js';
 import { type ChunkRef, planReads } from './plan.js';
 
@@ -77,6 +78,7 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
     }
   };
   const executor = createExecutor(repo.keys, repo.config.compressionLevel, options.workers ?? defaultWorkerCount());
+  const buffers: RestoreBuffers = { reads: new BufferPool(restoreBufferSize, 3), plaintext: new BufferPool(restoreBufferSize, 3) };
   const result: RestoreResult = { files: 0, dirs: 0, bytes: 0, errors: [] };
   const progress: RestoreProgress = { filesDone: 0, bytesDone: 0 };
   /** First path restored for each hardlinked inode, resolved once that file is complete. */
@@ -134,7 +136,7 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
     });
     if (!handle) throw new Error(`could not create ${rel}`);
     try {
-      const written = await writeContent(repo, executor, handle, await chunkRefs(repo, node), (n) => {
+      const written = await writeContent(repo, executor, buffers, handle, await chunkRefs(repo, node), (n) => {
         progress.bytesDone += n;
         report();
       });
@@ -266,18 +268,28 @@ async function chunkRefs(repo: Repository, node: TreeNode): Promise<ChunkRef[]> 
   });
 }
 
+/** Reused shared buffers for restore: packs are read into one, workers write plaintext into another. */
+interface RestoreBuffers {
+  reads: BufferPool;
+  plaintext: BufferPool;
+}
+
+const restoreBufferSize = 16 * 1024 * 1024;
+
 /**
- * Fetches the file's chunks with ranged reads (adjacent blobs of a pack in one request), opens
- * them in the workers and writes each at its offset. All-zero chunks are skipped (holes).
+ * Fetches the file's chunks with ranged reads (adjacent blobs of a pack in one request) into a
+ * pooled buffer, has the workers open them into another pooled buffer, and writes each chunk at
+ * its offset. All-zero chunks are skipped (holes). Memory is bounded by the two pools.
  */
 async function writeContent(
   repo: Repository,
   executor: CodecExecutor,
+  buffers: RestoreBuffers,
   handle: FileHandle,
   refs: ChunkRef[],
   onBytes: (n: number) => void,
 ): Promise<number> {
-  const reads = planReads(refs, 16 * 1024 * 1024);
+  const reads = planReads(refs, restoreBufferSize, restoreBufferSize);
   const fetches = pLimit(3);
   let size = 0;
   for (const r of refs) size += r.loc.rawLength;
@@ -285,32 +297,49 @@ async function writeContent(
     reads.map((read) =>
       fetches(async () => {
         const key = packKey(repo.packIdAt(read.packIndex));
-        const bytes = await repo.storage.get(key, { offset: read.offset, length: read.length }).catch((err) => {
-          if (err instanceof TenderError && err.code === 'TENDER_NOT_FOUND') throw corrupt(key, 'is missing');
-          throw err;
-        });
-        if (bytes.length !== read.length) throw corrupt(key, 'is truncated');
-        const opened = await executor.open(
-          read.refs.map((ref) => ({
-            type: BlobType.data,
-            id: ref.id,
-            flags: ref.loc.flags,
-            rawLength: ref.loc.rawLength,
-            sealed: bytes.subarray(ref.loc.offset - read.offset, ref.loc.offset - read.offset + ref.loc.storedLength),
-          })),
-        );
-        for (let i = 0; i < opened.length; i++) {
-          const o = opened[i]!;
-          if ('error' in o) throw corrupt(key, `is damaged: ${o.error}`);
-          const ref = read.refs[i]!;
-          if (!isAllZero(o.plain)) {
-            let done = 0;
-            while (done < o.plain.length) {
-              const { bytesWritten } = await handle.write(o.plain, done, o.plain.length - done, ref.fileOffset + done);
-              done += bytesWritten;
+        let sealed: PooledBuffer | undefined = await buffers.reads.acquire();
+        let plain: PooledBuffer | undefined;
+        try {
+          const bytes = await repo.storage.get(key, { offset: read.offset, length: read.length }, sealed.view).catch((err) => {
+            if (err instanceof TenderError && err.code === 'TENDER_NOT_FOUND') throw corrupt(key, 'is missing');
+            throw err;
+          });
+          if (bytes.length !== read.length) throw corrupt(key, 'is truncated');
+          plain = await buffers.plaintext.acquire();
+          let at = 0;
+          const requests = read.refs.map((ref) => {
+            const request = {
+              type: BlobType.data,
+              id: ref.id,
+              flags: ref.loc.flags,
+              rawLength: ref.loc.rawLength,
+              offset: ref.loc.offset - read.offset,
+              storedLength: ref.loc.storedLength,
+              target: plain!.buffer,
+              targetOffset: at,
+            };
+            at += ref.loc.rawLength;
+            return request;
+          });
+          const opened = await executor.open(sealed.buffer, requests);
+          buffers.reads.release(sealed);
+          sealed = undefined;
+          for (let i = 0; i < opened.length; i++) {
+            if (opened[i] !== null) throw corrupt(key, `is damaged: ${opened[i]}`);
+            const ref = read.refs[i]!;
+            const chunk = plain.view.subarray(requests[i]!.targetOffset, requests[i]!.targetOffset + ref.loc.rawLength);
+            if (!isAllZero(chunk)) {
+              let done = 0;
+              while (done < chunk.length) {
+                const { bytesWritten } = await handle.write(chunk, done, chunk.length - done, ref.fileOffset + done);
+                done += bytesWritten;
+              }
             }
+            onBytes(chunk.length);
           }
-          onBytes(o.plain.length);
+        } finally {
+          if (sealed) buffers.reads.release(sealed);
+          if (plain) buffers.plaintext.release(plain);
         }
       }),
     ),

@@ -3,7 +3,7 @@ import { constants as fsConstants } from 'node:fs';
 import { link, mkdir, open, readdir, rm, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { TenderError, systemErrorCode } from '../errors/errors.js';
-import type { ByteRange, ObjectInfo, PutResult, Storage } from './storage.js';
+import { type ByteRange, type ObjectInfo, type PutResult, type Storage, viewOf } from './storage.js';
 
 /**
  * A repository in a local directory. Each key is a file below the root.
@@ -66,7 +66,7 @@ export class FsStorage implements Storage {
     }
   }
 
-  async get(key: string, range?: ByteRange): Promise<Buffer> {
+  async get(key: string, range?: ByteRange, into?: Uint8Array): Promise<Buffer> {
     let handle;
     try {
       handle = await open(this.pathOf(key), 'r');
@@ -79,7 +79,7 @@ export class FsStorage implements Storage {
     try {
       const offset = range?.offset ?? 0;
       const length = range?.length ?? (await handle.stat()).size - offset;
-      const buf = Buffer.allocUnsafe(length);
+      const buf = into ? viewOf(into, length) : Buffer.allocUnsafe(length);
       let done = 0;
       while (done < length) {
         const { bytesRead } = await handle.read(buf, done, length - done, offset + done);

@@ -54,7 +54,7 @@ import {
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { TenderError, type ErrorCode } from '../errors/errors.js';
 import type { StorageOptions } from './open.js';
-import { totalLength, type ByteRange, type ObjectInfo, type PutResult, type Storage } from './storage.js';
+import { totalLength, viewOf, type ByteRange, type ObjectInfo, type PutResult, type Storage } from './storage.js';
 
 /** Request and byte counters; PUT-class and GET-class requests are what S3 bills for. */
 export interface S3Stats {
@@ -340,7 +340,7 @@ export class S3Storage implements Storage {
     }
   }
 
-  async get(key: string, range?: ByteRange): Promise<Buffer> {
+  async get(key: string, range?: ByteRange, into?: Uint8Array): Promise<Buffer> {
     const k = this.keyOf(key);
     if (range && (range.offset < 0 || range.length < 0 || !Number.isSafeInteger(range.offset + range.length))) {
       throw new TenderError('TENDER_STORAGE', `get ${key}: invalid byte range ${range.offset}+${range.length}`);
@@ -366,7 +366,7 @@ export class S3Storage implements Storage {
             `but the server returned ${announced} bytes${size ? ` (the object has ${size})` : ''}`,
         );
       }
-      const out = Buffer.allocUnsafe(announced);
+      const out = into ? viewOf(into, announced) : Buffer.allocUnsafe(announced);
       let done = 0;
       if (body) {
         for await (const chunk of body as AsyncIterable<Buffer>) {

@@ -32,8 +32,12 @@ export interface Storage {
   list(prefix: string): AsyncIterable<ObjectInfo>;
   /** Size of the object, or undefined if it does not exist. */
   stat(key: string): Promise<ObjectInfo | undefined>;
-  /** The whole object, or `range` of it. Throws TENDER_NOT_FOUND if missing. */
-  get(key: string, range?: ByteRange): Promise<Buffer>;
+  /**
+   * The whole object, or `range` of it. Throws TENDER_NOT_FOUND if missing. With `into` (at least
+   * as long as the result), the bytes are read into it and the result is a view of it: hot paths
+   * read into pooled buffers instead of fresh memory.
+   */
+  get(key: string, range?: ByteRange, into?: Uint8Array): Promise<Buffer>;
   /** Store an object made of `parts` (concatenated) unless `key` already exists. */
   put(key: string, parts: readonly Uint8Array[]): Promise<PutResult>;
   /** Remove an object. Removing a missing object is not an error. */
@@ -46,4 +50,10 @@ export function totalLength(parts: readonly Uint8Array[]): number {
   let n = 0;
   for (const p of parts) n += p.byteLength;
   return n;
+}
+
+/** A Buffer over the first `length` bytes of `into` (for `get` into a caller's buffer). */
+export function viewOf(into: Uint8Array, length: number): Buffer {
+  if (into.byteLength < length) throw new RangeError(`read buffer of ${into.byteLength} bytes is too small for ${length}`);
+  return Buffer.from(into.buffer, into.byteOffset, length);
 }

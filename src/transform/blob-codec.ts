@@ -1,6 +1,6 @@
 import zstd from 'zstd-napi/binding.js';
-import { DecryptError, open } from '../crypto/aead.js';
-import { sealInto } from '../crypto/seal-into.js';
+import { DecryptError, sealOverhead } from '../crypto/aead.js';
+import { openInto, sealInto } from '../crypto/seal-into.js';
 import { blobId } from '../repo/ids.js';
 import { BlobFlag, blobTypeName } from '../repo/blob.js';
 import type { MasterKeys } from './keys.js';
@@ -67,31 +67,43 @@ export class BlobCodec {
     return { storedLength: sealInto(this.keys.encryption, blobAad(type, id), payload, dst), flags };
   }
 
-  /** Returns the verified plaintext, or throws BlobCorruptError saying what is wrong. */
+  /** Returns the verified plaintext in a new buffer, or throws BlobCorruptError saying what is wrong. */
   open(type: number, id: Uint8Array, flags: number, rawLength: number, sealed: Uint8Array): Buffer {
-    let payload: Buffer;
+    const plaintext = Buffer.allocUnsafeSlow(rawLength);
+    this.openInto(type, id, flags, rawLength, sealed, plaintext);
+    return plaintext;
+  }
+
+  /**
+   * Decrypts, decompresses and verifies a sealed blob into `dst` (exactly `rawLength` bytes are
+   * written); throws BlobCorruptError saying what is wrong. Allocates nothing per call.
+   */
+  openInto(type: number, id: Uint8Array, flags: number, rawLength: number, sealed: Uint8Array, dst: Uint8Array): void {
+    const compressed = (flags & BlobFlag.zstd) !== 0;
+    const payloadLength = sealed.byteLength - sealOverhead;
+    if (payloadLength < 0 || (!compressed && payloadLength !== rawLength)) {
+      throw new BlobCorruptError(type, id, `has ${Math.max(0, payloadLength)} stored bytes, the index says ${rawLength}`);
+    }
+    if (compressed && this.scratch.length < payloadLength) this.scratch = Buffer.allocUnsafeSlow(payloadLength);
+    const out = dst.subarray(0, rawLength);
     try {
-      payload = open(this.keys.encryption, sealed, blobAad(type, id));
+      openInto(this.keys.encryption, blobAad(type, id), sealed, compressed ? this.scratch : out);
     } catch (err) {
       if (err instanceof DecryptError) throw new BlobCorruptError(type, id, 'does not decrypt (damaged or not this blob)');
       throw err;
     }
-    let plaintext = payload;
-    if (flags & BlobFlag.zstd) {
+    if (compressed) {
+      const payload = this.scratch.subarray(0, payloadLength);
+      let produced = -1;
       try {
-        // The index gives the exact size, so the output is allocated once and never grows.
-        plaintext = Buffer.allocUnsafeSlow(rawLength);
-        const produced = zstd.getFrameContentSize(payload) === rawLength ? this.decompressor.decompress(plaintext, payload) : -1;
-        if (produced !== rawLength) throw new Error('size mismatch');
+        // The index gives the exact size; a frame announcing another size is damaged.
+        if (zstd.getFrameContentSize(payload) === rawLength) produced = this.decompressor.decompress(out, payload);
       } catch {
-        throw new BlobCorruptError(type, id, 'does not decompress to its indexed size');
+        produced = -1;
       }
+      if (produced !== rawLength) throw new BlobCorruptError(type, id, 'does not decompress to its indexed size');
     }
-    if (plaintext.length !== rawLength) {
-      throw new BlobCorruptError(type, id, `has ${plaintext.length} bytes, the index says ${rawLength}`);
-    }
-    if (!this.id(plaintext).equals(id)) throw new BlobCorruptError(type, id, 'content does not match its ID');
-    return plaintext;
+    if (!this.id(out).equals(id)) throw new BlobCorruptError(type, id, 'content does not match its ID');
   }
 }
 

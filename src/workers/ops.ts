@@ -21,15 +21,23 @@ export interface SealedResult {
   flags: number;
 }
 
+/**
+ * Open the sealed blob at [offset, offset+storedLength) of the source buffer and write its
+ * plaintext at targetOffset of `target` (or only verify it, without a target).
+ */
 export interface OpenRequest {
   type: number;
   id: Uint8Array;
   flags: number;
   rawLength: number;
-  sealed: Uint8Array;
+  offset: number;
+  storedLength: number;
+  target?: SharedArrayBuffer;
+  targetOffset?: number;
 }
 
-export type OpenResult = { plain: Uint8Array } | { error: string };
+/** null when the blob is intact, else what is wrong with it. */
+export type OpenResult = string | null;
 
 export class CodecOps {
   readonly codec: BlobCodec;
@@ -53,24 +61,23 @@ export class CodecOps {
     );
   }
 
-  open(requests: readonly OpenRequest[]): OpenResult[] {
+  open(source: Uint8Array, requests: readonly OpenRequest[]): OpenResult[] {
     return requests.map((r) => {
       try {
-        const plain = this.codec.open(r.type, r.id, r.flags, r.rawLength, r.sealed);
-        return { plain: ownsMemory(plain) ? plain : ownedCopy(plain) };
+        const sealed = source.subarray(r.offset, r.offset + r.storedLength);
+        const dst = r.target ? new Uint8Array(r.target, r.targetOffset ?? 0, r.rawLength) : this.verifyScratch(r.rawLength);
+        this.codec.openInto(r.type, r.id, r.flags, r.rawLength, sealed, dst);
+        return null;
       } catch (err) {
-        return { error: (err as Error).message };
+        return (err as Error).message;
       }
     });
   }
-}
 
-/** Whether the view covers its whole ArrayBuffer, so the buffer can be transferred to another thread. */
-export function ownsMemory(view: Uint8Array): boolean {
-  return view.byteOffset === 0 && view.byteLength === view.buffer.byteLength && !(view.buffer instanceof SharedArrayBuffer);
-}
+  private verifyBuffer = new Uint8Array(0);
 
-/** A copy that owns its memory (small buffers come from Node's shared pool and cannot be transferred). */
-function ownedCopy(view: Uint8Array): Uint8Array {
-  return new Uint8Array(view);
+  private verifyScratch(length: number): Uint8Array {
+    if (this.verifyBuffer.length < length) this.verifyBuffer = new Uint8Array(length);
+    return this.verifyBuffer.subarray(0, length);
+  }
 }

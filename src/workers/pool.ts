@@ -3,14 +3,14 @@ import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import type { MasterKeys } from '../transform/keys.js';
-import { CodecOps, ownsMemory, type OpenRequest, type OpenResult, type SealRequest, type SealedResult } from './ops.js';
+import { CodecOps, type OpenRequest, type OpenResult, type SealRequest, type SealedResult } from './ops.js';
 import type { WorkerRequest, WorkerResponse } from './protocol.js';
 
 /** Where the pipeline's CPU work runs: worker threads, or this thread (workers: 0). */
 export interface CodecExecutor {
   hash(buffer: SharedArrayBuffer, spans: Uint32Array): Promise<Uint8Array>;
   seal(buffer: SharedArrayBuffer, requests: SealRequest[]): Promise<SealedResult[]>;
-  open(requests: OpenRequest[]): Promise<OpenResult[]>;
+  open(buffer: SharedArrayBuffer, requests: OpenRequest[]): Promise<OpenResult[]>;
   close(): Promise<void>;
 }
 
@@ -37,8 +37,8 @@ class InlineExecutor implements CodecExecutor {
     return this.ops.seal(new Uint8Array(buffer), requests);
   }
 
-  async open(requests: OpenRequest[]): Promise<OpenResult[]> {
-    return this.ops.open(requests);
+  async open(buffer: SharedArrayBuffer, requests: OpenRequest[]): Promise<OpenResult[]> {
+    return this.ops.open(new Uint8Array(buffer), requests);
   }
 
   async close(): Promise<void> {}
@@ -83,13 +83,13 @@ class WorkerPool implements CodecExecutor {
     this.workers = Array.from({ length: count }, () => new PoolWorker(script, data));
   }
 
-  private send(request: Omit<WorkerRequest, 'seq'>, transfer: ArrayBuffer[] = []): Promise<WorkerResponse> {
+  private send(request: Omit<WorkerRequest, 'seq'>): Promise<WorkerResponse> {
     let target = this.workers[0]!;
     for (const w of this.workers) if (w.pending.size < target.pending.size) target = w;
     const seq = ++this.seq;
     return new Promise((resolve, reject) => {
       target.pending.set(seq, { resolve, reject });
-      target.worker.postMessage({ ...request, seq }, transfer);
+      target.worker.postMessage({ ...request, seq });
     });
   }
 
@@ -103,11 +103,8 @@ class WorkerPool implements CodecExecutor {
     return (r as Extract<WorkerResponse, { op: 'seal' }>).sealed;
   }
 
-  async open(requests: OpenRequest[]): Promise<OpenResult[]> {
-    // Hand over the sealed bytes without copying when a request owns its whole ArrayBuffer.
-    const transfer: ArrayBuffer[] = [];
-    for (const r of requests) if (ownsMemory(r.sealed)) transfer.push(r.sealed.buffer as ArrayBuffer);
-    const r = await this.send({ op: 'open', requests } as WorkerRequest, transfer);
+  async open(buffer: SharedArrayBuffer, requests: OpenRequest[]): Promise<OpenResult[]> {
+    const r = await this.send({ op: 'open', buffer, requests } as WorkerRequest);
     return (r as Extract<WorkerResponse, { op: 'open' }>).opened;
   }
 

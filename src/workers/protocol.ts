@@ -4,7 +4,7 @@ import type { OpenRequest, OpenResult, SealRequest, SealedResult } from './ops.j
 export type WorkerRequest =
   | { seq: number; op: 'hash'; buffer: SharedArrayBuffer; spans: Uint32Array }
   | { seq: number; op: 'seal'; buffer: SharedArrayBuffer; requests: SealRequest[] }
-  | { seq: number; op: 'open'; requests: OpenRequest[] };
+  | { seq: number; op: 'open'; buffer: SharedArrayBuffer; requests: OpenRequest[] };
 
 export type WorkerResponse =
   | { seq: number; op: 'hash'; ids: Uint8Array }

@@ -11,13 +11,10 @@ const ops = new CodecOps(
 
 parentPort!.on('message', (msg: WorkerRequest) => {
   let response: WorkerResponse;
-  const transfer: ArrayBuffer[] = [];
   try {
     switch (msg.op) {
       case 'hash': {
-        const ids = ops.hash(new Uint8Array(msg.buffer), msg.spans);
-        transfer.push(ids.buffer as ArrayBuffer);
-        response = { seq: msg.seq, op: 'hash', ids };
+        response = { seq: msg.seq, op: 'hash', ids: ops.hash(new Uint8Array(msg.buffer), msg.spans) };
         break;
       }
       case 'seal': {
@@ -25,14 +22,12 @@ parentPort!.on('message', (msg: WorkerRequest) => {
         break;
       }
       case 'open': {
-        const opened = ops.open(msg.requests);
-        for (const o of opened) if ('plain' in o) transfer.push(o.plain.buffer as ArrayBuffer);
-        response = { seq: msg.seq, op: 'open', opened };
+        response = { seq: msg.seq, op: 'open', opened: ops.open(new Uint8Array(msg.buffer), msg.requests) };
         break;
       }
     }
   } catch (err) {
     response = { seq: msg.seq, op: 'error', message: (err as Error).stack ?? String(err) };
   }
-  parentPort!.postMessage(response, transfer);
+  parentPort!.postMessage(response);
 });
