@@ -6,6 +6,7 @@
 #include <string>
 
 #include "gear.h"
+#include "seal.h"
 
 namespace {
 
@@ -169,10 +170,101 @@ Napi::Value Shuffle(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// ---- AES-256-GCM into caller memory (seal.h) ---------------------------------------------------
+
+bool overlaps(const uint8_t* a, size_t aLen, const uint8_t* b, size_t bLen) {
+  if (aLen == 0 || bLen == 0) return false;
+  const uintptr_t a0 = reinterpret_cast<uintptr_t>(a), b0 = reinterpret_cast<uintptr_t>(b);
+  return a0 < b0 + bLen && b0 < a0 + aLen;
+}
+
+ByteView aeadKey(const Napi::Env& env, const Napi::Value& v) {
+  const ByteView key = bytes(env, v, "key");
+  if (key.length != tender::kAeadKeyLength) throw Napi::RangeError::New(env, "key must be 32 bytes");
+  return key;
+}
+
+// sealInto(key: Uint8Array(32), aad: Uint8Array, src: Uint8Array, dst: Uint8Array): number
+//
+// Writes nonce[12] ‖ AES-256-GCM(key, nonce, src, aad) ‖ tag[16] (the format of seal() in
+// src/crypto/aead.ts, fresh random nonce from RAND_bytes) to dst[0, src.length + 28) and returns
+// src.length + 28. dst may be a view with a byteOffset, over an ArrayBuffer or a
+// SharedArrayBuffer. RangeError when key is not 32 bytes, when dst is shorter than
+// src.length + 28, or when key, aad or src overlaps that part of dst (src and dst must be
+// distinct memory: in-place sealing is not supported). Allocates nothing per call.
+Napi::Value SealInto(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 4) throw Napi::TypeError::New(env, "sealInto(key, aad, src, dst)");
+  const ByteView key = aeadKey(env, info[0]);
+  const ByteView aad = bytes(env, info[1], "aad");
+  const ByteView src = bytes(env, info[2], "src");
+  const ByteView dst = bytes(env, info[3], "dst");
+  const size_t total = src.length + tender::kAeadOverhead;
+  if (dst.length < total) throw Napi::RangeError::New(env, "dst is too small (needs src.length + 28 bytes)");
+  if (overlaps(key.data, key.length, dst.data, total) || overlaps(aad.data, aad.length, dst.data, total) ||
+      overlaps(src.data, src.length, dst.data, total)) {
+    throw Napi::RangeError::New(env, "key, aad and src must not overlap dst");
+  }
+  switch (tender::sealInto(key.data, aad.data, aad.length, src.data, src.length, dst.data)) {
+    case tender::AeadStatus::Ok:
+      break;
+    case tender::AeadStatus::RandFailed:
+      throw Napi::Error::New(env, "RAND_bytes failed");
+    default:
+      throw Napi::Error::New(env, "AES-256-GCM encryption failed in OpenSSL");
+  }
+  return Napi::Number::New(env, static_cast<double>(total));
+}
+
+// openInto(key: Uint8Array(32), aad: Uint8Array, sealed: Uint8Array, dst: Uint8Array): number
+//
+// Verifies sealed (nonce ‖ ciphertext ‖ tag) against key and aad and writes the plaintext to
+// dst[0, sealed.length - 28); returns sealed.length - 28. Throws an Error whose message is exactly
+// "authentication failed" when sealed is shorter than 28 bytes or fails authentication (wrong key
+// or AAD, any changed byte); GCM decrypts before the tag can be checked, so by then
+// dst[0, sealed.length - 28) has been overwritten: it is zero-filled before the throw (it never
+// holds unauthenticated plaintext, but its previous contents are lost). Nothing outside that range
+// is written. RangeError when key is not 32 bytes, dst is too short, or key, aad or sealed overlaps
+// that part of dst (no in-place opening). Allocates nothing per call.
+Napi::Value OpenInto(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 4) throw Napi::TypeError::New(env, "openInto(key, aad, sealed, dst)");
+  const ByteView key = aeadKey(env, info[0]);
+  const ByteView aad = bytes(env, info[1], "aad");
+  const ByteView sealed = bytes(env, info[2], "sealed");
+  const ByteView dst = bytes(env, info[3], "dst");
+  if (sealed.length < tender::kAeadOverhead) throw Napi::Error::New(env, "authentication failed");
+  const size_t plainLen = sealed.length - tender::kAeadOverhead;
+  if (dst.length < plainLen) throw Napi::RangeError::New(env, "dst is too small (needs sealed.length - 28 bytes)");
+  if (overlaps(key.data, key.length, dst.data, plainLen) || overlaps(aad.data, aad.length, dst.data, plainLen) ||
+      overlaps(sealed.data, sealed.length, dst.data, plainLen)) {
+    throw Napi::RangeError::New(env, "key, aad and sealed must not overlap dst");
+  }
+  switch (tender::openInto(key.data, aad.data, aad.length, sealed.data, sealed.length, dst.data)) {
+    case tender::AeadStatus::Ok:
+      break;
+    case tender::AeadStatus::AuthFailed:
+      throw Napi::Error::New(env, "authentication failed");
+    default:
+      throw Napi::Error::New(env, "AES-256-GCM decryption failed in OpenSSL");
+  }
+  return Napi::Number::New(env, static_cast<double>(plainLen));
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("GearChunker", GearChunker::Init(env));
   exports.Set("shuffle", Napi::Function::New<Shuffle<true>>(env, "shuffle"));
   exports.Set("unshuffle", Napi::Function::New<Shuffle<false>>(env, "unshuffle"));
+  // sealInto/openInto exist only when the OpenSSL inside this node can be used (seal.h); otherwise
+  // sealUnavailable says why and src/crypto/seal-into.ts falls back to node:crypto.
+  if (const char* why = tender::aeadUnavailableReason()) {
+    exports.Set("sealUnavailable", Napi::String::New(env, why));
+  } else {
+    exports.Set("sealInto", Napi::Function::New<SealInto>(env, "sealInto"));
+    exports.Set("openInto", Napi::Function::New<OpenInto>(env, "openInto"));
+  }
+  // Adding functions keeps abiVersion at 1: src/backup/chunk/native.ts checks it, and callers of
+  // the new functions test for them (src/crypto/seal-into.ts).
   exports.Set("abiVersion", Napi::Number::New(env, 1));
   return exports;
 }

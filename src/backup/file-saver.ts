@@ -6,6 +6,7 @@ import { idToHex } from '../repo/ids.js';
 import type { Repository } from '../repo/repository.js';
 import { inlineContentLimit, listBlobCapacity } from '../repo/snapshot/tree.js';
 import { sealOverhead } from '../crypto/aead.js';
+import { TenderError } from '../errors/errors.js';
 import type { Reservation } from '../repo/pack/pack.js';
 import type { CodecExecutor } from '../workers/pool.js';
 
@@ -48,6 +49,8 @@ export class FileSaver {
     const content = new ContentBuilder(this.repo);
     let chain: Promise<void> = Promise.resolve();
     let failed: unknown;
+    /** Every slot handed to processSlot: all must end before this returns, even on errors. */
+    const inProgress: Promise<Uint8Array>[] = [];
     /** The slot this loop owns (not yet handed to processSlot); released in `finally` on errors. */
     let held: Slot | undefined;
     try {
@@ -81,6 +84,7 @@ export class FileSaver {
         }
         const processed = this.processSlot(slot, Uint32Array.from(spans));
         processed.catch(() => undefined); // observed through `chain`; do not report it as unhandled
+        inProgress.push(processed);
         held = next;
         // Keep chunk order: append each slot's IDs after the previous slot's.
         chain = chain.then(async () => content.add(await processed));
@@ -94,6 +98,9 @@ export class FileSaver {
     } finally {
       if (held) this.slots.release(held);
       await handle.close();
+      // No chunk of this file may still be on its way into a pack once save() has returned:
+      // a later flush and snapshot must see every blob that was counted as present.
+      await Promise.allSettled(inProgress);
       await chain.catch(() => undefined);
     }
   }
@@ -103,11 +110,11 @@ export class FileSaver {
    * seal it straight into that room. Resolves with the slot's chunk IDs in order.
    */
   private async processSlot(slot: Slot, spans: Uint32Array): Promise<Uint8Array> {
+    const sealing: Promise<void>[] = [];
     try {
       if (spans.length === 0) return new Uint8Array(0);
       const idGroups = await Promise.all(splitSpans(spans, this.parallelism).map((g) => this.executor.hash(slot.buffer, g)));
       const ids = concat(idGroups);
-      const sealing: Promise<void>[] = [];
       for (let i = 0; i < spans.length / 2; i++) {
         const id = ids.subarray(i * 32, i * 32 + 32);
         if (this.repo.has(id)) continue;
@@ -118,12 +125,21 @@ export class FileSaver {
         const length = spans[2 * i + 1]!;
         // Reserve, then dispatch at once: a pack completes only when all its reservations are
         // committed, so holding reservations while waiting for another could deadlock the pool.
-        const r = await this.repo.reserve(BlobType.data, length + sealOverhead);
+        const r = await this.repo.reserve(BlobType.data, length + sealOverhead).catch((err) => {
+          this.inflight.delete(hex);
+          throw err;
+        });
         sealing.push(this.seal(slot, id, hex, offset, length, r));
       }
       await Promise.all(sealing);
       return ids;
+    } catch (err) {
+      // Other files may already count these chunks as stored (deduplicated against them):
+      // a failure here must end the whole backup, never just skip this file.
+      throw err instanceof TenderError ? err : new TenderError('TENDER_INTERNAL', `storing chunks failed: ${(err as Error).message}`, { cause: err });
     } finally {
+      // Workers read from the slot until every seal has ended, failed or not.
+      await Promise.allSettled(sealing);
       this.slots.release(slot);
     }
   }

@@ -19,7 +19,9 @@ export type ErrorCode =
   | 'TENDER_STORAGE_AUTH'
   | 'TENDER_STORAGE_CONFIG'
   | 'TENDER_INTERRUPTED'
-  | 'TENDER_IO';
+  | 'TENDER_IO'
+  /** A bug or an unexpected failure inside tender (worker thread, invariant). */
+  | 'TENDER_INTERNAL';
 
 export class TenderError extends Error {
   readonly code: ErrorCode;
