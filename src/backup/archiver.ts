@@ -67,7 +67,8 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
   const params = repo.config.chunker;
   const executor = createExecutor(repo.keys, repo.config.compressionLevel, workers);
   const fileConcurrency = options.fileConcurrency ?? 3;
-  const slots = new BufferPool(2 * params.maxSize, fileConcurrency + 1);
+  // A slot holds the tail of the previous read (< maxSize) plus at least maxSize/2 new bytes.
+  const slots = new BufferPool(params.maxSize + params.maxSize / 2, fileConcurrency + 1);
   const progress: BackupProgress = { filesDone: 0, bytesDone: 0, errors: 0 };
   const counters = { bytesRead: 0, blobsAdded: 0, bytesAdded: 0, bytesStored: 0 };
   const summary: SnapshotSummary = {

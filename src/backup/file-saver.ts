@@ -41,7 +41,8 @@ export class FileSaver {
     readonly counters: SaveCounters,
     private readonly onBytes: (n: number) => void = () => {},
   ) {
-    if (slots.bufferSize < 2 * params.maxSize) throw new Error('slot size must be at least twice the maximum chunk size');
+    // Each filled slot must yield a chunk: the carried tail is < maxSize, so the slot must be larger.
+    if (slots.bufferSize <= params.maxSize) throw new Error('slot size must exceed the maximum chunk size');
   }
 
   async save(path: string): Promise<FileContent> {
