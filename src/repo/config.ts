@@ -56,7 +56,13 @@ export async function readConfigEnvelope(storage: Storage): Promise<ConfigEnvelo
   } catch {
     throw corruptConfig(storage, 'is not valid JSON');
   }
-  if (typeof envelope.version !== 'number' || typeof envelope.repository !== 'string' || typeof envelope.sealed !== 'string') {
+  if (
+    !envelope ||
+    typeof envelope !== 'object' ||
+    typeof envelope.version !== 'number' ||
+    typeof envelope.repository !== 'string' ||
+    typeof envelope.sealed !== 'string'
+  ) {
     throw corruptConfig(storage, 'lacks version, repository or sealed');
   }
   if (envelope.version > formatVersion) {
@@ -77,10 +83,16 @@ export function openConfig(storage: Storage, encryptionKey: Uint8Array, envelope
     if (err instanceof DecryptError || err instanceof SyntaxError) throw corruptConfig(storage, 'does not decrypt with the repository key');
     throw err;
   }
-  if (config.version !== envelope.version || config.repository !== envelope.repository) {
+  if (!config || typeof config !== 'object' || config.version !== envelope.version || config.repository !== envelope.repository) {
     throw corruptConfig(storage, 'envelope does not match its sealed body');
   }
+  const level = config.compressionLevel;
+  if (!Number.isInteger(level) || level < 0 || level > 22) throw corruptConfig(storage, `has an invalid compression level ${String(level)}`);
+  if (!Number.isInteger(config.packSize) || config.packSize < 1024 * 1024 || config.packSize > 1024 * 1024 * 1024) {
+    throw corruptConfig(storage, `has an invalid pack size ${String(config.packSize)}`);
+  }
   try {
+    if (!config.chunker || typeof config.chunker !== 'object') throw new Error('has no chunker parameters');
     validateChunkerParams(config.chunker);
   } catch (err) {
     throw corruptConfig(storage, (err as Error).message);

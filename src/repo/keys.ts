@@ -88,18 +88,19 @@ export interface UnlockedKey {
 export async function unlock(storage: Storage, repositoryId: string, password: string): Promise<UnlockedKey> {
   const damaged: string[] = [];
   let found = 0;
+  let forThisRepository = 0;
   for await (const { key } of storage.list('keys/')) {
     found++;
     let file: KeyFileJson;
     try {
-      file = JSON.parse((await storage.get(key)).toString('utf8')) as KeyFileJson;
-      if (file.version !== 1 || file.kdf?.name !== 'scrypt' || typeof file.sealed !== 'string') throw new Error('bad key file');
+      file = parseKeyFile(await storage.get(key));
     } catch (err) {
       if (err instanceof TenderError && err.code !== 'TENDER_NOT_FOUND') throw err;
       damaged.push(key);
       continue;
     }
     if (file.repository !== repositoryId) continue;
+    forThisRepository++;
     const wrapping = await deriveKey(password, Buffer.from(file.kdf.salt, 'base64'), file.kdf);
     let secret: Buffer;
     try {
@@ -108,23 +109,56 @@ export async function unlock(storage: Storage, repositoryId: string, password: s
       if (err instanceof DecryptError) continue;
       throw err;
     }
-    const s = JSON.parse(secret.toString('utf8')) as Record<string, string>;
-    if (s.repository !== repositoryId) continue;
-    const keys: MasterKeys = {
-      encryption: Buffer.from(s.encryption!, 'base64'),
-      blobId: Buffer.from(s.blobId!, 'base64'),
-      gearSeed: Buffer.from(s.gearSeed!, 'base64'),
-    };
+    const keys = parseMasterKeys(secret, repositoryId);
+    if (!keys) {
+      damaged.push(key);
+      continue;
+    }
     return { keys, keyFile: key };
   }
-  if (found === 0) {
-    throw new TenderError('TENDER_CORRUPT', `the repository at ${storage.location} has no key files`, {
-      hint: 'the keys/ folder was deleted or not copied; restore it from a copy of the repository',
-    });
+  const skipped = damaged.length > 0 ? `; damaged key files were skipped: ${damaged.join(', ')}` : '';
+  if (found === 0 || forThisRepository === 0) {
+    throw new TenderError(
+      'TENDER_CORRUPT',
+      found === 0
+        ? `the repository at ${storage.location} has no key files`
+        : `no usable key file of the repository at ${storage.location} matches its config (repository ${repositoryId})`,
+      { hint: `the config or keys/ are damaged or from another repository; restore them from a copy of the repository${skipped}` },
+    );
   }
   throw new TenderError('TENDER_WRONG_PASSWORD', `wrong password for the repository at ${storage.location}`, {
-    hint:
-      'check TENDER_PASSWORD / TENDER_PASSWORD_FILE' +
-      (damaged.length > 0 ? `; damaged key files were skipped: ${damaged.join(', ')}` : ''),
+    hint: `check TENDER_PASSWORD / TENDER_PASSWORD_FILE${skipped}`,
   });
+}
+
+const base64Pattern = /^[A-Za-z0-9+/]*={0,2}$/;
+
+/** Parses and validates a key file; KDF parameters are bounded, so a tampered file cannot make opening hang. */
+function parseKeyFile(bytes: Buffer): KeyFileJson {
+  const bad = () => new Error('bad key file');
+  let file: KeyFileJson;
+  try {
+    file = JSON.parse(bytes.toString('utf8')) as KeyFileJson;
+  } catch {
+    throw bad();
+  }
+  if (!file || typeof file !== 'object' || file.version !== 1 || typeof file.repository !== 'string' || typeof file.sealed !== 'string') throw bad();
+  const kdf = file.kdf;
+  if (!kdf || kdf.name !== 'scrypt' || typeof kdf.salt !== 'string' || !base64Pattern.test(kdf.salt) || !base64Pattern.test(file.sealed)) throw bad();
+  const pow2 = Number.isInteger(kdf.N) && kdf.N >= 2 && (kdf.N & (kdf.N - 1)) === 0;
+  if (!pow2 || kdf.N > 1 << 20 || !Number.isInteger(kdf.r) || kdf.r < 1 || kdf.r > 32 || !Number.isInteger(kdf.p) || kdf.p < 1 || kdf.p > 16) throw bad();
+  return file;
+}
+
+function parseMasterKeys(secret: Buffer, repositoryId: string): MasterKeys | undefined {
+  let s: Record<string, unknown>;
+  try {
+    s = JSON.parse(secret.toString('utf8')) as Record<string, unknown>;
+  } catch {
+    return undefined;
+  }
+  if (!s || s.repository !== repositoryId) return undefined;
+  const key = (v: unknown) => (typeof v === 'string' && base64Pattern.test(v) ? Buffer.from(v, 'base64') : Buffer.alloc(0));
+  const keys = { encryption: key(s.encryption), blobId: key(s.blobId), gearSeed: key(s.gearSeed) };
+  return keys.encryption.length === 32 && keys.blobId.length === 32 && keys.gearSeed.length === 32 ? keys : undefined;
 }

@@ -90,16 +90,21 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
   const couldContainMatch = (rel: string) => !include || include.some((g) => minimatch(rel, g, { dot: true, partial: true }));
 
   const report = () => options.onProgress?.(progress);
-  const fail = (p: string, err: unknown) => {
-    if (err instanceof TenderError && err.code !== 'TENDER_UNSAFE_PATH') throw err;
+  /** The first error that ends the restore (damaged repository, full disk); later work is skipped. */
+  let fatal: unknown;
+  /** Records a per-entry failure, or the fatal one. Never throws, so pending work cannot go unobserved. */
+  const fail = (p: string, err: unknown): void => {
     const code = systemErrorCode(err);
     if (code === 'ENOSPC' || code === 'EDQUOT') {
-      throw new TenderError('TENDER_DISK_FULL', `the disk under ${target} is full (writing ${p})`, {
+      fatal ??= new TenderError('TENDER_DISK_FULL', `the disk under ${target} is full (writing ${p})`, {
         hint: 'free space or choose another --target, then restore again; the repository is unchanged',
         cause: err,
       });
+    } else if (err instanceof TenderError && err.code !== 'TENDER_UNSAFE_PATH') {
+      fatal ??= err;
+    } else {
+      result.errors.push({ path: p, message: (err as Error).message });
     }
-    result.errors.push({ path: p, message: (err as Error).message });
   };
 
   const setMetadata = async (full: string, node: TreeNode) => {
@@ -130,6 +135,7 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
   };
 
   const restoreFile = async (full: string, rel: string, node: TreeNode) => {
+    if (fatal) return;
     let handle: FileHandle | undefined;
     await create(full, async () => {
       handle = await open(full, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW, 0o600);
@@ -161,6 +167,7 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
     const dirsToFinish: Array<[string, TreeNode]> = [];
     let restored = 0;
     for (const node of tree.nodes) {
+      if (fatal) break;
       const rel = dirRel === '' ? node.name : `${dirRel}/${node.name}`;
       if (!isSafeName(node.name) || seen.has(node.name)) {
         fail(rel, new TenderError('TENDER_UNSAFE_PATH', `refusing unsafe or duplicate name ${JSON.stringify(node.name)} in the snapshot`));
@@ -225,9 +232,12 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
 
   try {
     await restoreDir(target, '', snapshot.tree, false);
+  } catch (err) {
+    fail('', err);
   } finally {
     await executor.close();
   }
+  if (fatal) throw fatal;
   return result;
 }
 

@@ -49,8 +49,22 @@ export function decodeSnapshot(encryptionKey: Uint8Array, stored: Buffer): Snaps
   } catch {
     throw new FormatError('snapshot is not valid JSON');
   }
-  if (s.version !== 1 || typeof s.time !== 'string' || !isHexId(s.tree) || !Array.isArray(s.paths) || !Array.isArray(s.tags)) {
-    throw new FormatError('snapshot lacks required fields');
+  const strings = (v: unknown) => Array.isArray(v) && v.every((x) => typeof x === 'string');
+  if (
+    !s ||
+    typeof s !== 'object' ||
+    s.version !== 1 ||
+    typeof s.time !== 'string' ||
+    Number.isNaN(Date.parse(s.time)) ||
+    typeof s.tree !== 'string' ||
+    !isHexId(s.tree) ||
+    typeof s.hostname !== 'string' ||
+    typeof s.username !== 'string' ||
+    !strings(s.paths) ||
+    !strings(s.tags) ||
+    (s.parent !== undefined && (typeof s.parent !== 'string' || !isHexId(s.parent)))
+  ) {
+    throw new FormatError('snapshot lacks required fields or has malformed ones');
   }
   return s;
 }

@@ -68,8 +68,14 @@ function validateNode(node: TreeNode): void {
   for (const field of ['mode', 'uid', 'gid', 'inode', 'device', 'links'] as const) {
     if (!Number.isSafeInteger(node[field])) throw new FormatError(`tree node ${JSON.stringify(node.name)} has a bad ${field}`);
   }
-  if (!/^\d+$/.test(node.mtime) || !/^\d+$/.test(node.ctime)) throw new FormatError(`tree node ${JSON.stringify(node.name)} has bad times`);
-  const ids = [...(node.content ?? []), ...(node.contentLists ?? []), ...(node.subtree ? [node.subtree] : [])];
+  if (typeof node.mtime !== 'string' || typeof node.ctime !== 'string' || !/^\d+$/.test(node.mtime) || !/^\d+$/.test(node.ctime)) {
+    throw new FormatError(`tree node ${JSON.stringify(node.name)} has bad times`);
+  }
+  for (const field of ['content', 'contentLists'] as const) {
+    if (node[field] !== undefined && !Array.isArray(node[field])) throw new FormatError(`tree node ${JSON.stringify(node.name)} has a bad ${field}`);
+  }
+  if (node.subtree !== undefined && typeof node.subtree !== 'string') throw new FormatError(`tree node ${JSON.stringify(node.name)} has a bad subtree`);
+  const ids = [...(node.content ?? []), ...(node.contentLists ?? []), ...(node.subtree !== undefined ? [node.subtree] : [])];
   for (const id of ids) if (typeof id !== 'string' || !isHexId(id)) throw new FormatError(`tree node ${JSON.stringify(node.name)} has a bad blob ID`);
   if (node.type === 'file' && !(Number.isSafeInteger(node.size) && node.size! >= 0)) {
     throw new FormatError(`file ${JSON.stringify(node.name)} has a bad size`);
