@@ -162,19 +162,23 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     if (type === 'dir') {
       summary.dirs++;
       const previousTree = previous?.type === 'dir' && previous.subtree ? await repo.loadTree(previous.subtree) : undefined;
-      node.subtree = await saveDir(entryPath, previousTree);
+      const subtree = await saveDir(entryPath, previousTree);
+      // An unreadable directory is left out (and reported), not stored as an empty one.
+      if (subtree === undefined) return undefined;
+      node.subtree = subtree;
     } else if (type === 'file') {
       if (!(await saveFile(entryPath, node, previous))) return undefined;
     }
     return node;
   };
 
-  const saveDir = async (dirPath: string, previousTree: Tree | undefined): Promise<string> => {
-    let names: string[] = [];
+  const saveDir = async (dirPath: string, previousTree: Tree | undefined): Promise<string | undefined> => {
+    let names: string[];
     try {
       names = await readDirSorted(dirPath);
     } catch (err) {
       fail(dirPath, err);
+      return undefined;
     }
     const previousByName = new Map(previousTree?.nodes.map((n) => [n.name, n]));
     const limit = pLimit(16);

@@ -1,3 +1,4 @@
+import path from 'node:path';
 import { TenderError } from '../errors/errors.js';
 import type { Repository } from '../repo/repository.js';
 import type { Snapshot } from '../repo/snapshot/snapshot.js';
@@ -26,7 +27,8 @@ export async function listSnapshots(repo: Repository, filter: SnapshotFilter = {
 function matches(s: Snapshot, f: SnapshotFilter): boolean {
   if (f.host && s.hostname !== f.host) return false;
   if (f.tags?.length && !f.tags.every((t) => s.tags.includes(t))) return false;
-  if (f.paths?.length && !f.paths.every((p) => s.paths.includes(p))) return false;
+  // Snapshots record absolute paths; a relative filter means the same path from here.
+  if (f.paths?.length && !f.paths.every((p) => s.paths.includes(path.resolve(p)))) return false;
   return true;
 }
 

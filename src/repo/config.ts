@@ -2,6 +2,7 @@ import { DecryptError, aadLabel, open, seal } from '../crypto/aead.js';
 import { TenderError } from '../errors/errors.js';
 import { type ChunkerParams, validateChunkerParams } from '../backup/chunk/fastcdc.js';
 import type { Storage } from '../storage/storage.js';
+import { holdsRepositoryObjects } from './storage-probe.js';
 
 /**
  * The `config` object: {"version":1,"repository":ID,"sealed":base64(seal(config body, "tender:config"))}.
@@ -44,6 +45,11 @@ export async function readConfigEnvelope(storage: Storage): Promise<ConfigEnvelo
     bytes = await storage.get(configKey);
   } catch (err) {
     if (err instanceof TenderError && err.code === 'TENDER_NOT_FOUND') {
+      if (await holdsRepositoryObjects(storage)) {
+        throw new TenderError('TENDER_REPO_NOT_FOUND', `the config object of the repository at ${storage.location} is missing`, {
+          hint: 'restore the config from a copy of the repository; a new init here could not read the existing data',
+        });
+      }
       throw new TenderError('TENDER_REPO_NOT_FOUND', `there is no repository at ${storage.location}`, {
         hint: 'check --repo / TENDER_REPOSITORY, or create one with `tender init`',
       });

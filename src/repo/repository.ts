@@ -13,6 +13,7 @@ import { type BlobLocation, IdTable } from './index/id-table.js';
 import { type IndexFile, type IndexedPack, decodeIndex, encodeIndex } from './index/index-file.js';
 import { idToHex, randomId, storedObjectId } from './ids.js';
 import { type KdfParams, addKey, newMasterKeys, unlock } from './keys.js';
+import { holdsRepositoryObjects } from './storage-probe.js';
 import { PackBuilder, type Reservation, decodePackHeader, headerLengthFromTail, packIdFromKey, packKey, packTailGuess } from './pack/pack.js';
 import { type Snapshot, decodeSnapshot, encodeSnapshot } from './snapshot/snapshot.js';
 import { type Tree, decodeTree, encodeTree } from './snapshot/tree.js';
@@ -82,6 +83,11 @@ export class Repository {
     if (await storage.stat(configKey)) {
       throw new TenderError('TENDER_REPO_EXISTS', `a repository already exists at ${storage.location}`, {
         hint: 'use it as it is, or choose another --repo',
+      });
+    }
+    if (await holdsRepositoryObjects(storage)) {
+      throw new TenderError('TENDER_REPO_EXISTS', `${storage.location} holds repository data but no config`, {
+        hint: 'the config was lost: restore it from a copy of the repository; init would make the existing data unreadable',
       });
     }
     const keys = newMasterKeys();

@@ -7,8 +7,8 @@ import { createHash } from 'node:crypto';
  *   - if n ≤ minSize the chunk is the whole rest;
  *   - else h = 0 and for i = s+minSize … : h = (h << 1) + gear[data[i]]  (mod 2^32);
  *     after the update at byte i the chunk may end after byte i when
- *       (h & maskHard) == 0  while i+1-s < avgSize   (harder: fewer small chunks)
- *       (h & maskEasy) == 0  while i+1-s ≥ avgSize   (easier: fewer large chunks)
+ *       (h & maskHard) == 0  while i+1-s ≤ avgSize   (harder: fewer small chunks)
+ *       (h & maskEasy) == 0  while i+1-s > avgSize   (easier: fewer large chunks)
  *   - else the chunk ends at maxSize (or the end of the data).
  * The masks take the top bits of h, which depend on the most recent 32 bytes.
  * The Gear table is derived from the repository's secret seed, so boundaries (and thus
