@@ -29,6 +29,10 @@ build() {
     return 0
   fi
   mkdir -p "$TOOLS_DIR"
+  # Absolute, since the build runs in another directory.
+  TOOLS_DIR="$(cd "$TOOLS_DIR" && pwd)"
+  KOPIA_BIN="$TOOLS_DIR/kopia"
+  STAMP="$TOOLS_DIR/kopia.version"
   local tmpbin="$KOPIA_BIN.tmp.$$"
   if [[ -n "${TENDER_KOPIA_PREBUILT:-}" ]]; then
     [[ -x "$TENDER_KOPIA_PREBUILT" ]] || die "TENDER_KOPIA_PREBUILT=$TENDER_KOPIA_PREBUILT is not an executable file"
@@ -39,18 +43,23 @@ build() {
     local work
     work="$(mktemp -d "${TMPDIR:-/tmp}/kopia-build.XXXXXX")"
     # shellcheck disable=SC2064
-    trap "rm -rf '$work' '$tmpbin'" EXIT
-    (
+    trap "rm -rf '$work' '$work.log' '$tmpbin'" EXIT
+    # go get lists every module it adds: keep that in a log, shown only on failure.
+    if ! (
       cd "$work"
       export GOFLAGS="${GOFLAGS:--buildvcs=false}"
-      # (errexit does not apply inside a subshell on the left of ||, hence the &&)
-      go mod init kbuild >/dev/null 2>&1 &&
-        go get "$KOPIA_MODULE@$KOPIA_VERSION" >&2 &&
+      # (errexit does not apply inside a subshell that is tested, hence the &&)
+      go mod init kbuild &&
+        go get "$KOPIA_MODULE@$KOPIA_VERSION" &&
         go build -trimpath \
           -ldflags "-s -w -X github.com/kopia/kopia/repo.BuildVersion=${KOPIA_VERSION#v} -X github.com/kopia/kopia/repo.BuildInfo=tender-bench" \
-          -o "$tmpbin" "$KOPIA_MODULE" >&2
-    ) || die "building $KOPIA_MODULE@$KOPIA_VERSION failed (work dir $work)"
-    rm -rf "$work"
+          -o "$tmpbin" "$KOPIA_MODULE"
+    ) >"$work.log" 2>&1; then
+      tail -n 30 "$work.log" >&2
+      rm -f "$work.log"
+      die "building $KOPIA_MODULE@$KOPIA_VERSION failed"
+    fi
+    rm -rf "$work" "$work.log"
     trap - EXIT
   fi
   chmod +x "$tmpbin"
