@@ -5,7 +5,7 @@ import { TenderError } from '../errors/errors.js';
 import { hexToId } from '../repo/ids.js';
 import { doomedPacks } from '../repo/plans.js';
 import type { Repository } from '../repo/repository.js';
-import { WriterSession } from '../repo/sessions.js';
+import { WriterSession, listSessions } from '../repo/sessions.js';
 import type { Snapshot, SnapshotSummary } from '../repo/snapshot/snapshot.js';
 import type { Tree, TreeNode } from '../repo/snapshot/tree.js';
 import { createExecutor, defaultWorkerCount } from '../workers/pool.js';
@@ -145,7 +145,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
   const saveEntry = async (entryPath: string, name: string, previous: TreeNode | undefined): Promise<TreeNode | undefined> => {
     let stats;
     try {
-      stats = await lstatExact(entryPath);
+      stats = lstatExact(entryPath);
     } catch (err) {
       fail(entryPath, err);
       return undefined;
@@ -154,7 +154,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     if (!type) return undefined;
     let node: TreeNode;
     try {
-      node = await metadataNode(entryPath, name, stats, type);
+      node = metadataNode(entryPath, name, stats, type);
     } catch (err) {
       fail(entryPath, err);
       return undefined;
@@ -175,7 +175,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
   const saveDir = async (dirPath: string, previousTree: Tree | undefined): Promise<string | undefined> => {
     let names: string[];
     try {
-      names = await readDirSorted(dirPath);
+      names = readDirSorted(dirPath);
     } catch (err) {
       fail(dirPath, err);
       return undefined;
@@ -197,11 +197,13 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     await repo.loadIndex(await doomedPacks(repo));
     const roots = options.paths.map((p) => path.resolve(p));
     for (const root of roots) {
-      await lstatExact(root).catch((err) => {
+      try {
+        lstatExact(root);
+      } catch (err) {
         throw new TenderError('TENDER_USAGE', `cannot back up ${root}: ${describeIoError(err)}`, {
           hint: 'check the path; nothing was written to the repository',
         });
-      });
+      }
     }
     const names = roots.map((p) => path.basename(p) || '/');
     const duplicate = names.find((n, i) => names.indexOf(n) !== i);
@@ -211,8 +213,11 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       });
     }
     // Resume: packs stored by an interrupted run but never indexed are indexed now, so their
-    // chunks are deduplicated instead of uploaded again.
-    const unindexed = await repo.listUnindexedPacks();
+    // chunks are deduplicated instead of uploaded again. A run that stored packs left a session
+    // marker (it is written first and removed last), so without other markers there is nothing
+    // to find and the listing of every pack is skipped.
+    const otherSessions = (await listSessions(repo)).filter((s) => s.id !== session.id);
+    const unindexed = otherSessions.length > 0 ? await repo.listUnindexedPacks() : [];
     if (unindexed.length > 0) {
       const adopted = await repo.indexPacksFromHeaders(unindexed);
       options.onResume?.({ packs: adopted.indexed, damaged: adopted.damaged });
@@ -271,14 +276,25 @@ async function scanTotals(paths: string[]): Promise<{ totalFiles: number; totalB
   let totalFiles = 0;
   let totalBytes = 0;
   const visit = async (p: string): Promise<void> => {
-    const stats = await lstatExact(p).catch(() => undefined);
-    if (!stats) return;
+    let stats;
+    try {
+      stats = lstatExact(p);
+    } catch {
+      return;
+    }
     if (stats.isFile()) {
       totalFiles++;
       totalBytes += Number(stats.size);
     } else if (stats.isDirectory()) {
-      const names = await readDirSorted(p).catch(() => [] as string[]);
+      let names: string[] = [];
+      try {
+        names = readDirSorted(p);
+      } catch {
+        return;
+      }
       for (const name of names) await visit(path.join(p, name));
+      // Let the backup itself run between directories.
+      await new Promise((resolve) => setImmediate(resolve));
     }
   };
   for (const p of paths) await visit(path.resolve(p));

@@ -1,21 +1,24 @@
-import type { BigIntStats } from 'node:fs';
-import { lstat, readdir, readlink } from 'node:fs/promises';
+import { type BigIntStats, lstatSync, readdirSync, readlinkSync } from 'node:fs';
 import type { NodeType, TreeNode } from '../repo/snapshot/tree.js';
 
-/** The walk stage: directory listings in a stable order and metadata for tree nodes. */
+/**
+ * The walk stage: directory listings in a stable order and metadata for tree nodes.
+ * Metadata calls are synchronous on purpose: for cached inodes a direct lstat costs a few
+ * microseconds, a thread-pool round trip several times that, and an unchanged tree is nothing
+ * but metadata (docs/design.md, "Backups and deduplication").
+ */
 
 /** Entry names of a directory, sorted by their UTF-8 bytes (the order of tree nodes). */
-export async function readDirSorted(dir: string): Promise<string[]> {
-  const names = await readdir(dir);
-  return names.sort(compareNames);
+export function readDirSorted(dir: string): string[] {
+  return readdirSync(dir).sort(compareNames);
 }
 
 export function compareNames(a: string, b: string): number {
   return Buffer.compare(Buffer.from(a), Buffer.from(b));
 }
 
-export async function lstatExact(path: string): Promise<BigIntStats> {
-  return lstat(path, { bigint: true });
+export function lstatExact(path: string): BigIntStats {
+  return lstatSync(path, { bigint: true });
 }
 
 export function nodeType(stats: BigIntStats): NodeType | undefined {
@@ -30,7 +33,7 @@ export function nodeType(stats: BigIntStats): NodeType | undefined {
 }
 
 /** The metadata part of a tree node; content, subtree and links are filled in by later stages. */
-export async function metadataNode(path: string, name: string, stats: BigIntStats, type: NodeType): Promise<TreeNode> {
+export function metadataNode(path: string, name: string, stats: BigIntStats, type: NodeType): TreeNode {
   const node: TreeNode = {
     name,
     type,
@@ -48,7 +51,7 @@ export async function metadataNode(path: string, name: string, stats: BigIntStat
     // Fewer allocated blocks than the size needs: the file has holes.
     if (stats.blocks * 512n < stats.size) node.sparse = true;
   } else if (type === 'symlink') {
-    node.linkTarget = await readlink(path);
+    node.linkTarget = readlinkSync(path);
   } else if (type === 'chardev' || type === 'blockdev') {
     node.rdev = Number(stats.rdev);
   }

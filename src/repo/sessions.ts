@@ -71,6 +71,10 @@ export class WriterSession {
     await this.repo.storage.delete(sessionKey(previous));
   }
 
+  get id(): string {
+    return this.current.id;
+  }
+
   get startedMs(): number {
     return this.current.startedMs;
   }
