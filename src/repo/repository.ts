@@ -18,6 +18,9 @@ import { PackBuilder, type Reservation, decodePackHeader, headerLengthFromTail, 
 import { type Snapshot, decodeSnapshot, encodeSnapshot } from './snapshot/snapshot.js';
 import { type Tree, decodeTree, encodeTree } from './snapshot/tree.js';
 
+/** Memory for cached metadata packs (trees and file chunk lists). */
+const metadataCacheBytes = 64 * 1024 * 1024;
+
 export interface InitOptions {
   chunker?: ChunkerParams;
   compressionLevel?: number;
@@ -54,6 +57,9 @@ export class Repository {
   private readonly packIndexByHex = new Map<string, number>();
   private readonly indexFileIds = new Set<string>();
   private excludedPacks: ReadonlySet<string> = new Set();
+  /** Whole tree/list packs recently read (insertion order = LRU order). */
+  private readonly metadataPacks = new Map<number, Promise<Buffer>>();
+  private metadataPackBytes = 0;
 
   // Writing state.
   private readonly openPacks = new Map<BlobType, PackBuilder>();
@@ -394,6 +400,15 @@ export class Repository {
   /** The sealed bytes of a blob, straight from its pack. */
   async readSealed(id: Uint8Array, loc: BlobLocation): Promise<Buffer> {
     const key = packKey(this.packIds[loc.packIndex]!);
+    // Metadata blobs (trees, lists) sit together in their own packs and are read in bursts:
+    // one request for the whole pack serves all of them.
+    if (loc.type !== BlobType.data) {
+      const pack = await this.metadataPack(loc.packIndex);
+      if (pack) {
+        if (loc.offset + loc.storedLength > pack.length) throw corrupt(key, `is truncated (blob ${idToHex(id)} lies past its end)`);
+        return pack.subarray(loc.offset, loc.offset + loc.storedLength);
+      }
+    }
     const bytes = await this.storage.get(key, { offset: loc.offset, length: loc.storedLength }).catch((err) => {
       if (err instanceof TenderError && err.code === 'TENDER_NOT_FOUND') {
         throw corrupt(key, `is missing (it holds blob ${idToHex(id)})`, 'run `tender check`; the index lists a pack that is gone');
@@ -402,6 +417,36 @@ export class Repository {
     });
     if (bytes.length !== loc.storedLength) throw corrupt(key, `is truncated (blob ${idToHex(id)} at ${loc.offset} is cut short)`);
     return bytes;
+  }
+
+  /** A whole metadata pack from a small LRU cache, or undefined if it is too large to cache. */
+  private metadataPack(packIndex: number): Promise<Buffer> | undefined {
+    const size = this.packSizes[packIndex]!;
+    if (size === 0 || size > metadataCacheBytes / 4) return undefined;
+    let cached = this.metadataPacks.get(packIndex);
+    if (cached) {
+      // Refresh its place in the LRU order.
+      this.metadataPacks.delete(packIndex);
+    } else {
+      const key = packKey(this.packIds[packIndex]!);
+      const loading: Promise<Buffer> = this.storage.get(key).catch((err) => {
+        if (this.metadataPacks.get(packIndex) === loading) {
+          this.metadataPacks.delete(packIndex);
+          this.metadataPackBytes -= size;
+        }
+        if (err instanceof TenderError && err.code === 'TENDER_NOT_FOUND') throw corrupt(key, 'is missing', 'run `tender check`; the index lists a pack that is gone');
+        throw err;
+      });
+      cached = loading;
+      this.metadataPackBytes += size;
+    }
+    this.metadataPacks.set(packIndex, cached);
+    for (const [oldest] of this.metadataPacks) {
+      if (this.metadataPackBytes <= metadataCacheBytes) break;
+      this.metadataPacks.delete(oldest);
+      this.metadataPackBytes -= this.packSizes[oldest]!;
+    }
+    return cached;
   }
 
   /** Loads, decrypts and verifies one blob on this thread. */
