@@ -78,12 +78,16 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
     }
   };
   const executor = createExecutor(repo.keys, repo.config.compressionLevel, options.workers ?? defaultWorkerCount());
-  const buffers: RestoreBuffers = { reads: new BufferPool(restoreBufferSize, 3), plaintext: new BufferPool(restoreBufferSize, 3) };
+  const buffers: RestoreBuffers = {
+    large: { reads: new BufferPool(restoreBufferSize, 3), plaintext: new BufferPool(restoreBufferSize, 3) },
+    small: { reads: new BufferPool(smallReadSize, 16), plaintext: new BufferPool(smallReadSize, 16) },
+  };
   const result: RestoreResult = { files: 0, dirs: 0, bytes: 0, errors: [] };
   const progress: RestoreProgress = { filesDone: 0, bytesDone: 0 };
   /** First path restored for each hardlinked inode, resolved once that file is complete. */
   const hardlinks = new Map<string, Promise<string>>();
-  const files = pLimit(4);
+  // Many files at once: small files are one request each, so latency, not bandwidth, bounds them.
+  const files = pLimit(16);
   const isRoot = process.getuid?.() === 0;
   const include = options.include?.map((g) => g.replace(/^\/+/, '').replace(/\/+$/, ''));
   const matches = (rel: string) => !include || include.some((g) => minimatch(rel, g, { dot: true }));
@@ -279,12 +283,19 @@ async function chunkRefs(repo: Repository, node: TreeNode): Promise<ChunkRef[]> 
 }
 
 /** Reused shared buffers for restore: packs are read into one, workers write plaintext into another. */
-interface RestoreBuffers {
+interface BufferPair {
   reads: BufferPool;
   plaintext: BufferPool;
 }
 
+/** Large reads (up to 16 MiB) take few large buffers; small ones (small files) many small buffers. */
+interface RestoreBuffers {
+  large: BufferPair;
+  small: BufferPair;
+}
+
 const restoreBufferSize = 16 * 1024 * 1024;
+const smallReadSize = 1024 * 1024;
 
 /**
  * Fetches the file's chunks with ranged reads (adjacent blobs of a pack in one request) into a
@@ -307,7 +318,8 @@ async function writeContent(
     reads.map((read) =>
       fetches(async () => {
         const key = packKey(repo.packIdAt(read.packIndex));
-        let sealed: PooledBuffer | undefined = await buffers.reads.acquire();
+        const pools = read.length <= smallReadSize && read.rawLength <= smallReadSize ? buffers.small : buffers.large;
+        let sealed: PooledBuffer | undefined = await pools.reads.acquire();
         let plain: PooledBuffer | undefined;
         try {
           const bytes = await repo.storage.get(key, { offset: read.offset, length: read.length }, sealed.view).catch((err) => {
@@ -315,7 +327,7 @@ async function writeContent(
             throw err;
           });
           if (bytes.length !== read.length) throw corrupt(key, 'is truncated');
-          plain = await buffers.plaintext.acquire();
+          plain = await pools.plaintext.acquire();
           let at = 0;
           const requests = read.refs.map((ref) => {
             const request = {
@@ -332,7 +344,7 @@ async function writeContent(
             return request;
           });
           const opened = await executor.open(sealed.buffer, requests);
-          buffers.reads.release(sealed);
+          pools.reads.release(sealed);
           sealed = undefined;
           for (let i = 0; i < opened.length; i++) {
             if (opened[i] !== null) throw corrupt(key, `is damaged: ${opened[i]}`);
@@ -348,8 +360,8 @@ async function writeContent(
             onBytes(chunk.length);
           }
         } finally {
-          if (sealed) buffers.reads.release(sealed);
-          if (plain) buffers.plaintext.release(plain);
+          if (sealed) pools.reads.release(sealed);
+          if (plain) pools.plaintext.release(plain);
         }
       }),
     ),
