@@ -126,7 +126,8 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     let pending = linkKey ? hardlinks.get(linkKey) : undefined;
     if (!pending) {
       progress.currentFile = filePath;
-      pending = readers(() => saver.save(filePath));
+      // Small files go to a shared batch; only large ones hold slots while they are read.
+      pending = node.size! <= params.minSize ? saver.save(filePath, node.size!) : readers(() => saver.save(filePath, node.size!));
       if (linkKey) hardlinks.set(linkKey, pending);
       pending.then(() => summary.filesRead++, () => undefined);
     }
@@ -181,7 +182,8 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       return undefined;
     }
     const previousByName = new Map(previousTree?.nodes.map((n) => [n.name, n]));
-    const limit = pLimit(16);
+    // Many entries at once: small files wait for their batch to be sealed, not for each other.
+    const limit = pLimit(64);
     const nodes = await Promise.all(
       names.map((name) => limit(() => saveEntry(path.join(dirPath, name), name, previousByName.get(name)))),
     );
