@@ -39,11 +39,16 @@ export interface PruneReport {
 
 export const defaultGraceMs = 30 * 60_000;
 
-export async function prune(repo: Repository, options: PruneOptions = {}): Promise<PruneReport> {
-  const graceMs = options.graceMs ?? defaultGraceMs;
+/** The grace period must outlast a live backup's longest silence (twice its heartbeat). */
+export function validateGrace(graceMs: number): void {
   if (graceMs <= maxBeatAgeMs) {
     throw new TenderError('TENDER_USAGE', `the grace period must exceed ${maxBeatAgeMs / 1000} s (twice the backup heartbeat)`);
   }
+}
+
+export async function prune(repo: Repository, options: PruneOptions = {}): Promise<PruneReport> {
+  const graceMs = options.graceMs ?? defaultGraceMs;
+  validateGrace(graceMs);
   const log = options.log ?? (() => {});
   const report: PruneReport = {
     planned: { packs: 0, bytes: 0, repacked: 0, blobsRepacked: 0 },
@@ -93,7 +98,7 @@ async function mark(
   const threshold = options.repackUnusedFraction ?? 0.25;
   for (const [hex, pack] of packs) {
     let usedBytes = 0;
-    for (const b of pack.blobs) if (isCanonicalUse(repo, used, b.id, pack.packId)) usedBytes += b.storedLength;
+    for (const b of pack.blobs) if (isCanonicalUse(repo, used, b.id, pack.packId, alreadyDoomed)) usedBytes += b.storedLength;
     if (usedBytes === 0) doomed.push(hex);
     else if ((pack.packSize - usedBytes) / pack.packSize >= threshold) repack.push(pack);
     if (usedBytes === 0) report.planned.bytes += pack.packSize;
@@ -110,7 +115,7 @@ async function mark(
   for (const pack of repack) {
     const bytes = await repo.storage.get(packKey(pack.packId));
     for (const b of pack.blobs) {
-      if (!isCanonicalUse(repo, used, b.id, pack.packId)) continue;
+      if (!isCanonicalUse(repo, used, b.id, pack.packId, alreadyDoomed)) continue;
       await repo.saveSealed(b.type, b.id, b.rawLength, bytes.subarray(b.offset, b.offset + b.storedLength), b.flags);
       report.planned.blobsRepacked++;
     }
@@ -127,11 +132,17 @@ async function mark(
   return { key, plan };
 }
 
-/** Whether the blob is used and this pack holds the copy the index points at. */
-function isCanonicalUse(repo: Repository, used: IdTable, id: Uint8Array, packId: Uint8Array): boolean {
+/**
+ * Whether the blob is used and this pack holds a copy that must stay: the copy the index points
+ * at, or any copy when that one is in a pack a pending plan already dooms (e.g. blobs an earlier
+ * prune repacked: the new copy is what remains once that plan is swept).
+ */
+function isCanonicalUse(repo: Repository, used: IdTable, id: Uint8Array, packId: Uint8Array, doomed: ReadonlySet<string>): boolean {
   if (!used.has(id)) return false;
   const loc = repo.lookup(id);
-  return loc !== undefined && repo.packIdAt(loc.packIndex).equals(packId);
+  if (loc === undefined) return false;
+  const canonical = repo.packIdAt(loc.packIndex);
+  return canonical.equals(packId) || doomed.has(idToHex(canonical));
 }
 
 async function indexedPacks(repo: Repository, indexFiles: readonly string[], excluded: ReadonlySet<string>): Promise<Map<string, IndexedPack>> {

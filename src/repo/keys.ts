@@ -89,6 +89,8 @@ export async function unlock(storage: Storage, repositoryId: string, password: s
   const damaged: string[] = [];
   let found = 0;
   let forThisRepository = 0;
+  /** Key files that belong to another repository (or whose repository ID was damaged). */
+  const foreign: string[] = [];
   for await (const { key } of storage.list('keys/')) {
     found++;
     let file: KeyFileJson;
@@ -99,7 +101,10 @@ export async function unlock(storage: Storage, repositoryId: string, password: s
       damaged.push(key);
       continue;
     }
-    if (file.repository !== repositoryId) continue;
+    if (file.repository !== repositoryId) {
+      foreign.push(key);
+      continue;
+    }
     forThisRepository++;
     const wrapping = await deriveKey(password, Buffer.from(file.kdf.salt, 'base64'), file.kdf);
     let secret: Buffer;
@@ -122,7 +127,8 @@ export async function unlock(storage: Storage, repositoryId: string, password: s
       'TENDER_CORRUPT',
       found === 0
         ? `the repository at ${storage.location} has no key files`
-        : `no usable key file of the repository at ${storage.location} matches its config (repository ${repositoryId})`,
+        : `no usable key file of the repository at ${storage.location} matches its config (repository ${repositoryId})` +
+          (foreign.length > 0 ? `; key files of other repositories: ${foreign.join(', ')}` : ''),
       { hint: `the config or keys/ are damaged or from another repository; restore them from a copy of the repository${skipped}` },
     );
   }

@@ -1,5 +1,6 @@
 import os from 'node:os';
 import { TenderError } from '../errors/errors.js';
+import { onInterrupt } from '../util/interrupt.js';
 import { randomId, idToHex } from './ids.js';
 import type { Repository } from './repository.js';
 
@@ -43,6 +44,8 @@ export class WriterSession {
   private current: SessionInfo;
   private timer: NodeJS.Timeout | undefined;
   private beating: Promise<void> = Promise.resolve();
+  private lapsed = false;
+  private unregisterInterrupt: (() => void) | undefined;
 
   private constructor(
     private readonly repo: Repository,
@@ -60,11 +63,16 @@ export class WriterSession {
       session.beating = session.beating.then(() => session.beat()).catch(() => undefined);
     }, heartbeatMs);
     session.timer.unref();
+    session.unregisterInterrupt = onInterrupt(() => session.end());
     return session;
   }
 
   private async beat(): Promise<void> {
-    const next = { ...this.current, beatMs: Date.now() };
+    const now = Date.now();
+    // A beat that comes too late (the process was suspended, or storage unreachable) cannot
+    // revive the session: a prune may already have taken it for dead and swept data it uses.
+    if (now - this.current.beatMs > maxBeatAgeMs) this.lapsed = true;
+    const next = { ...this.current, beatMs: now };
     await this.repo.storage.put(sessionKey(next), [Buffer.from('{}')]);
     const previous = this.current;
     this.current = next;
@@ -85,14 +93,15 @@ export class WriterSession {
    */
   assertAlive(): void {
     const age = Date.now() - this.current.beatMs;
-    if (age > maxBeatAgeMs) {
-      throw new TenderError('TENDER_STORAGE', `this backup could not refresh its session marker for ${Math.round(age / 1000)} s`, {
+    if (this.lapsed || age > maxBeatAgeMs) {
+      throw new TenderError('TENDER_STORAGE', `this backup could not refresh its session marker in time (it was suspended or cut off)`, {
         hint: 'a concurrent prune may have removed data this run deduplicated against; run the backup again',
       });
     }
   }
 
   async end(): Promise<void> {
+    this.unregisterInterrupt?.();
     clearInterval(this.timer);
     await this.beating;
     await this.repo.storage.delete(sessionKey(this.current));

@@ -543,9 +543,12 @@ describe('passwords and key files', () => {
     await rm(path.join(repo, own));
     await cp(path.join(other.repo, foreign), path.join(repo, foreign));
     const before = await hashFiles(repo);
-    const { message } = await fails(['--repo', repo, 'check', '--read-data'], 12);
-    expect(message).toMatch(/wrong password/);
-    await fails(['--repo', repo, 'restore', 'latest', '--target', path.join(tmp, 'fk-out')], 12);
+    // Its repository ID is not this repository's: the repository has no key of its own, which
+    // is damage to name (exit 1), not a wrong password.
+    const { message } = await fails(['--repo', repo, 'check', '--read-data'], 1);
+    expect(message).toMatch(/no usable key file/);
+    expect(message).toContain(foreign);
+    await fails(['--repo', repo, 'restore', 'latest', '--target', path.join(tmp, 'fk-out')], 1);
     expectRepoUnchanged(before, await hashFiles(repo));
 
     // Next to this repository's own key file it is simply not used: everything still works.
@@ -613,9 +616,13 @@ describe('a pack copied into another repository', () => {
       await repo.close();
     }
 
-    // A backup's resume step reads unindexed packs: it must skip this one, saying so.
+    // A backup's resume step reads unindexed packs when an interrupted run left its session
+    // marker: it must skip this one, saying so.
     const more = path.join(tmp, 'foreign-pack-more');
     await makeTree(more, { 'x.txt': 'x\n' });
+    const interrupted = Date.now() - 60_000;
+    await mkdir(path.join(other.repo, 'sessions'), { recursive: true });
+    await writeFile(path.join(other.repo, 'sessions', `${'ab'.repeat(16)}.${interrupted}.${interrupted}`), '{}');
     const b = await runTender(['--repo', other.repo, 'backup', more]);
     expect(b.code, describeRun(['backup'], b)).toBe(0);
     expect(b.stderr).toContain(`warning: ${pack} is damaged and was not indexed`);

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { TenderError } from '../../errors/errors.js';
 import { type GroupKey, type RetentionPolicy, applyPolicy, isEmptyPolicy, parseDuration } from '../../policy/retention.js';
-import { defaultGraceMs, prune } from '../../prune/prune.js';
+import { type PruneOptions, defaultGraceMs, prune, validateGrace } from '../../prune/prune.js';
 import type { Repository } from '../../repo/repository.js';
 import { collect, positiveInt } from '../args.js';
 import { type GlobalOptions, globalOptions, print, printJson, withRepository } from '../context.js';
@@ -53,6 +53,8 @@ export function registerForget(program: Command): void {
     .option('--grace <duration>', 'prune: how long a silent backup is presumed alive', '30min')
     .action(async (ids: string[], opts: ForgetCliOptions, command: Command) => {
       const g = globalOptions(command);
+      // Prune options are checked before anything is removed.
+      const pruneOptions = opts.prune ? pruneSettings({ grace: opts.grace, ...(opts.dryRun ? { dryRun: true } : {}) }) : undefined;
       await withRepository(g, false, async (repo) => {
         const policy: RetentionPolicy = {
           ...(opts.keepLast !== undefined ? { last: opts.keepLast } : {}),
@@ -89,7 +91,7 @@ export function registerForget(program: Command): void {
         }
         if (!opts.dryRun) for (const id of remove) await repo.storage.delete(`snapshots/${id}`);
         if (!g.json) print(`${opts.dryRun ? 'would remove' : 'removed'} ${remove.length} snapshots`);
-        if (opts.prune) await runPrune(repo, g, { grace: opts.grace, ...(opts.dryRun ? { dryRun: true } : {}) });
+        if (pruneOptions) await runPrune(repo, g, pruneOptions);
       });
     });
 
@@ -100,25 +102,28 @@ export function registerForget(program: Command): void {
     .option('--grace <duration>', 'how long a silent backup is presumed alive', '30min')
     .action(async (opts: PruneCliOptions, command: Command) => {
       const g = globalOptions(command);
-      await withRepository(g, false, (repo) => runPrune(repo, g, opts));
+      const pruneOptions = pruneSettings(opts);
+      await withRepository(g, false, (repo) => runPrune(repo, g, pruneOptions));
     });
 }
 
-async function runPrune(repo: Repository, g: GlobalOptions, opts: PruneCliOptions): Promise<void> {
-  const report = await prune(repo, {
-    graceMs: opts.grace ? duration(opts.grace) : defaultGraceMs,
-    ...(opts.dryRun ? { dryRun: true } : {}),
-    log: (m) => !g.json && !g.quiet && process.stderr.write(`${m}\n`),
-  });
+function pruneSettings(opts: PruneCliOptions): PruneOptions {
+  const graceMs = opts.grace ? duration(opts.grace) : defaultGraceMs;
+  validateGrace(graceMs);
+  return { graceMs, ...(opts.dryRun ? { dryRun: true } : {}) };
+}
+
+async function runPrune(repo: Repository, g: GlobalOptions, options: PruneOptions): Promise<void> {
+  const report = await prune(repo, { ...options, log: (m) => !g.json && !g.quiet && process.stderr.write(`${m}\n`) });
   if (g.json) {
     printJson({ message_type: 'prune', ...report });
     return;
   }
   const { planned } = report;
   print(
-    `${opts.dryRun ? 'would plan' : 'planned'}: ${planned.packs} unused packs, ${planned.repacked} packs repacked (${planned.blobsRepacked} blobs), ${formatBytes(planned.bytes)}`,
+    `${options.dryRun ? 'would plan' : 'planned'}: ${planned.packs} unused packs, ${planned.repacked} packs repacked (${planned.blobsRepacked} blobs), ${formatBytes(planned.bytes)}`,
   );
-  if (!opts.dryRun) {
+  if (!options.dryRun) {
     print(`deleted ${report.packsDeleted} packs (${formatBytes(report.bytesDeleted)}); ${report.plansWaiting} plans wait for running backups`);
   }
 }
