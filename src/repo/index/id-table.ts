@@ -68,7 +68,10 @@ export class IdTable {
 
   get(id: Uint8Array): BlobLocation | undefined {
     const slot = this.slotOf(id);
-    if (this.packIndex[slot] === empty) return undefined;
+    return this.packIndex[slot] === empty ? undefined : this.locationAt(slot);
+  }
+
+  private locationAt(slot: number): BlobLocation {
     const tf = this.typeFlags[slot]!;
     return {
       packIndex: this.packIndex[slot]!,
@@ -99,15 +102,7 @@ export class IdTable {
   forEach(visit: (id: Uint8Array, loc: BlobLocation) => void): void {
     for (let slot = 0; slot < this.capacity; slot++) {
       if (this.packIndex[slot] === empty) continue;
-      const tf = this.typeFlags[slot]!;
-      visit(this.ids.subarray(slot * idLength, (slot + 1) * idLength), {
-        packIndex: this.packIndex[slot]!,
-        offset: this.offset[slot]!,
-        storedLength: this.storedLength[slot]!,
-        rawLength: this.rawLength[slot]!,
-        type: tf >> 8,
-        flags: tf & 0xff,
-      });
+      visit(this.ids.subarray(slot * idLength, (slot + 1) * idLength), this.locationAt(slot));
     }
   }
 
