@@ -35,12 +35,6 @@ export interface WriteOptions {
   packsPerIndex?: number;
 }
 
-export interface StoredPackEvent {
-  key: string;
-  size: number;
-  blobs: number;
-}
-
 /**
  * The repository layer: keys, config, index, packs, snapshots on top of a Storage.
  * It knows nothing about files or backups: it stores and loads blobs and snapshots.
@@ -71,7 +65,6 @@ export class Repository {
   private readonly packBuffers: BufferPool;
   /** Hex IDs of committed blobs whose pack is not stored yet (they count as present for dedup). */
   private readonly unindexed = new Set<string>();
-  onPackStored: ((event: StoredPackEvent) => void) | undefined;
 
   private constructor(
     readonly storage: Storage,
@@ -197,14 +190,6 @@ export class Repository {
 
   packIdAt(packIndex: number): Buffer {
     return this.packIds[packIndex]!;
-  }
-
-  packSizeAt(packIndex: number): number {
-    return this.packSizes[packIndex]!;
-  }
-
-  get packCount(): number {
-    return this.packIds.length;
   }
 
   forEachBlob(visit: (id: Uint8Array, loc: BlobLocation) => void): void {
@@ -357,7 +342,6 @@ export class Repository {
         this.index.add(e.id, { packIndex, offset: e.offset, storedLength: e.storedLength, rawLength: e.rawLength, type: e.type, flags: e.flags });
         this.unindexed.delete(idToHex(e.id));
       }
-      this.onPackStored?.({ key, size, blobs: entries.length });
       this.pendingIndex.push({ packId: pack.id, packSize: size, blobs: entries });
       if (this.pendingIndex.length >= this.packsPerIndex) await this.writePendingIndex();
     })().catch((err) => {
