@@ -26,7 +26,7 @@ import { freePort, startMinio, stopMinio } from './setup/minio.js';
 const run = promisify(execFile);
 
 /** Short retries so the failing cases finish quickly. */
-const fast: Partial<S3Tuning> = { maxAttempts: 4, baseDelayMs: 5, maxDelayMs: 20 };
+const fast: Partial<S3Tuning> = { maxAttempts: 4, retryBudgetMs: 0, baseDelayMs: 5, maxDelayMs: 20 };
 
 const storages: S3Storage[] = [];
 function storage(url: string, options: { s3Endpoint?: string; caBundle?: string }, tuning: Partial<S3Tuning> = {}): S3Storage {
@@ -378,7 +378,7 @@ async function startProxy(target: URL, plan: (n: number) => ProxyAction) {
 }
 
 describe('S3 retries through a faulty proxy', () => {
-  const retrying: Partial<S3Tuning> = { maxAttempts: 8, baseDelayMs: 5, maxDelayMs: 50, idleTimeoutMs: 400 };
+  const retrying: Partial<S3Tuning> = { maxAttempts: 8, retryBudgetMs: 0, baseDelayMs: 5, maxDelayMs: 50, idleTimeoutMs: 400 };
   const cases: Array<{ name: string; plan: (n: number) => ProxyAction; action: ProxyAction }> = [
     { name: 'connection resets', plan: (n) => (n <= 3 ? 'reset' : 'pass'), action: 'reset' },
     { name: '503 SlowDown answers', plan: (n) => (n <= 3 ? 'slowdown' : 'pass'), action: 'slowdown' },

@@ -6,6 +6,7 @@ import { hexToId } from '../repo/ids.js';
 import { doomedPacks } from '../repo/plans.js';
 import type { Repository } from '../repo/repository.js';
 import { WriterSession, listSessions } from '../repo/sessions.js';
+import { onInterrupt } from '../util/interrupt.js';
 import type { Snapshot, SnapshotSummary } from '../repo/snapshot/snapshot.js';
 import type { Tree, TreeNode } from '../repo/snapshot/tree.js';
 import { createExecutor, defaultWorkerCount } from '../workers/pool.js';
@@ -194,6 +195,12 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
   // Register before reading the index, so a prune that plans deletions after this point waits for
   // this run; packs doomed by plans that already exist are never used (docs/design.md).
   const session = await WriterSession.start(repo);
+  // Interrupted (Ctrl-C) or failed: index what was stored, then end the session, so the next
+  // run resumes from the stored packs and no prune waits for this one.
+  const unregisterInterrupt = onInterrupt(async () => {
+    await repo.indexStoredPacks();
+    await session.end();
+  });
 
   try {
     await repo.loadIndex(await doomedPacks(repo));
@@ -262,7 +269,11 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     session.assertAlive();
     const snapshotId = await repo.saveSnapshot(snapshot);
     return { snapshotId, snapshot, errors };
+  } catch (err) {
+    await repo.indexStoredPacks();
+    throw err;
   } finally {
+    unregisterInterrupt();
     await scan;
     await executor.close();
     await session.end().catch(() => undefined);

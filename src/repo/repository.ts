@@ -370,6 +370,16 @@ export class Repository {
     return key;
   }
 
+  /**
+   * After a failure or an interrupt: waits for the uploads under way and indexes the packs that
+   * were stored, so the next run deduplicates against them instead of uploading them again.
+   * Open packs are dropped. Best effort: errors here are not reported over the original one.
+   */
+  async indexStoredPacks(): Promise<void> {
+    while (this.uploads.size > 0) await Promise.allSettled([...this.uploads]);
+    await this.writePendingIndex().catch(() => undefined);
+  }
+
   /** Stores every open pack, waits for all uploads, and writes the index for them. */
   async flush(): Promise<void> {
     for (const [type, pack] of [...this.openPacks]) this.closePack(type, pack);

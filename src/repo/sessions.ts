@@ -1,6 +1,5 @@
 import os from 'node:os';
 import { TenderError } from '../errors/errors.js';
-import { onInterrupt } from '../util/interrupt.js';
 import { randomId, idToHex } from './ids.js';
 import type { Repository } from './repository.js';
 
@@ -45,7 +44,6 @@ export class WriterSession {
   private timer: NodeJS.Timeout | undefined;
   private beating: Promise<void> = Promise.resolve();
   private lapsed = false;
-  private unregisterInterrupt: (() => void) | undefined;
 
   private constructor(
     private readonly repo: Repository,
@@ -63,7 +61,6 @@ export class WriterSession {
       session.beating = session.beating.then(() => session.beat()).catch(() => undefined);
     }, heartbeatMs);
     session.timer.unref();
-    session.unregisterInterrupt = onInterrupt(() => session.end());
     return session;
   }
 
@@ -101,7 +98,6 @@ export class WriterSession {
   }
 
   async end(): Promise<void> {
-    this.unregisterInterrupt?.();
     clearInterval(this.timer);
     await this.beating;
     await this.repo.storage.delete(sessionKey(this.current));

@@ -77,9 +77,15 @@ export interface S3Stats {
 
 /** Knobs that are not user settings: tests shorten the retries, the CLI sizes the connection pool. */
 export interface S3Tuning {
-  /** Attempts per request, first included (default 8). */
+  /** Attempts per request, first included (default 8)... */
   maxAttempts: number;
-  /** Backoff before retry n is uniform in [0, min(maxDelayMs, baseDelayMs * 2^(n-1))] ("full jitter"). */
+  /**
+   * ...and at least this long since the first failure (default 30 s): errors that come back at
+   * once (resets, refusals while a server restarts) would otherwise use up the attempts in a few
+   * seconds. A request gives up when both are spent.
+   */
+  retryBudgetMs: number;
+  /** Backoff before retry n is uniform in [cap/2, cap], cap = min(maxDelayMs, baseDelayMs * 2^(n-1)). */
   baseDelayMs: number;
   maxDelayMs: number;
   /** Sockets per endpoint; size it to the number of concurrent storage operations (default 32). */
@@ -106,6 +112,7 @@ const MiB = 1024 * 1024;
 
 export const defaultS3Tuning: Readonly<S3Tuning> = {
   maxAttempts: 8,
+  retryBudgetMs: 30_000,
   baseDelayMs: 100,
   maxDelayMs: 4000,
   maxSockets: 32,
@@ -563,7 +570,8 @@ export class S3Storage implements Storage {
 
   /** Run one request, retrying transient failures with exponential backoff and full jitter. */
   private async withRetry<T>(kind: RequestKind, op: string, key: string, fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
-    const { maxAttempts, baseDelayMs, maxDelayMs } = this.tuning;
+    const { maxAttempts, retryBudgetMs, baseDelayMs, maxDelayMs } = this.tuning;
+    let firstFailure: number | undefined;
     for (let attempt = 1; ; attempt++) {
       if (this.closed) throw new TenderError('TENDER_STORAGE', `${op} ${key}: storage ${this.location} is closed`);
       this.count(kind, attempt > 1);
@@ -573,14 +581,16 @@ export class S3Storage implements Storage {
         return await fn(controller.signal);
       } catch (err) {
         const verdict = this.classify(err, op, key);
-        if (!verdict.retry || attempt >= maxAttempts) {
+        firstFailure ??= Date.now();
+        const elapsed = Date.now() - firstFailure;
+        if (!verdict.retry || (attempt >= maxAttempts && elapsed >= retryBudgetMs)) {
           if (verdict.retry) {
-            verdict.error.message += ` (gave up after ${attempt} attempts)`;
+            verdict.error.message += ` (gave up after ${attempt} attempts in ${Math.round(elapsed / 1000)} s)`;
           }
           throw verdict.error;
         }
-        const cap = Math.min(maxDelayMs, baseDelayMs * 2 ** (attempt - 1));
-        await sleep(Math.random() * cap);
+        const cap = Math.min(maxDelayMs, baseDelayMs * 2 ** (Math.min(attempt, 30) - 1));
+        await sleep(cap / 2 + (Math.random() * cap) / 2);
       } finally {
         this.inflight.delete(controller);
       }
@@ -696,6 +706,10 @@ export class S3Storage implements Storage {
           ENDPOINT_HINT,
           true,
         );
+      }
+      // The HTTP handler renames resets to TimeoutError: look at the system code first.
+      if (sys === 'ECONNRESET' || sys === 'EPIPE') {
+        return fail('TENDER_STORAGE', `${where}: the connection to the S3 endpoint ${endpoint} was reset`, ENDPOINT_HINT, true);
       }
       if (sys === 'ETIMEDOUT' || name === 'TimeoutError') {
         return fail('TENDER_STORAGE', `${where}: the S3 endpoint ${endpoint} timed out`, ENDPOINT_HINT, true);
