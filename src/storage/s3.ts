@@ -228,7 +228,9 @@ export async function openS3Storage(
   options: StorageOptions,
   tuning: Partial<S3Tuning> = {},
 ): Promise<Storage> {
-  return new S3Storage(url, options, tuning);
+  // TENDER_S3_RETRY_SECONDS shortens (or lengthens) how long a failing request is retried.
+  const budget = Number(process.env.TENDER_S3_RETRY_SECONDS);
+  return new S3Storage(url, options, Number.isFinite(budget) && budget >= 0 ? { retryBudgetMs: budget * 1000, ...tuning } : tuning);
 }
 
 export class S3Storage implements Storage {

@@ -437,12 +437,8 @@ describe.skipIf(skipReason !== undefined)('network faults between tender and Min
     await verifyRepo(url, 'drop');
   });
 
-  // KNOWN FAILURE, a bug in src/storage/s3.ts (withRetry): the retry budget is a number of
-  // attempts (8) with full-jitter backoff, so for errors that come back at once (reset, refused:
-  // also a restarting MinIO) tender retries for a random 0..10.3 s (mean 5.15 s). A 3 s reset fails
-  // ~18% of backups with real draws (simulated, and seen here); Math.random() is pinned to 0 in the
-  // tender process (NODE_OPTIONS --import; it is used only for this jitter) so that the test is
-  // deterministic: the worst draw must still ride out a 3 s outage.
+  // Resets come back at once: the S3 backend's retry budget is time as well as attempts, so a
+  // 3 s outage is outlasted whatever the backoff jitter draws (Math.random is pinned low here).
   it('connection resets (tcp reset) for 3 s mid-backup: retried, completes, whatever the backoff jitter draws', { timeout: 120_000 }, async () => {
     const { url, prefix } = await newRepo('reset');
     const pin = '--import=data:text/javascript,Math.random=()=>0';
@@ -470,18 +466,15 @@ describe.skipIf(skipReason !== undefined)('network faults between tender and Min
   // re-run resumes the packs it left (compare the next test).
   it('resets that outlast the retry budget: fails cleanly (endpoint named, no snapshot); a re-run completes', { timeout: 150_000 }, async () => {
     const { url, prefix } = await newRepo('reset-long');
-    const { result, before } = await backupWithFault(url, prefix, rules.reset, 'until-exit');
+    // A short retry budget, so giving up does not take the default 30 s per request.
+    const { result, before } = await backupWithFault(url, prefix, rules.reset, 'until-exit', { TENDER_S3_RETRY_SECONDS: '2' });
     await expectCleanFailure(result, prefix, before);
     await rerunAfterFailure(url, prefix);
     await verifyRepo(url, 'reset-long');
   });
 
-  // KNOWN FAILURE, a bug in src/backup/archiver.ts: a backup that fails removes its session
-  // marker on the way out (finally: session.end()), yet the next backup only looks for packs to
-  // resume when another session marker exists. When the storage is still reachable for that one
-  // small DELETE - here every connection is reset once it has carried 1 MB, so pack uploads fail
-  // while small requests pass; also after a MinIO restart (next test) - the re-run uploads again
-  // every chunk the failed run had stored, and `check` warns about packs in no index for good.
+  // A backup that fails indexes the packs it stored before it ends its session, so the re-run
+  // uploads none of them again and `check` finds no packs outside the index.
   it('uploads cut after 1 MB until the backup gives up: fails cleanly; the re-run resumes the packs it left', { timeout: 150_000 }, async () => {
     const { url, prefix } = await newRepo('cut');
     const { result, before } = await backupWithFault(url, prefix, rules.cutUploads, 'until-exit');
@@ -521,6 +514,7 @@ describe.skipIf(skipReason !== undefined)('network faults between tender and Min
       connectTimeoutMs: 1000,
       idleTimeoutMs: 2000,
       maxAttempts: 3,
+      retryBudgetMs: 0,
       baseDelayMs: 50,
       maxDelayMs: 200,
     };
@@ -566,11 +560,8 @@ describe.skipIf(skipReason !== undefined)('network faults between tender and Min
       await fresh.close();
     }
   });
-  // KNOWN FAILURE, a bug in src/storage/s3.ts classify(): @smithy/node-http-handler renames
-  // ECONNRESET / EPIPE errors to name 'TimeoutError' (its NODEJS_TIMEOUT_ERROR_CODES), and
-  // classify() tests `name === 'TimeoutError'` before the system code, so a connection that the
-  // server (or a proxy / load balancer) actively resets is reported as "the S3 endpoint ... timed
-  // out" - which sends an operator looking for a firewall that drops packets.
+  // @smithy/node-http-handler renames resets to TimeoutError; the backend looks at the system
+  // error code first, so a reset is reported as a reset.
   it('a reset that ends the retries is reported as a reset, not as a timeout (storage level)', { timeout: 30_000 }, async () => {
     const s = new S3Storage(`s3://${bucket}/rst-${randomBytes(4).toString('hex')}`, { s3Endpoint: endpoint }, {
       credentials: { accessKeyId: credentials.user, secretAccessKey: credentials.password },
@@ -578,6 +569,7 @@ describe.skipIf(skipReason !== undefined)('network faults between tender and Min
       // One attempt: the error is the classification of a reset on an established connection,
       // which is what the last of the 8 attempts gets when a proxy accepts and then resets.
       maxAttempts: 1,
+      retryBudgetMs: 0,
     });
     try {
       expect(await s.put('warm', [Buffer.from('x')])).toBe('stored');
