@@ -143,6 +143,13 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     return true;
   };
 
+  /**
+   * A directory of the parent snapshot, or undefined when its tree is not in this run's index
+   * (its pack is doomed by a pending prune plan): then the files are simply read again.
+   */
+  const parentTree = async (treeHex: string | undefined): Promise<Tree | undefined> =>
+    treeHex !== undefined && repo.has(hexToId(treeHex)) ? repo.loadTree(treeHex) : undefined;
+
   /** Builds the node for one path; returns undefined if it could not be read at all. */
   const saveEntry = async (entryPath: string, name: string, previous: TreeNode | undefined): Promise<TreeNode | undefined> => {
     let stats;
@@ -163,7 +170,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     }
     if (type === 'dir') {
       summary.dirs++;
-      const previousTree = previous?.type === 'dir' && previous.subtree ? await repo.loadTree(previous.subtree) : undefined;
+      const previousTree = previous?.type === 'dir' ? await parentTree(previous.subtree) : undefined;
       const subtree = await saveDir(entryPath, previousTree);
       // An unreadable directory is left out (and reported), not stored as an empty one.
       if (subtree === undefined) return undefined;
@@ -231,7 +238,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       const adopted = await repo.indexPacksFromHeaders(unindexed);
       options.onResume?.({ packs: adopted.indexed, damaged: adopted.damaged });
     }
-    const parentRoot = options.parent ? await repo.loadTree(options.parent.snapshot.tree) : undefined;
+    const parentRoot = options.parent ? await parentTree(options.parent.snapshot.tree) : undefined;
     const previousByName = new Map(parentRoot?.nodes.map((n) => [n.name, n]));
     const rootNodes: TreeNode[] = [];
     for (let i = 0; i < roots.length; i++) {

@@ -61,8 +61,11 @@ export async function prune(repo: Repository, options: PruneOptions = {}): Promi
   const pending = await listDeletionPlans(repo);
   const alreadyDoomed = new Set(pending.flatMap((p) => p.plan.packs));
   // The whole index, doomed packs included: snapshots written since a pending plan may need them.
+  // Snapshots first, index second: every snapshot listed has its trees in an index file that
+  // exists by the time the index is read (a backup stores its index before its snapshot).
+  const snapshots = await repo.listSnapshotIds();
   await repo.loadIndex();
-  const plan = await mark(repo, alreadyDoomed, options, report, log);
+  const plan = await mark(repo, snapshots, alreadyDoomed, options, report, log);
   if (options.dryRun) return report;
   if (plan) pending.push(plan);
   for (const { key, plan: p } of pending) {
@@ -75,12 +78,12 @@ export async function prune(repo: Repository, options: PruneOptions = {}): Promi
 
 async function mark(
   repo: Repository,
+  snapshots: string[],
   alreadyDoomed: ReadonlySet<string>,
   options: PruneOptions,
   report: PruneReport,
   log: (m: string) => void,
 ): Promise<{ key: string; plan: DeletionPlan } | undefined> {
-  const snapshots = await repo.listSnapshotIds();
   log(`marking blobs used by ${snapshots.length} snapshots`);
   const used = new IdTable();
   const seenTrees = new Set<string>();
@@ -197,6 +200,8 @@ async function sweep(
   // Snapshots written since the mark may use doomed packs (their backups started before the plan).
   const seen = new Set(plan.snapshots);
   const newer = (await repo.listSnapshotIds()).filter((id) => !seen.has(id));
+  // Their trees may be in index files written since this prune read the index.
+  if (newer.length > 0) await repo.loadIndex();
   const usedSince = new IdTable();
   const seenTrees = new Set<string>();
   for (const id of newer) await markTree(repo, (await repo.loadSnapshot(id)).tree, usedSince, seenTrees);

@@ -127,17 +127,36 @@ export class Repository {
    */
   async loadIndex(excludedPacks: ReadonlySet<string> = new Set()): Promise<void> {
     this.excludedPacks = excludedPacks;
-    const keys: string[] = [];
-    for await (const { key } of this.storage.list('index/')) keys.push(key);
+    const files = new Map<string, IndexFile>();
+    // A prune's sweep may delete index files between the listing and the reads; it stores their
+    // replacement first, so listing again finds it.
+    for (let attempt = 1; ; attempt++) {
+      const keys: string[] = [];
+      for await (const { key } of this.storage.list('index/')) if (!files.has(key)) keys.push(key);
+      const limit = pLimit(8);
+      let vanished = 0;
+      await Promise.all(
+        keys.map((key) =>
+          limit(async () => {
+            try {
+              files.set(key, await this.readIndexFile(key));
+            } catch (err) {
+              if (!(err instanceof TenderError && err.code === 'TENDER_NOT_FOUND') || attempt >= 5) throw err;
+              vanished++;
+            }
+          }),
+        ),
+      );
+      if (vanished === 0) break;
+    }
     const superseded = new Set<string>();
-    const limit = pLimit(8);
-    const files = await Promise.all(keys.map((key) => limit(async () => ({ key, file: await this.readIndexFile(key) }))));
-    for (const { file } of files) for (const id of file.superseded) superseded.add(`index/${idToHex(id)}`);
-    for (const { key, file } of files) {
+    for (const file of files.values()) for (const id of file.superseded) superseded.add(`index/${idToHex(id)}`);
+    for (const [key, file] of files) {
       this.indexFileIds.add(key);
       if (!superseded.has(key)) this.addIndexedPacks(file.packs.filter((p) => !excludedPacks.has(idToHex(p.packId))));
     }
   }
+
 
   async readIndexFile(key: string): Promise<IndexFile> {
     const bytes = await this.storage.get(key);
