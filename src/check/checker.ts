@@ -184,8 +184,8 @@ export async function check(repo: Repository, options: CheckOptions = {}): Promi
   for (const id of snapshotIds) {
     const key = `snapshots/${id}`;
     try {
-      const snapshot = await repo.loadSnapshot(id);
-      await walk(snapshot.tree, `snapshot ${id.slice(0, 8)}:`);
+      const snapshot = await repo.loadListedSnapshot(id);
+      if (snapshot) await walk(snapshot.tree, `snapshot ${id.slice(0, 8)}:`);
     } catch (err) {
       if (!(err instanceof TenderError && err.code === 'TENDER_CORRUPT')) throw err;
       problem(key, err.message.replace(`${key} `, ''));

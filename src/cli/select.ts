@@ -18,8 +18,8 @@ export interface SnapshotEntry {
 export async function listSnapshots(repo: Repository, filter: SnapshotFilter = {}): Promise<SnapshotEntry[]> {
   const entries: SnapshotEntry[] = [];
   for (const id of await repo.listSnapshotIds()) {
-    const snapshot = await repo.loadSnapshot(id);
-    if (matches(snapshot, filter)) entries.push({ id, snapshot });
+    const snapshot = await repo.loadListedSnapshot(id);
+    if (snapshot && matches(snapshot, filter)) entries.push({ id, snapshot });
   }
   return entries.sort((a, b) => a.snapshot.time.localeCompare(b.snapshot.time) || a.id.localeCompare(b.id));
 }

@@ -87,7 +87,10 @@ async function mark(
   log(`marking blobs used by ${snapshots.length} snapshots`);
   const used = new IdTable();
   const seenTrees = new Set<string>();
-  for (const id of snapshots) await markTree(repo, (await repo.loadSnapshot(id)).tree, used, seenTrees);
+  for (const id of snapshots) {
+    const snapshot = await repo.loadListedSnapshot(id);
+    if (snapshot) await markTree(repo, snapshot.tree, used, seenTrees);
+  }
 
   const packs = await indexedPacks(repo, [...repo.indexFiles], alreadyDoomed);
   // Packs no index lists (interrupted backups, or one being written now: the sweep waits for it).
@@ -204,7 +207,10 @@ async function sweep(
   if (newer.length > 0) await repo.loadIndex();
   const usedSince = new IdTable();
   const seenTrees = new Set<string>();
-  for (const id of newer) await markTree(repo, (await repo.loadSnapshot(id)).tree, usedSince, seenTrees);
+  for (const id of newer) {
+    const snapshot = await repo.loadListedSnapshot(id);
+    if (snapshot) await markTree(repo, snapshot.tree, usedSince, seenTrees);
+  }
   const doomed = new Set(plan.packs);
   const rescued: IndexedPack[] = [];
   if (usedSince.size > 0) {

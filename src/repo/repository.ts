@@ -527,6 +527,16 @@ export class Repository {
     return ids;
   }
 
+  /** The snapshot, or undefined if it was removed (by a concurrent forget) after it was listed. */
+  async loadListedSnapshot(id: string): Promise<Snapshot | undefined> {
+    try {
+      return await this.loadSnapshot(id);
+    } catch (err) {
+      if (err instanceof TenderError && err.code === 'TENDER_NOT_FOUND') return undefined;
+      throw err;
+    }
+  }
+
   async loadSnapshot(id: string): Promise<Snapshot> {
     const key = `snapshots/${id}`;
     const bytes = await this.storage.get(key);
