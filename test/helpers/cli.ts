@@ -11,6 +11,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { SnapshotSummary } from '../../src/repo/snapshot/snapshot.js';
 
 export * from './tree.js';
 
@@ -108,20 +109,10 @@ export function jsonLines(stdout: string): Array<Record<string, unknown>> {
     });
 }
 
-export interface BackupSummary {
+/** The `summary` line of `backup --json`: the snapshot summary plus its ID. */
+export interface BackupSummary extends SnapshotSummary {
   message_type: 'summary';
   snapshot_id: string;
-  files: number;
-  dirs: number;
-  filesRead: number;
-  filesUnchanged: number;
-  bytesRead: number;
-  totalBytes: number;
-  blobsAdded: number;
-  bytesAdded: number;
-  bytesStored: number;
-  errors: number;
-  durationMs: number;
 }
 
 /** The `summary` line of `backup --json` (exactly one must be there). */
