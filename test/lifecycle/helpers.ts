@@ -28,6 +28,7 @@ import {
   treeDigest,
 } from '../helpers/cli.js';
 import { s3TestOptions } from '../helpers/s3.js';
+import type { PruneReport } from '../../src/prune/prune.js';
 
 export const heartbeatMs = 1000;
 /** Prune's grace period in these tests: more than twice the heartbeat. */
@@ -67,14 +68,8 @@ export async function backup(repo: string, paths: string[], extra: string[] = []
   return backupSummary(r.stdout);
 }
 
-export interface PruneReportJson {
-  planned: { packs: number; bytes: number; repacked: number; blobsRepacked: number };
-  plansSwept: number;
-  plansWaiting: number;
-  packsDeleted: number;
-  bytesDeleted: number;
-  packsRescued: number;
-}
+/** The `prune` JSON line carries the library's report. */
+export type PruneReportJson = PruneReport;
 
 /** The `prune` line of a `--json` prune or `forget --prune` output. */
 export function pruneReport(stdout: string): PruneReportJson {
