@@ -7,8 +7,10 @@ import { appendFile, copyFile, mkdir, mkdtemp, open, readFile, rm, writeFile } f
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { GearChunker, gearTable } from '../src/backup/chunk/fastcdc.js';
 import { backends } from './helpers/backends.js';
 import { assertSameTree, backupJson, randomBuffer, tenderOk, writeRandomFile } from './helpers/cli.js';
+import { openRepository } from './lifecycle/helpers.js';
 
 const MiB = 1 << 20;
 
@@ -51,6 +53,34 @@ describe.each(backends)('dedup ($name)', ({ name, makeRepoUrl }) => {
     const out = path.join(tmp, 'out-shift');
     await tenderOk(['--repo', repo, '--quiet', 'restore', s2.snapshot_id, '--target', out]);
     await assertSameTree(path.dirname(second), path.join(out, 'two'));
+  });
+
+  it('a large file is cut exactly where chunking it in one piece cuts (read slots leave no trace)', async () => {
+    const dir = path.join(tmp, 'cuts');
+    await mkdir(dir, { recursive: true });
+    // Random data with long zero runs: both natural boundaries and forced maxSize cuts, spread
+    // over many read slots, some landing right at a slot's end.
+    const data = randomBuffer(70 * MiB);
+    for (let at = 5 * MiB; at < data.length; at += 21 * MiB) data.fill(0, at, Math.min(data.length, at + 9 * MiB));
+    await writeFile(path.join(dir, 'big.bin'), data);
+    const s = await backupJson(repo, [dir]);
+    const r = await openRepository(repo);
+    try {
+      await r.loadIndex();
+      const snapshot = await r.loadSnapshot(s.snapshot_id);
+      const top = await r.loadTree(snapshot.tree);
+      const file = (await r.loadTree(top.nodes[0]!.subtree!)).nodes.find((n) => n.name === 'big.bin')!;
+      const chunker = new GearChunker(r.config.chunker, gearTable(r.keys.gearSeed));
+      const want: string[] = [];
+      for (let start = 0; start < data.length; ) {
+        const length = chunker.cut(data, start, data.length);
+        want.push(r.codec.id(data.subarray(start, start + length)).toString('hex'));
+        start += length;
+      }
+      expect(file.content).toEqual(want);
+    } finally {
+      await r.close();
+    }
   });
 
   it('identical files in one backup are stored once', async () => {

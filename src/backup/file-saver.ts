@@ -142,8 +142,11 @@ export class FileSaver {
         this.onBytes(end - carry);
         const spans: number[] = [];
         let start = 0;
-        while (end - start >= this.params.maxSize || (eof && start < end)) {
+        while (start < end) {
           const length = this.chunker.cut(slot.view, start, end);
+          // A cut before the end of the bytes read is final; one at the end may only mean that
+          // the boundary lies beyond them: carry that piece into the next slot.
+          if (!eof && length === end - start && length < this.params.maxSize) break;
           spans.push(start, length);
           start += length;
         }
@@ -177,31 +180,39 @@ export class FileSaver {
   }
 
   /**
-   * Hash every chunk of the slot, then for each new chunk reserve room in a pack and have a worker
-   * seal it straight into that room. Resolves with the slot's chunk IDs in order.
+   * Hash every chunk of the slot (here: dedup needs the IDs at once), then for each new chunk
+   * reserve room in a pack and have the workers seal the new chunks straight into their rooms,
+   * a few messages per slot. Resolves with the slot's chunk IDs in order.
    */
   private async processSlot(slot: Slot, spans: Uint32Array): Promise<Uint8Array> {
     const sealing: Promise<void>[] = [];
     try {
-      if (spans.length === 0) return new Uint8Array(0);
-      const idGroups = await Promise.all(splitSpans(spans, this.parallelism).map((g) => this.executor.hash(slot.buffer, g)));
-      const ids = concat(idGroups);
-      for (let i = 0; i < spans.length / 2; i++) {
+      const chunks = spans.length / 2;
+      const ids = new Uint8Array(chunks * 32);
+      let reserved: PendingSeal[] = [];
+      for (let i = 0; i < chunks; i++) {
+        const offset = spans[2 * i]!;
+        const length = spans[2 * i + 1]!;
         const id = ids.subarray(i * 32, i * 32 + 32);
+        id.set(this.repo.codec.id(slot.view.subarray(offset, offset + length)));
         if (this.repo.has(id)) continue;
         const hex = idToHex(id);
         if (this.inflight.has(hex)) continue;
         this.inflight.add(hex);
-        const offset = spans[2 * i]!;
-        const length = spans[2 * i + 1]!;
-        // Reserve, then dispatch at once: a pack completes only when all its reservations are
-        // committed, so holding reservations while waiting for another could deadlock the pool.
-        const r = await this.repo.reserve(BlobType.data, length + sealOverhead).catch((err) => {
-          this.inflight.delete(hex);
-          throw err;
-        });
-        sealing.push(this.seal(slot, id, hex, offset, length, r));
+        let r = this.repo.tryReserve(BlobType.data, length + sealOverhead);
+        if (!r) {
+          // Dispatch what is reserved before waiting: the pack buffers this wait needs are
+          // freed only when the regions reserved in them are sealed and committed.
+          sealing.push(...this.dispatch(slot, reserved));
+          reserved = [];
+          r = await this.repo.reserve(BlobType.data, length + sealOverhead).catch((err) => {
+            this.inflight.delete(hex);
+            throw err;
+          });
+        }
+        reserved.push({ id, hex, offset, length, r });
       }
+      sealing.push(...this.dispatch(slot, reserved));
       await Promise.all(sealing);
       return ids;
     } catch (err) {
@@ -215,22 +226,57 @@ export class FileSaver {
     }
   }
 
-  private async seal(slot: Slot, id: Uint8Array, hex: string, offset: number, length: number, r: Reservation): Promise<void> {
+  /** Seals reserved chunks in one message per worker, split into runs of about equal bytes. */
+  private dispatch(slot: Slot, reserved: PendingSeal[]): Promise<void>[] {
+    const groups: PendingSeal[][] = [];
+    let total = 0;
+    for (const p of reserved) total += p.length;
+    const share = total / Math.max(1, this.parallelism);
+    let group: PendingSeal[] = [];
+    let groupBytes = 0;
+    for (const p of reserved) {
+      group.push(p);
+      groupBytes += p.length;
+      if (groupBytes >= share) {
+        groups.push(group);
+        group = [];
+        groupBytes = 0;
+      }
+    }
+    if (group.length > 0) groups.push(group);
+    return groups.map((g) => this.sealGroup(slot, g));
+  }
+
+  private async sealGroup(slot: Slot, group: PendingSeal[]): Promise<void> {
+    let committed = 0;
     try {
-      const [sealed] = await this.executor.seal(slot.buffer, [
-        { type: BlobType.data, id, offset, length, target: r.buffer, targetOffset: r.offset, targetCapacity: r.capacity },
-      ]);
-      this.repo.commit(r, BlobType.data, id, length, sealed!.storedLength, sealed!.flags);
-      this.counters.blobsAdded++;
-      this.counters.bytesAdded += length;
-      this.counters.bytesStored += sealed!.storedLength;
+      const sealed = await this.executor.seal(
+        slot.buffer,
+        group.map((p) => ({ type: BlobType.data, id: p.id, offset: p.offset, length: p.length, target: p.r.buffer, targetOffset: p.r.offset, targetCapacity: p.r.capacity })),
+      );
+      for (const [i, p] of group.entries()) {
+        this.repo.commit(p.r, BlobType.data, p.id, p.length, sealed[i]!.storedLength, sealed[i]!.flags);
+        committed++;
+        this.counters.blobsAdded++;
+        this.counters.bytesAdded += p.length;
+        this.counters.bytesStored += sealed[i]!.storedLength;
+      }
     } catch (err) {
-      this.repo.abandon(r);
+      for (const p of group.slice(committed)) this.repo.abandon(p.r);
       throw err;
     } finally {
-      this.inflight.delete(hex);
+      for (const p of group) this.inflight.delete(p.hex);
     }
   }
+}
+
+/** A new chunk with its room in a pack, waiting to be sealed by a worker. */
+interface PendingSeal {
+  id: Uint8Array;
+  hex: string;
+  offset: number;
+  length: number;
+  r: Reservation;
 }
 
 interface SmallFileBatch {
@@ -279,12 +325,4 @@ class ContentBuilder {
 function concat(parts: Uint8Array[]): Uint8Array {
   if (parts.length === 1) return parts[0]!;
   return Buffer.concat(parts);
-}
-
-function splitSpans(spans: Uint32Array, parts: number): Uint32Array[] {
-  const chunks = spans.length / 2;
-  const per = Math.ceil(chunks / Math.max(1, Math.min(parts, chunks)));
-  const out: Uint32Array[] = [];
-  for (let i = 0; i < chunks; i += per) out.push(spans.subarray(2 * i, 2 * Math.min(chunks, i + per)));
-  return out;
 }

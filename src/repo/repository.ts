@@ -281,7 +281,8 @@ export class Repository {
    * The caller fills the region and then commits or abandons it.
    */
   async reserve(type: BlobType, capacity: number): Promise<Reservation> {
-    this.throwIfUploadFailed();
+    const now = this.tryReserve(type, capacity);
+    if (now) return now;
     for (;;) {
       const open = this.openPacks.get(type);
       const reservation = open?.reserve(capacity);
@@ -297,6 +298,20 @@ export class Repository {
       }
       this.openPacks.set(type, new PackBuilder(buffer));
     }
+  }
+
+  /** reserve() without waiting: undefined when it would have to wait for a pack buffer. */
+  tryReserve(type: BlobType, capacity: number): Reservation | undefined {
+    this.throwIfUploadFailed();
+    const open = this.openPacks.get(type);
+    const reservation = open?.reserve(capacity);
+    if (reservation || capacity > this.packBuffers.bufferSize) return reservation;
+    const buffer = this.packBuffers.tryAcquire();
+    if (!buffer) return undefined;
+    if (open) this.closePack(type, open);
+    const pack = new PackBuilder(buffer);
+    this.openPacks.set(type, pack);
+    return pack.reserve(capacity);
   }
 
   /** Records the sealed blob written into `r`. The blob counts as stored (`has`) from now on. */

@@ -22,13 +22,20 @@ export class BufferPool {
   ) {}
 
   acquire(): Promise<PooledBuffer> {
-    const buffer = this.free.pop();
+    const buffer = this.tryAcquire();
     if (buffer) return Promise.resolve(buffer);
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  /** A buffer now, or undefined when every buffer is in use. */
+  tryAcquire(): PooledBuffer | undefined {
+    const buffer = this.free.pop();
+    if (buffer) return buffer;
     if (this.created < this.maxBuffers) {
       this.created++;
-      return Promise.resolve(sharedBuffer(this.bufferSize));
+      return sharedBuffer(this.bufferSize);
     }
-    return new Promise((resolve) => this.waiters.push(resolve));
+    return undefined;
   }
 
   release(buffer: PooledBuffer): void {

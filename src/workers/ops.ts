@@ -46,15 +46,6 @@ export class CodecOps {
     this.codec = new BlobCodec(keys, compressionLevel);
   }
 
-  /** IDs of the spans [offset, length, offset, length, ...] of `data`, 32 bytes each, concatenated. */
-  hash(data: Uint8Array, spans: Uint32Array): Uint8Array {
-    const out = new Uint8Array((spans.length / 2) * 32);
-    for (let i = 0; i < spans.length; i += 2) {
-      out.set(this.codec.id(data.subarray(spans[i]!, spans[i]! + spans[i + 1]!)), (i / 2) * 32);
-    }
-    return out;
-  }
-
   seal(data: Uint8Array, requests: readonly SealRequest[]): SealedResult[] {
     return requests.map((r) =>
       this.codec.sealInto(r.type, r.id, data.subarray(r.offset, r.offset + r.length), new Uint8Array(r.target, r.targetOffset, r.targetCapacity)),

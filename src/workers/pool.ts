@@ -8,7 +8,6 @@ import type { WorkerRequest, WorkerResponse } from './protocol.js';
 
 /** Where the pipeline's CPU work runs: worker threads, or this thread (workers: 0). */
 export interface CodecExecutor {
-  hash(buffer: SharedArrayBuffer, spans: Uint32Array): Promise<Uint8Array>;
   seal(buffer: SharedArrayBuffer, requests: SealRequest[]): Promise<SealedResult[]>;
   open(buffer: SharedArrayBuffer, requests: OpenRequest[]): Promise<OpenResult[]>;
   close(): Promise<void>;
@@ -27,10 +26,6 @@ class InlineExecutor implements CodecExecutor {
 
   constructor(keys: MasterKeys, compressionLevel: number) {
     this.ops = new CodecOps(keys, compressionLevel);
-  }
-
-  async hash(buffer: SharedArrayBuffer, spans: Uint32Array): Promise<Uint8Array> {
-    return this.ops.hash(new Uint8Array(buffer), spans);
   }
 
   async seal(buffer: SharedArrayBuffer, requests: SealRequest[]): Promise<SealedResult[]> {
@@ -91,11 +86,6 @@ class WorkerPool implements CodecExecutor {
       target.pending.set(seq, { resolve, reject });
       target.worker.postMessage({ ...request, seq });
     });
-  }
-
-  async hash(buffer: SharedArrayBuffer, spans: Uint32Array): Promise<Uint8Array> {
-    const r = await this.send({ op: 'hash', buffer, spans } as WorkerRequest);
-    return (r as Extract<WorkerResponse, { op: 'hash' }>).ids;
   }
 
   async seal(buffer: SharedArrayBuffer, requests: SealRequest[]): Promise<SealedResult[]> {

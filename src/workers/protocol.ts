@@ -2,12 +2,10 @@ import type { OpenRequest, OpenResult, SealRequest, SealedResult } from './ops.j
 
 /** Messages between the pipeline and its worker threads. `buffer` is shared, never copied. */
 export type WorkerRequest =
-  | { seq: number; op: 'hash'; buffer: SharedArrayBuffer; spans: Uint32Array }
   | { seq: number; op: 'seal'; buffer: SharedArrayBuffer; requests: SealRequest[] }
   | { seq: number; op: 'open'; buffer: SharedArrayBuffer; requests: OpenRequest[] };
 
 export type WorkerResponse =
-  | { seq: number; op: 'hash'; ids: Uint8Array }
   | { seq: number; op: 'seal'; sealed: SealedResult[] }
   | { seq: number; op: 'open'; opened: OpenResult[] }
   | { seq: number; op: 'error'; message: string };

@@ -13,10 +13,6 @@ parentPort!.on('message', (msg: WorkerRequest) => {
   let response: WorkerResponse;
   try {
     switch (msg.op) {
-      case 'hash': {
-        response = { seq: msg.seq, op: 'hash', ids: ops.hash(new Uint8Array(msg.buffer), msg.spans) };
-        break;
-      }
       case 'seal': {
         response = { seq: msg.seq, op: 'seal', sealed: ops.seal(new Uint8Array(msg.buffer), msg.requests) };
         break;

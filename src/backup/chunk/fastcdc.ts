@@ -61,8 +61,10 @@ export function validateChunkerParams(params: ChunkerParams): void {
 /** The boundary finder. `cut` is the hot loop; the native addon implements the same function. */
 export interface BoundaryFinder {
   /**
-   * Length of the chunk that starts at `start` in `data[start, end)`. The caller guarantees
-   * that end - start ≥ maxSize, or that `end` is the end of the file.
+   * Length of the chunk that starts at `start` in `data[start, end)`, treating `end` as the end
+   * of the file. A result shorter than end - start, or equal to maxSize, is the same boundary
+   * whatever follows `end` (a boundary depends only on the bytes before it), so a caller that
+   * has not reached the end of the file can cut with what it has and carry only the rest.
    */
   cut(data: Uint8Array, start: number, end: number): number;
 }
