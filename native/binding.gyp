@@ -6,7 +6,7 @@
   "targets": [
     {
       "target_name": "tender_native",
-      "sources": ["src/addon.cc", "src/gear.cc", "src/shuffle.cc", "src/seal.cc"],
+      "sources": ["src/addon.cc", "src/gear.cc", "src/shuffle.cc", "src/seal.cc", "src/pagecache.cc"],
       "include_dirs": ["<!@(node -p \"require('node-addon-api').include\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
       "cflags!": ["-O2", "-O0", "-fno-exceptions"],

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "gear.h"
+#include "pagecache.h"
 #include "seal.h"
 
 namespace {
@@ -251,6 +252,44 @@ Napi::Value OpenInto(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(plainLen));
 }
 
+// ---- page cache (pagecache.h) -------------------------------------------------------------------
+
+int fdArg(const Napi::Env& env, const Napi::Value& v) {
+  const size_t fd = index(env, v, "fd");
+  if (fd > 0x7fffffff) throw Napi::RangeError::New(env, "fd out of range");
+  return static_cast<int>(fd);
+}
+
+Napi::Error errnoError(const Napi::Env& env, const char* call, int err) {
+  Napi::Error e = Napi::Error::New(env, std::string(call) + " failed: " + std::strerror(err));
+  e.Set("errno", Napi::Number::New(env, err));
+  return e;
+}
+
+// residentPages(fd, offset, length): Uint8Array, one byte per page spanned (bit 0: cached)
+Napi::Value ResidentPages(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int fd = fdArg(env, info[0]);
+  const uint64_t offset = index(env, info[1], "offset");
+  const uint64_t length = index(env, info[2], "length");
+  Napi::Uint8Array out = Napi::Uint8Array::New(env, tender::pagesSpanned(offset, length));
+  if (const int err = tender::residentPages(fd, offset, length, out.Data())) throw errnoError(env, "mincore", err);
+  return out;
+}
+
+// dropPages(fd, offset, length, before): evicts the pages of the range that `before` (from
+// residentPages for the same range) says were not cached
+Napi::Value DropPages(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int fd = fdArg(env, info[0]);
+  const uint64_t offset = index(env, info[1], "offset");
+  const uint64_t length = index(env, info[2], "length");
+  const ByteView before = bytes(env, info[3], "before");
+  if (before.length != tender::pagesSpanned(offset, length)) throw Napi::RangeError::New(env, "before must have one byte per page of the range");
+  if (const int err = tender::dropPages(fd, offset, length, before.data)) throw errnoError(env, "posix_fadvise", err);
+  return env.Undefined();
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("GearChunker", GearChunker::Init(env));
   exports.Set("shuffle", Napi::Function::New<Shuffle<true>>(env, "shuffle"));
@@ -262,6 +301,12 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   } else {
     exports.Set("sealInto", Napi::Function::New<SealInto>(env, "sealInto"));
     exports.Set("openInto", Napi::Function::New<OpenInto>(env, "openInto"));
+  }
+  if (const char* why = tender::pageCacheUnavailableReason()) {
+    exports.Set("pageCacheUnavailable", Napi::String::New(env, why));
+  } else {
+    exports.Set("residentPages", Napi::Function::New<ResidentPages>(env, "residentPages"));
+    exports.Set("dropPages", Napi::Function::New<DropPages>(env, "dropPages"));
   }
   // Adding functions keeps abiVersion at 1: src/backup/chunk/native.ts checks it, and callers of
   // the new functions test for them (src/crypto/seal-into.ts).

@@ -12,6 +12,7 @@ import type { Tree, TreeNode } from '../repo/snapshot/tree.js';
 import { createExecutor, defaultWorkerCount } from '../workers/pool.js';
 import { createBoundaryFinder } from './chunk/native.js';
 import { gearTable } from './chunk/fastcdc.js';
+import { cacheNeutralReads, cachingReads } from './read-cache.js';
 import { BufferPool } from '../util/buffer-pool.js';
 import { type FileContent, FileSaver } from './file-saver.js';
 import { compareNames, lstatExact, metadataNode, nodeType, readDirSorted, unchangedSince } from './walk.js';
@@ -40,6 +41,8 @@ export interface BackupOptions {
   workers?: number;
   /** Files read at once; each holds a slot while it is read. */
   fileConcurrency?: number;
+  /** Evict what the backup's reads brought into the page cache (see read-cache.ts). */
+  cacheNeutral?: boolean;
   /** Count files and bytes first (concurrently), so progress can show totals and an ETA. */
   scan?: boolean;
   onProgress?: (progress: BackupProgress) => void;
@@ -64,6 +67,7 @@ const version = '0.1.0';
  */
 export async function backup(repo: Repository, options: BackupOptions): Promise<BackupResult> {
   const started = Date.now();
+  const readCache = options.cacheNeutral ? cacheNeutralReads() : cachingReads;
   const workers = options.workers ?? defaultWorkerCount();
   const params = repo.config.chunker;
   const executor = createExecutor(repo.keys, repo.config.compressionLevel, workers);
@@ -107,6 +111,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       progress.bytesDone += n;
       report();
     },
+    readCache,
   );
   const readers: LimitFunction = pLimit(fileConcurrency);
   const hardlinks = new Map<string, Promise<FileContent>>();

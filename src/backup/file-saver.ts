@@ -10,6 +10,7 @@ import { sealOverhead } from '../crypto/aead.js';
 import { TenderError } from '../errors/errors.js';
 import type { Reservation } from '../repo/pack/pack.js';
 import type { CodecExecutor } from '../workers/pool.js';
+import { cachingReads, type ReadCachePolicy } from './read-cache.js';
 
 /**
  * The file stage: read → chunk (this thread) → hash → dedup → compress+encrypt (workers) → pack.
@@ -41,6 +42,7 @@ export class FileSaver {
     private readonly parallelism: number,
     readonly counters: SaveCounters,
     private readonly onBytes: (n: number) => void = () => {},
+    private readonly readCache: ReadCachePolicy = cachingReads,
   ) {
     // Each filled slot must yield a chunk: the carried tail is < maxSize, so the slot must be larger.
     if (slots.bufferSize <= params.maxSize) throw new Error('slot size must exceed the maximum chunk size');
@@ -82,8 +84,11 @@ export class FileSaver {
     const fd = openSync(path, 'r');
     let length = 0;
     try {
+      const cache = this.readCache.open(fd);
+      cache.beforeRead(0, limit + 1);
       // One byte more than the limit tells a file that grew since its lstat.
-      for (let n = -1; n !== 0 && length <= limit; length += n) n = readSync(fd, batch.slot.view, at + length, limit + 1 - length, null);
+      for (let n = -1; n !== 0 && length <= limit; length += n) n = readSync(fd, batch.slot.view, at + length, limit + 1 - length, length);
+      cache.afterRead(0, limit + 1);
     } finally {
       closeSync(fd);
     }
@@ -117,6 +122,7 @@ export class FileSaver {
 
   private async saveLarge(path: string): Promise<FileContent> {
     const handle = await open(path, 'r');
+    const cache = this.readCache.open(handle.fd);
     const content = new ContentBuilder(this.repo);
     let chain: Promise<void> = Promise.resolve();
     let failed: unknown;
@@ -127,16 +133,21 @@ export class FileSaver {
     try {
       let slot = (held = await this.slots.acquire());
       let carry = 0;
+      let position = 0;
       for (;;) {
         let end = carry;
         let eof = false;
         while (end < slot.view.length) {
-          const { bytesRead } = await handle.read(slot.view, end, slot.view.length - end, null);
+          const wanted = slot.view.length - end;
+          cache.beforeRead(position, wanted);
+          const { bytesRead } = await handle.read(slot.view, end, wanted, position);
+          cache.afterRead(position, bytesRead);
           if (bytesRead === 0) {
             eof = true;
             break;
           }
           end += bytesRead;
+          position += bytesRead;
         }
         this.counters.bytesRead += end - carry;
         this.onBytes(end - carry);

@@ -43,6 +43,12 @@ export interface NativeAddon {
   ) => NativeGearChunkerHandle;
   shuffle(src: Uint8Array, dst: Uint8Array, elementSize: number): void;
   unshuffle(src: Uint8Array, dst: Uint8Array, elementSize: number): void;
+  /** One byte per page spanned by the range; bit 0 set when the page is in the page cache (Linux). */
+  residentPages?(fd: number, offset: number, length: number): Uint8Array;
+  /** Evicts the range's pages that `before` (residentPages of the same range) says were not cached. */
+  dropPages?(fd: number, offset: number, length: number, before: Uint8Array): void;
+  /** Why residentPages/dropPages are missing (not Linux). */
+  pageCacheUnavailable?: string;
   abiVersion: number;
 }
 

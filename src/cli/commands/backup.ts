@@ -14,6 +14,7 @@ interface BackupCliOptions {
   host?: string;
   parent?: string;
   force?: boolean;
+  cacheNeutral?: boolean;
 }
 
 export function registerBackup(program: Command): void {
@@ -25,6 +26,7 @@ export function registerBackup(program: Command): void {
     .option('--host <name>', 'hostname recorded in the snapshot (default: this host)')
     .option('--parent <snapshot>', 'compare with this snapshot to skip unchanged files (default: latest with the same host and paths)')
     .option('--force', 'read every file, ignoring the parent snapshot')
+    .option('--cache-neutral', "leave the page cache as it was: evict what this backup's reads bring in (Linux)")
     .action(async (paths: string[], opts: BackupCliOptions, command: Command) => {
       const g = globalOptions(command);
       await withRepository(g, false, async (repo) => {
@@ -45,6 +47,7 @@ export function registerBackup(program: Command): void {
             ...(parent ? { parent } : {}),
             ...(g.workers !== undefined ? { workers: g.workers } : {}),
             scan: !g.quiet,
+            cacheNeutral: opts.cacheNeutral === true,
             onProgress: (p) => progress.update(p),
             onResume: ({ packs, damaged }) => {
               if (!g.quiet && !g.json) process.stderr.write(`resuming: indexed ${packs} packs left by an interrupted backup\n`);
