@@ -2,13 +2,13 @@ import os from 'node:os';
 import path from 'node:path';
 import pLimit, { type LimitFunction } from 'p-limit';
 import { TenderError } from '../errors/errors.js';
-import { hexToId } from '../repo/ids.js';
 import { doomedPacks } from '../repo/plans.js';
 import type { Repository } from '../repo/repository.js';
 import { WriterSession, listSessions } from '../repo/sessions.js';
 import { onInterrupt } from '../util/interrupt.js';
+import { Permits } from '../util/permits.js';
 import type { Snapshot, SnapshotSummary } from '../repo/snapshot/snapshot.js';
-import type { Tree, TreeNode } from '../repo/snapshot/tree.js';
+import { type Tree, type TreeNode, sameNode } from '../repo/snapshot/tree.js';
 import { createExecutor, defaultWorkerCount } from '../workers/pool.js';
 import { createBoundaryFinder } from './chunk/native.js';
 import { gearTable } from './chunk/fastcdc.js';
@@ -116,18 +116,20 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
   const readers: LimitFunction = pLimit(fileConcurrency);
   const hardlinks = new Map<string, Promise<FileContent>>();
 
-  const saveFile = async (filePath: string, node: TreeNode, previous: TreeNode | undefined): Promise<boolean> => {
-    summary.files++;
-    summary.totalBytes += node.size!;
-    if (unchangedSince(previous, node) && contentStillStored(repo, previous!)) {
-      if (previous!.content) node.content = previous!.content;
-      if (previous!.contentLists) node.contentLists = previous!.contentLists;
-      summary.filesUnchanged++;
-      progress.filesDone++;
-      progress.bytesDone += node.size!;
-      report();
-      return true;
-    }
+  /** True when the file is unchanged since the parent snapshot: its content is taken from there. */
+  const reuseUnchanged = (node: TreeNode, previous: TreeNode | undefined): boolean => {
+    if (!unchangedSince(previous, node) || !contentStillStored(repo, previous!)) return false;
+    if (previous!.content) node.content = previous!.content;
+    if (previous!.contentLists) node.contentLists = previous!.contentLists;
+    summary.filesUnchanged++;
+    progress.filesDone++;
+    progress.bytesDone += node.size!;
+    report();
+    return true;
+  };
+
+  /** Reads and stores a changed file; false when it could not be read (reported, left out). */
+  const saveFile = async (filePath: string, node: TreeNode): Promise<boolean> => {
     const linkKey = node.links > 1 ? `${node.device}:${node.inode}` : undefined;
     let pending = linkKey ? hardlinks.get(linkKey) : undefined;
     if (!pending) {
@@ -152,55 +154,92 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
    * A directory of the parent snapshot, or undefined when its tree is not in this run's index
    * (its pack is doomed by a pending prune plan): then the files are simply read again.
    */
-  const parentTree = async (treeHex: string | undefined): Promise<Tree | undefined> =>
-    treeHex !== undefined && repo.has(hexToId(treeHex)) ? repo.loadTree(treeHex) : undefined;
+  const parentTree = async (treeHex: string | undefined): Promise<ParentTree | undefined> =>
+    treeHex !== undefined && repo.hasHex(treeHex) ? { id: treeHex, tree: await repo.loadTree(treeHex) } : undefined;
 
-  /** Builds the node for one path; returns undefined if it could not be read at all. */
-  const saveEntry = async (entryPath: string, name: string, previous: TreeNode | undefined): Promise<TreeNode | undefined> => {
+  /**
+   * The walk is depth-first and in order; changed files are saved concurrently, up to
+   * `filesInFlight` at once, and the walk waits for a permit before starting the next one. So
+   * the nodes held in memory are those of the directories on the current path and of the
+   * directories still waiting for their files, never the whole tree: memory does not grow with
+   * the file count. A directory's tree is stored once its files and subdirectories are done.
+   */
+  const filesInFlight = new Permits(256);
+  /** The first error that ends the run: stop starting new work (what is running finishes). */
+  let fatal: unknown;
+  const settle = <T>(p: Promise<T>): Promise<T> => {
+    p.catch((err) => (fatal ??= err));
+    return p;
+  };
+  const ready = (node: TreeNode | undefined): Started<TreeNode | undefined> => ({ done: Promise.resolve(node) });
+
+  /**
+   * Starts saving one entry. Resolves once everything below it has been started, with a promise
+   * of its finished node (undefined: it could not be read and is left out).
+   */
+  const startEntry = async (entryPath: string, name: string, previous: TreeNode | undefined): Promise<Started<TreeNode | undefined>> => {
     let stats;
     try {
       stats = lstatExact(entryPath);
     } catch (err) {
       fail(entryPath, err);
-      return undefined;
+      return ready(undefined);
     }
     const type = nodeType(stats);
-    if (!type) return undefined;
+    if (!type) return ready(undefined);
     let node: TreeNode;
     try {
       node = metadataNode(entryPath, name, stats, type);
     } catch (err) {
       fail(entryPath, err);
-      return undefined;
+      return ready(undefined);
     }
     if (type === 'dir') {
       summary.dirs++;
       const previousTree = previous?.type === 'dir' ? await parentTree(previous.subtree) : undefined;
-      const subtree = await saveDir(entryPath, previousTree);
+      const subtree = await startDir(entryPath, previousTree);
       // An unreadable directory is left out (and reported), not stored as an empty one.
-      if (subtree === undefined) return undefined;
-      node.subtree = subtree;
-    } else if (type === 'file') {
-      if (!(await saveFile(entryPath, node, previous))) return undefined;
+      return { done: subtree.done.then((id) => (id === undefined ? undefined : Object.assign(node, { subtree: id }))) };
     }
-    return node;
+    if (type !== 'file') return ready(node);
+    summary.files++;
+    summary.totalBytes += node.size!;
+    if (reuseUnchanged(node, previous)) return ready(node);
+    await filesInFlight.acquire();
+    const saved = saveFile(entryPath, node).finally(() => filesInFlight.release());
+    return { done: settle(saved.then((ok) => (ok ? node : undefined))) };
   };
 
-  const saveDir = async (dirPath: string, previousTree: Tree | undefined): Promise<string | undefined> => {
+  /** Starts a directory: resolves once all of it has been started, with a promise of its tree ID. */
+  const startDir = async (dirPath: string, previous: ParentTree | undefined): Promise<Started<string | undefined>> => {
     let names: string[];
     try {
       names = readDirSorted(dirPath);
     } catch (err) {
       fail(dirPath, err);
-      return undefined;
+      return { done: Promise.resolve(undefined) };
     }
-    const previousByName = new Map(previousTree?.nodes.map((n) => [n.name, n]));
-    // Many entries at once: small files wait for their batch to be sealed, not for each other.
-    const limit = pLimit(64);
-    const nodes = await Promise.all(
-      names.map((name) => limit(() => saveEntry(path.join(dirPath, name), name, previousByName.get(name)))),
-    );
-    return repo.saveTree({ nodes: nodes.filter((n): n is TreeNode => n !== undefined) });
+    const previousByName = new Map(previous?.tree.nodes.map((n) => [n.name, n]));
+    const entries: Promise<TreeNode | undefined>[] = [];
+    for (const name of names) {
+      if (fatal !== undefined) break;
+      entries.push((await startEntry(path.join(dirPath, name), name, previousByName.get(name))).done);
+    }
+    const done = Promise.all(entries).then((nodes) => {
+      if (fatal !== undefined) throw fatal;
+      const kept = nodes.filter((n): n is TreeNode => n !== undefined);
+      // Nothing changed in this directory: its tree is the parent's, already stored.
+      if (previous && kept.length === previous.tree.nodes.length && kept.every((n, i) => sameNode(n, previous.tree.nodes[i]!))) return previous.id;
+      return repo.saveTree({ nodes: kept });
+    });
+    return { done: settle(done) };
+  };
+
+  /** Saves one backup path: the walk, then everything it started. */
+  const saveEntry = async (entryPath: string, name: string, previous: TreeNode | undefined): Promise<TreeNode | undefined> => {
+    const node = await (await startEntry(entryPath, name, previous)).done;
+    if (fatal !== undefined) throw fatal;
+    return node;
   };
 
   const scan = options.scan ? scanTotals(options.paths).then((t) => Object.assign(progress, t), () => undefined) : undefined;
@@ -244,7 +283,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       options.onResume?.({ packs: adopted.indexed, damaged: adopted.damaged });
     }
     const parentRoot = options.parent ? await parentTree(options.parent.snapshot.tree) : undefined;
-    const previousByName = new Map(parentRoot?.nodes.map((n) => [n.name, n]));
+    const previousByName = new Map(parentRoot?.tree.nodes.map((n) => [n.name, n]));
     const rootNodes: TreeNode[] = [];
     for (let i = 0; i < roots.length; i++) {
       const node = await saveEntry(roots[i]!, names[i]!, previousByName.get(names[i]!));
@@ -292,9 +331,20 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
   }
 }
 
+/** Work that has been started; `done` settles when it has finished. */
+interface Started<T> {
+  done: Promise<T>;
+}
+
+/** A directory of the parent snapshot, with its tree ID. */
+interface ParentTree {
+  id: string;
+  tree: Tree;
+}
+
 function contentStillStored(repo: Repository, node: TreeNode): boolean {
   const ids = node.contentLists ?? node.content ?? [];
-  return ids.every((hex) => repo.has(hexToId(hex)));
+  return ids.every((hex) => repo.hasHex(hex));
 }
 
 async function scanTotals(paths: string[]): Promise<{ totalFiles: number; totalBytes: number }> {

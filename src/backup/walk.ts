@@ -10,7 +10,21 @@ import type { NodeType, TreeNode } from '../repo/snapshot/tree.js';
 
 /** Entry names of a directory, sorted by their UTF-8 bytes (the order of tree nodes). */
 export function readDirSorted(dir: string): string[] {
-  return readdirSync(dir).sort(compareNames);
+  return sortNames(readdirSync(dir));
+}
+
+const surrogate = /[\uD800-\uDFFF]/;
+
+/**
+ * Sorts names by their UTF-8 bytes. Without surrogate pairs (characters beyond U+FFFF), the
+ * order of UTF-16 code units is the order of UTF-8 bytes, and plain string comparison (no
+ * allocation) gives it; otherwise the names are compared as encoded bytes.
+ */
+export function sortNames(names: string[]): string[] {
+  if (!names.some((n) => surrogate.test(n))) return names.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  const keyed = names.map((name) => ({ name, bytes: Buffer.from(name) }));
+  keyed.sort((a, b) => Buffer.compare(a.bytes, b.bytes));
+  return keyed.map((k) => k.name);
 }
 
 export function compareNames(a: string, b: string): number {

@@ -11,7 +11,7 @@ import { type BlobEntry, BlobType } from './blob.js';
 import { type RepositoryConfig, configKey, encodeConfig, formatVersion, openConfig, readConfigEnvelope } from './config.js';
 import { type BlobLocation, IdTable } from './index/id-table.js';
 import { type IndexFile, type IndexedPack, decodeIndex, encodeIndex } from './index/index-file.js';
-import { idToHex, randomId, storedObjectId } from './ids.js';
+import { idLength, idToHex, randomId, storedObjectId } from './ids.js';
 import { type KdfParams, addKey, newMasterKeys, unlock } from './keys.js';
 import { holdsRepositoryObjects } from './storage-probe.js';
 import { PackBuilder, type Reservation, decodePackHeader, headerLengthFromTail, packIdFromKey, packKey, packTailGuess } from './pack/pack.js';
@@ -43,6 +43,9 @@ export interface WriteOptions {
  * index is stored before any snapshot relies on it. A crash therefore leaves at most
  * unreferenced packs, never a snapshot that points at nothing.
  */
+/** An index file is written once this many blob entries wait (about 3 MiB of index file). */
+const blobsPerIndex = 65536;
+
 export class Repository {
   readonly codec: BlobCodec;
   private readonly index = new IdTable();
@@ -59,6 +62,7 @@ export class Repository {
   private readonly openPacks = new Map<BlobType, PackBuilder>();
   private readonly uploads = new Set<Promise<void>>();
   private pendingIndex: IndexedPack[] = [];
+  private pendingIndexBlobs = 0;
   private uploadError: unknown;
   private readonly packsPerIndex: number;
   /** Pack buffers: one open pack per blob type plus the packs uploading; bounds memory. */
@@ -197,6 +201,14 @@ export class Repository {
 
   has(id: Uint8Array): boolean {
     return this.index.has(id) || (this.unindexed.size > 0 && this.unindexed.has(idToHex(id)));
+  }
+
+  private readonly hexScratch = Buffer.alloc(idLength);
+
+  /** has() for an ID in hex (from a tree), without allocating; false for a malformed ID. */
+  hasHex(hex: string): boolean {
+    if (hex.length !== 2 * idLength || this.hexScratch.write(hex, 'hex') !== idLength) return false;
+    return this.index.has(this.hexScratch) || (this.unindexed.size > 0 && this.unindexed.has(hex));
   }
 
   lookup(id: Uint8Array): BlobLocation | undefined {
@@ -377,7 +389,9 @@ export class Repository {
         this.unindexed.delete(idToHex(e.id));
       }
       this.pendingIndex.push({ packId: pack.id, packSize: size, blobs: entries });
-      if (this.pendingIndex.length >= this.packsPerIndex) await this.writePendingIndex();
+      this.pendingIndexBlobs += entries.length;
+      // Packs of tiny files hold tens of thousands of blobs: bound the entries waiting in memory too.
+      if (this.pendingIndex.length >= this.packsPerIndex || this.pendingIndexBlobs >= blobsPerIndex) await this.writePendingIndex();
     })().catch((err) => {
       this.uploadError ??= err;
     });
@@ -393,6 +407,7 @@ export class Repository {
     if (this.pendingIndex.length === 0) return;
     const packs = this.pendingIndex;
     this.pendingIndex = [];
+    this.pendingIndexBlobs = 0;
     await this.saveIndexFile({ superseded: [], packs });
   }
 

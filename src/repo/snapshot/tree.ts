@@ -45,6 +45,19 @@ export const listBlobCapacity = 8192;
 
 const nodeTypes = new Set<NodeType>(['file', 'dir', 'symlink', 'fifo', 'socket', 'chardev', 'blockdev']);
 
+/** Nodes that encode the same (same fields, same values): a directory made only of these is unchanged. */
+export function sameNode(a: TreeNode, b: TreeNode): boolean {
+  const keys = Object.keys(a) as Array<keyof TreeNode>;
+  if (keys.length !== Object.keys(b).length) return false;
+  for (const k of keys) {
+    const x = a[k];
+    const y = b[k];
+    if (x === y) continue;
+    if (!Array.isArray(x) || !Array.isArray(y) || x.length !== y.length || x.some((v, i) => v !== y[i])) return false;
+  }
+  return true;
+}
+
 export function encodeTree(tree: Tree): Buffer {
   return Buffer.from(JSON.stringify(tree));
 }
