@@ -1,5 +1,10 @@
+import { execFileSync } from 'node:child_process';
+import { mkdir, mkdtemp, open, rm, symlink, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
+import { type EntryStat, lstatEntries, nodeType, readDirSorted } from '../src/backup/walk.js';
 import {
   type ChunkerParams,
   GearChunker,
@@ -457,6 +462,48 @@ describe('TS fallbacks', () => {
         unshuffleBytes(mid, back, es);
         expect(Buffer.compare(back, src)).toBe(0);
       }
+    }
+  });
+});
+
+describe('lstatEntries (the walk’s metadata)', () => {
+  const saved = process.env.TENDER_NATIVE;
+  afterEach(() => {
+    if (saved === undefined) delete process.env.TENDER_NATIVE;
+    else process.env.TENDER_NATIVE = saved;
+  });
+
+  it('the native batch (one fstatat per entry on the open directory) equals lstatSync per entry', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'tender-lstat-'));
+    try {
+      await writeFile(path.join(dir, 'file'), 'x'.repeat(5000));
+      await mkdir(path.join(dir, 'sub'));
+      await symlink('file', path.join(dir, 'link'));
+      execFileSync('mkfifo', [path.join(dir, 'fifo')]);
+      const sparse = await open(path.join(dir, 'sparse'), 'w');
+      await sparse.truncate(1 << 30);
+      await sparse.close();
+      // Exact nanoseconds, one before 1970, and a name with characters beyond U+FFFF.
+      await writeFile(path.join(dir, 'old-😀'), '');
+      await writeFile(path.join(dir, 'ns'), '');
+      execFileSync('touch', ['-m', '-d', '@-1.5', path.join(dir, 'old-😀')]);
+      execFileSync('touch', ['-m', '-d', '@1.000000123', path.join(dir, 'ns')]);
+      const names = [...readDirSorted(dir), 'missing'];
+      process.env.TENDER_NATIVE = '0';
+      const viaNode = lstatEntries(dir, names);
+      if (saved === undefined) delete process.env.TENDER_NATIVE;
+      else process.env.TENDER_NATIVE = saved;
+      if (!nativeDisabled) expect(loadNative()?.lstatAt, 'the addon has lstatAt').toBeTypeOf('function');
+      const batched = lstatEntries(dir, names);
+      expect(batched.slice(0, -1)).toEqual(viaNode.slice(0, -1));
+      expect(batched.map((s) => (s instanceof Error ? 'error' : nodeType(s)))).toEqual(
+        viaNode.map((s) => (s instanceof Error ? 'error' : nodeType(s))),
+      );
+      for (const s of [batched.at(-1), viaNode.at(-1)]) expect(s).toMatchObject({ code: 'ENOENT', syscall: 'lstat' });
+      expect((batched[names.indexOf('ns')] as EntryStat).mtimeNs).toBe('1000000123');
+      expect((batched[names.indexOf('old-😀')] as EntryStat).mtimeNs).toBe('-1500000000');
+    } finally {
+      await rm(dir, { recursive: true, force: true });
     }
   });
 });

@@ -1,12 +1,20 @@
 // Node-API bindings for tender's hot loops (see gear.h). Loaded by src/backup/chunk/native.ts.
 #include <napi.h>
 
+#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <string>
 
 #include "gear.h"
 #include "pagecache.h"
+
+#if defined(__linux__) || defined(__APPLE__)
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#define TENDER_HAVE_FSTATAT 1
+#endif
 #include "seal.h"
 
 namespace {
@@ -290,6 +298,51 @@ Napi::Value DropPages(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// ---- directory metadata -------------------------------------------------------------------------
+
+#ifdef TENDER_HAVE_FSTATAT
+constexpr size_t kStatFields = 14;
+
+// lstatAt(dir, names): Float64Array of kStatFields per name: errno (0: ok), mode, uid, gid, size,
+// blocks, mtime sec, mtime nsec, ctime sec, ctime nsec, ino, dev, nlink, rdev. One call per
+// directory, fstatat on the open directory: no path resolution per entry, no object per entry.
+Napi::Value LstatAt(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString() || !info[1].IsArray()) throw Napi::TypeError::New(env, "lstatAt(dir: string, names: string[])");
+  const std::string dir = info[0].As<Napi::String>().Utf8Value();
+  Napi::Array names = info[1].As<Napi::Array>();
+  const uint32_t n = names.Length();
+  const int dfd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) throw errnoError(env, "open", errno);
+  Napi::Float64Array out = Napi::Float64Array::New(env, static_cast<size_t>(n) * kStatFields);
+  double* f = out.Data();
+  for (uint32_t i = 0; i < n; i++, f += kStatFields) {
+    Napi::Value v = names[i];
+    if (!v.IsString()) {
+      close(dfd);
+      throw Napi::TypeError::New(env, "names must be strings");
+    }
+    struct stat st;
+    if (fstatat(dfd, v.As<Napi::String>().Utf8Value().c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+      f[0] = errno;
+      continue;
+    }
+#if defined(__APPLE__)
+    const struct timespec mt = st.st_mtimespec, ct = st.st_ctimespec;
+#else
+    const struct timespec mt = st.st_mtim, ct = st.st_ctim;
+#endif
+    const double fields[kStatFields] = {0, double(st.st_mode), double(st.st_uid), double(st.st_gid), double(st.st_size),
+                                        double(st.st_blocks), double(mt.tv_sec), double(mt.tv_nsec), double(ct.tv_sec),
+                                        double(ct.tv_nsec), double(st.st_ino), double(st.st_dev), double(st.st_nlink),
+                                        double(st.st_rdev)};
+    std::memcpy(f, fields, sizeof fields);
+  }
+  close(dfd);
+  return out;
+}
+#endif
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("GearChunker", GearChunker::Init(env));
   exports.Set("shuffle", Napi::Function::New<Shuffle<true>>(env, "shuffle"));
@@ -308,6 +361,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     exports.Set("residentPages", Napi::Function::New<ResidentPages>(env, "residentPages"));
     exports.Set("dropPages", Napi::Function::New<DropPages>(env, "dropPages"));
   }
+#ifdef TENDER_HAVE_FSTATAT
+  exports.Set("lstatAt", Napi::Function::New<LstatAt>(env, "lstatAt"));
+#endif
   // Adding functions keeps abiVersion at 1: src/backup/chunk/native.ts checks it, and callers of
   // the new functions test for them (src/crypto/seal-into.ts).
   exports.Set("abiVersion", Napi::Number::New(env, 1));

@@ -15,7 +15,7 @@ import { gearTable } from './chunk/fastcdc.js';
 import { cacheNeutralReads, cachingReads } from './read-cache.js';
 import { BufferPool } from '../util/buffer-pool.js';
 import { type FileContent, FileSaver } from './file-saver.js';
-import { compareNames, lstatExact, metadataNode, nodeType, readDirSorted, unchangedSince } from './walk.js';
+import { type EntryStat, compareNames, entryStat, lstatEntries, lstatExact, metadataNode, nodeType, readDirSorted, unchangedSince } from './walk.js';
 
 export interface BackupProgress {
   filesDone: number;
@@ -177,12 +177,14 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
    * Starts saving one entry. Resolves once everything below it has been started, with a promise
    * of its finished node (undefined: it could not be read and is left out).
    */
-  const startEntry = async (entryPath: string, name: string, previous: TreeNode | undefined): Promise<Started<TreeNode | undefined>> => {
-    let stats;
-    try {
-      stats = lstatExact(entryPath);
-    } catch (err) {
-      fail(entryPath, err);
+  const startEntry = async (
+    entryPath: string,
+    name: string,
+    stats: EntryStat | Error,
+    previous: TreeNode | undefined,
+  ): Promise<Started<TreeNode | undefined>> => {
+    if (stats instanceof Error) {
+      fail(entryPath, stats);
       return ready(undefined);
     }
     const type = nodeType(stats);
@@ -221,9 +223,11 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     }
     const previousByName = new Map(previous?.tree.nodes.map((n) => [n.name, n]));
     const entries: Promise<TreeNode | undefined>[] = [];
-    for (const name of names) {
+    const stats = lstatEntries(dirPath, names);
+    const prefix = dirPath.endsWith('/') ? dirPath : `${dirPath}/`;
+    for (const [i, name] of names.entries()) {
       if (fatal !== undefined) break;
-      entries.push((await startEntry(path.join(dirPath, name), name, previousByName.get(name))).done);
+      entries.push((await startEntry(prefix + name, name, stats[i]!, previousByName.get(name))).done);
     }
     const done = Promise.all(entries).then((nodes) => {
       if (fatal !== undefined) throw fatal;
@@ -237,7 +241,13 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
 
   /** Saves one backup path: the walk, then everything it started. */
   const saveEntry = async (entryPath: string, name: string, previous: TreeNode | undefined): Promise<TreeNode | undefined> => {
-    const node = await (await startEntry(entryPath, name, previous)).done;
+    let stats: EntryStat | Error;
+    try {
+      stats = entryStat(lstatExact(entryPath));
+    } catch (err) {
+      stats = err as Error;
+    }
+    const node = await (await startEntry(entryPath, name, stats, previous)).done;
     if (fatal !== undefined) throw fatal;
     return node;
   };

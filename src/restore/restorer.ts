@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process';
 import { constants as fsConstants } from 'node:fs';
 import { promisify } from 'node:util';
-import { chmodSync, closeSync, ftruncateSync, lchownSync, lutimesSync, openSync, utimesSync, write } from 'node:fs';
+import { chmodSync, closeSync, ftruncateSync, lchownSync, lutimesSync, openSync, utimesSync, write, writeSync } from 'node:fs';
 import { link, lstat, mkdir, readdir, rm, rmdir, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import { minimatch } from 'minimatch';
@@ -15,7 +15,7 @@ import type { Snapshot } from '../repo/snapshot/snapshot.js';
 import { type TreeNode, isSafeName } from '../repo/snapshot/tree.js';
 import { BufferPool, type PooledBuffer } from '../util/buffer-pool.js';
 import { createExecutor, defaultWorkerCount, type CodecExecutor } from '../workers/pool.js';
-import { type ChunkRef, planReads } from './plan.js';
+import { type ChunkRef, type PackRead, planReads } from './plan.js';
 
 export interface RestoreOptions {
   target: string;
@@ -90,6 +90,8 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
   const hardlinks = new Map<string, Promise<string>>();
   // Many files at once: small files are one request each, so latency, not bandwidth, bounds them.
   const files = pLimit(16);
+  /** Reads for batches of small files in flight (each fills one small buffer pair). */
+  const smallReads = pLimit(4);
   const isRoot = process.getuid?.() === 0;
   const include = options.include?.map((g) => g.replace(/^\/+/, '').replace(/\/+$/, ''));
   const matches = (rel: string) => !include || include.some((g) => minimatch(rel, g, { dot: true }));
@@ -115,7 +117,7 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
 
   // Metadata calls are direct (synchronous): on a local disk each is a few microseconds, far
   // less than a thread-pool round trip, and a tree of small files is mostly metadata.
-  const setMetadata = async (full: string, node: TreeNode) => {
+  const setMetadata = (full: string, node: TreeNode): void => {
     const mtime = Number(BigInt(node.mtime) / 1000n) / 1e6;
     if (isRoot) {
       try {
@@ -164,11 +166,87 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
     } finally {
       closeSync(fd);
     }
-    await setMetadata(full, node);
+    setMetadata(full, node);
     result.files++;
     result.bytes += node.size!;
     progress.filesDone++;
     report();
+  };
+
+  /**
+   * Restores files of one chunk each (small files) together: their blobs are read pack by pack
+   * in ranged reads across files and opened in one worker message per read, so a directory of
+   * thousands of small files costs a few reads instead of thousands of round trips.
+   */
+  const restoreSmallFiles = async (batch: SmallFile[]): Promise<void> => {
+    try {
+      await restoreBatch(batch);
+    } finally {
+      const notRestored = new Error('its first link was not restored');
+      for (const file of batch) if (!file.restored) file.linked?.reject(notRestored);
+    }
+  };
+
+  const restoreBatch = async (batch: SmallFile[]): Promise<void> => {
+    const byBlob = new Map<string, { ref: ChunkRef; files: SmallFile[] }>();
+    for (const file of batch) {
+      const hex = file.node.content![0]!;
+      let blob = byBlob.get(hex);
+      if (!blob) {
+        const [ref] = await chunkRefs(repo, file.node).catch((err) => {
+          fail(file.rel, err);
+          return [];
+        });
+        if (!ref) continue;
+        byBlob.set(hex, (blob = { ref, files: [] }));
+      }
+      blob.files.push(file);
+    }
+    const blobs = [...byBlob.values()].sort((a, b) => a.ref.loc.packIndex - b.ref.loc.packIndex || a.ref.loc.offset - b.ref.loc.offset);
+    const filesOf = new Map(blobs.map((b) => [b.ref, b.files]));
+    const reads = planReads(
+      blobs.map((b) => b.ref),
+      smallReadSize,
+      smallReadSize,
+    );
+    const writeFiles = async (chunk: Uint8Array, files: SmallFile[]) => {
+      for (const file of files) {
+        const { full, rel, node } = file;
+        if (fatal) return;
+        try {
+          if (chunk.length !== node.size) throw corrupt(`file ${rel}`, `restored to ${chunk.length} bytes, the snapshot says ${node.size}`);
+          let fd = -1;
+          await create(full, async () => {
+            fd = openSync(full, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW, 0o600);
+          });
+          try {
+            if (!isAllZero(chunk)) for (let done = 0; done < chunk.length; ) done += writeSync(fd, chunk, done, chunk.length - done, done);
+            ftruncateSync(fd, chunk.length);
+          } finally {
+            closeSync(fd);
+          }
+          setMetadata(full, node);
+          file.restored = true;
+          file.linked?.resolve(full);
+          result.files++;
+          result.bytes += node.size!;
+          progress.filesDone++;
+          progress.bytesDone += chunk.length;
+          report();
+        } catch (err) {
+          file.linked?.reject(err);
+          fail(rel, err);
+        }
+      }
+    };
+    await Promise.all(
+      reads.map((read) =>
+        smallReads(async () => {
+          if (fatal) return;
+          await readAndOpen(repo, executor, buffers.small, read, (ref, chunk) => writeFiles(chunk, filesOf.get(ref)!));
+        }).catch((err) => fail(filesOf.get(read.refs[0]!)![0]!.rel, err)),
+      ),
+    );
   };
 
   /** Restores the children of a directory; returns how many entries it restored there. */
@@ -177,6 +255,12 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
     const seen = new Set<string>();
     const pendingFiles: Promise<void>[] = [];
     const dirsToFinish: Array<[string, TreeNode]> = [];
+    let smallFiles: SmallFile[] = [];
+    /** Starts the batch collected so far: before descending, since links below may wait for it. */
+    const startSmallFiles = () => {
+      if (smallFiles.length > 0) pendingFiles.push(restoreSmallFiles(smallFiles));
+      smallFiles = [];
+    };
     let restored = 0;
     for (const node of tree.nodes) {
       if (fatal) break;
@@ -192,6 +276,7 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
       try {
         switch (node.type) {
           case 'dir':
+            startSmallFiles();
             // An existing real directory is reused; a symlink in its place is replaced, never followed.
             await create(full, () => mkdir(full, { mode: 0o700 }), true);
             // A directory entered only on the way to --include matches is dropped if none were inside.
@@ -203,18 +288,31 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
             result.dirs++;
             restored++;
             break;
-          case 'file':
-            pendingFiles.push(restoreFileOrLink(full, rel, node).catch((err) => fail(rel, err)));
+          case 'file': {
+            const linkKey = node.links > 1 ? `${node.device}:${node.inode}` : undefined;
+            if (isSmallFile(node) && !(linkKey && hardlinks.has(linkKey))) {
+              const file: SmallFile = { full, rel, node };
+              // Other links to this inode wait for this file, as in restoreFileOrLink.
+              if (linkKey) {
+                const first = new Promise<string>((resolve, reject) => (file.linked = { resolve, reject }));
+                first.catch(() => undefined); // its failure is reported for this file; followers see it too
+                hardlinks.set(linkKey, first);
+              }
+              smallFiles.push(file);
+            } else {
+              pendingFiles.push(restoreFileOrLink(full, rel, node).catch((err) => fail(rel, err)));
+            }
             restored++;
             break;
+          }
           case 'symlink':
             await create(full, () => symlink(node.linkTarget!, full));
-            await setMetadata(full, node);
+            setMetadata(full, node);
             restored++;
             break;
           case 'fifo':
             await create(full, () => execFileAsync('mkfifo', ['-m', node.mode.toString(8), full]));
-            await setMetadata(full, node);
+            setMetadata(full, node);
             restored++;
             break;
           case 'chardev':
@@ -224,7 +322,7 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
             const minor = (rdev & 0xffn) | ((rdev >> 12n) & ~0xffn);
             const args = ['-m', node.mode.toString(8), full, node.type === 'chardev' ? 'c' : 'b', String(major), String(minor)];
             await create(full, () => execFileAsync('mknod', args));
-            await setMetadata(full, node);
+            setMetadata(full, node);
             restored++;
             break;
           }
@@ -236,9 +334,16 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
         fail(rel, err);
       }
     }
+    startSmallFiles();
     await Promise.all(pendingFiles);
     // Directory modes and times last: writing into a directory changes its mtime.
-    for (const [full, node] of dirsToFinish) await setMetadata(full, node).catch((err) => fail(full, err));
+    for (const [full, node] of dirsToFinish) {
+      try {
+        setMetadata(full, node);
+      } catch (err) {
+        fail(full, err);
+      }
+    }
     return restored;
   };
 
@@ -252,6 +357,18 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
   if (fatal) throw fatal;
   return result;
 }
+
+/** A file restored in a batch with others: one data blob, no other links to it. */
+interface SmallFile {
+  full: string;
+  rel: string;
+  node: TreeNode;
+  /** Settles the restore of other links to the same inode: with this path, or failed. */
+  linked?: { resolve: (path: string) => void; reject: (err: unknown) => void };
+  restored?: boolean;
+}
+
+const isSmallFile = (node: TreeNode): boolean => node.content?.length === 1 && node.contentLists === undefined && node.size! <= smallReadSize;
 
 async function prepareTarget(target: string, overwrite: boolean): Promise<void> {
   try {
@@ -306,9 +423,9 @@ const restoreBufferSize = 16 * 1024 * 1024;
 const smallReadSize = 1024 * 1024;
 
 /**
- * Fetches the file's chunks with ranged reads (adjacent blobs of a pack in one request) into a
- * pooled buffer, has the workers open them into another pooled buffer, and writes each chunk at
- * its offset. All-zero chunks are skipped (holes). Memory is bounded by the two pools.
+ * Fetches the file's chunks with ranged reads (adjacent blobs of a pack in one request) and
+ * writes each chunk at its offset. All-zero chunks are skipped (holes). Memory is bounded by the
+ * buffer pools.
  */
 async function writeContent(
   repo: Repository,
@@ -324,55 +441,71 @@ async function writeContent(
   for (const r of refs) size += r.loc.rawLength;
   await Promise.all(
     reads.map((read) =>
-      fetches(async () => {
-        const key = packKey(repo.packIdAt(read.packIndex));
+      fetches(() => {
         const pools = read.length <= smallReadSize && read.rawLength <= smallReadSize ? buffers.small : buffers.large;
-        let sealed: PooledBuffer | undefined = await pools.reads.acquire();
-        let plain: PooledBuffer | undefined;
-        try {
-          const bytes = await repo.storage.get(key, { offset: read.offset, length: read.length }, sealed.view).catch((err) => {
-            if (err instanceof TenderError && err.code === 'TENDER_NOT_FOUND') throw corrupt(key, 'is missing');
-            throw err;
-          });
-          if (bytes.length !== read.length) throw corrupt(key, 'is truncated');
-          plain = await pools.plaintext.acquire();
-          let at = 0;
-          const requests = read.refs.map((ref) => {
-            const request = {
-              type: BlobType.data,
-              id: ref.id,
-              flags: ref.loc.flags,
-              rawLength: ref.loc.rawLength,
-              offset: ref.loc.offset - read.offset,
-              storedLength: ref.loc.storedLength,
-              target: plain!.buffer,
-              targetOffset: at,
-            };
-            at += ref.loc.rawLength;
-            return request;
-          });
-          const opened = await executor.open(sealed.buffer, requests);
-          pools.reads.release(sealed);
-          sealed = undefined;
-          for (let i = 0; i < opened.length; i++) {
-            if (opened[i] !== null) throw corrupt(key, `is damaged: ${opened[i]}`);
-            const ref = read.refs[i]!;
-            const chunk = plain.view.subarray(requests[i]!.targetOffset, requests[i]!.targetOffset + ref.loc.rawLength);
-            if (!isAllZero(chunk)) {
-              let done = 0;
-              while (done < chunk.length) {
-                const { bytesWritten } = await writeAt(fd, chunk, done, chunk.length - done, ref.fileOffset + done);
-                done += bytesWritten;
-              }
+        return readAndOpen(repo, executor, pools, read, async (ref, chunk) => {
+          if (!isAllZero(chunk)) {
+            let done = 0;
+            while (done < chunk.length) {
+              const { bytesWritten } = await writeAt(fd, chunk, done, chunk.length - done, ref.fileOffset + done);
+              done += bytesWritten;
             }
-            onBytes(chunk.length);
           }
-        } finally {
-          if (sealed) pools.reads.release(sealed);
-          if (plain) pools.plaintext.release(plain);
-        }
+          onBytes(chunk.length);
+        });
       }),
     ),
   );
   return size;
+}
+
+/**
+ * One ranged read of a pack into a pooled buffer; the workers decrypt, decompress and verify its
+ * blobs into another pooled buffer; `use` gets each blob's plaintext in turn (valid until it
+ * returns). Throws naming the pack when it is missing, short or damaged.
+ */
+async function readAndOpen(
+  repo: Repository,
+  executor: CodecExecutor,
+  pools: BufferPair,
+  read: PackRead,
+  use: (ref: ChunkRef, plaintext: Uint8Array) => Promise<void>,
+): Promise<void> {
+  const key = packKey(repo.packIdAt(read.packIndex));
+  let sealed: PooledBuffer | undefined = await pools.reads.acquire();
+  let plain: PooledBuffer | undefined;
+  try {
+    const bytes = await repo.storage.get(key, { offset: read.offset, length: read.length }, sealed.view).catch((err) => {
+      if (err instanceof TenderError && err.code === 'TENDER_NOT_FOUND') throw corrupt(key, 'is missing');
+      throw err;
+    });
+    if (bytes.length !== read.length) throw corrupt(key, 'is truncated');
+    plain = await pools.plaintext.acquire();
+    let at = 0;
+    const requests = read.refs.map((ref) => {
+      const request = {
+        type: BlobType.data,
+        id: ref.id,
+        flags: ref.loc.flags,
+        rawLength: ref.loc.rawLength,
+        offset: ref.loc.offset - read.offset,
+        storedLength: ref.loc.storedLength,
+        target: plain!.buffer,
+        targetOffset: at,
+      };
+      at += ref.loc.rawLength;
+      return request;
+    });
+    const opened = await executor.open(sealed.buffer, requests);
+    pools.reads.release(sealed);
+    sealed = undefined;
+    for (let i = 0; i < opened.length; i++) {
+      if (opened[i] !== null) throw corrupt(key, `is damaged: ${opened[i]}`);
+      const ref = read.refs[i]!;
+      await use(ref, plain.view.subarray(requests[i]!.targetOffset, requests[i]!.targetOffset + ref.loc.rawLength));
+    }
+  } finally {
+    if (sealed) pools.reads.release(sealed);
+    if (plain) pools.plaintext.release(plain);
+  }
 }

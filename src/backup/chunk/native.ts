@@ -47,6 +47,8 @@ export interface NativeAddon {
   residentPages?(fd: number, offset: number, length: number): Uint8Array;
   /** Evicts the range's pages that `before` (residentPages of the same range) says were not cached. */
   dropPages?(fd: number, offset: number, length: number, before: Uint8Array): void;
+  /** lstat of each name in `dir`, 14 numbers per name (see walk.ts); one call per directory. */
+  lstatAt?(dir: string, names: string[]): Float64Array;
   /** Why residentPages/dropPages are missing (not Linux). */
   pageCacheUnavailable?: string;
   abiVersion: number;
