@@ -45,6 +45,8 @@ export interface WriteOptions {
  */
 /** An index file is written once this many blob entries wait (about 3 MiB of index file). */
 const blobsPerIndex = 65536;
+/** Size of the buffers tree and list packs fill (at most the repository's pack size). */
+const metadataPackSize = 4 * 1024 * 1024;
 
 export class Repository {
   readonly codec: BlobCodec;
@@ -65,8 +67,13 @@ export class Repository {
   private pendingIndexBlobs = 0;
   private uploadError: unknown;
   private readonly packsPerIndex: number;
-  /** Pack buffers: one open pack per blob type plus the packs uploading; bounds memory. */
-  private readonly packBuffers: BufferPool;
+  /** Buffers of data packs: the open one plus the packs uploading; bounds memory. */
+  private readonly dataPackBuffers: BufferPool;
+  /**
+   * Trees and lists are few and small: their packs fill smaller buffers of their own, so an open
+   * tree pack does not hold back a data pack's upload.
+   */
+  private readonly metadataPackBuffers: BufferPool;
   /** Hex IDs of committed blobs whose pack is not stored yet (they count as present for dedup). */
   private readonly unindexed = new Set<string>();
 
@@ -78,7 +85,9 @@ export class Repository {
     options: WriteOptions = {},
   ) {
     this.codec = new BlobCodec(keys, config.compressionLevel);
-    this.packBuffers = new BufferPool(config.packSize, (options.uploadConcurrency ?? 2) + 2);
+    this.dataPackBuffers = new BufferPool(config.packSize, (options.uploadConcurrency ?? 2) + 1);
+    // Open tree and list packs, and one uploading.
+    this.metadataPackBuffers = new BufferPool(Math.min(config.packSize, metadataPackSize), 3);
     this.packsPerIndex = options.packsPerIndex ?? 32;
   }
 
@@ -300,7 +309,8 @@ export class Repository {
       const reservation = open?.reserve(capacity);
       if (reservation) return reservation;
       if (open) this.closePack(type, open);
-      const buffer = capacity <= this.packBuffers.bufferSize ? await this.packBuffers.acquire() : sharedBuffer(capacity);
+      const pool = this.packBuffersFor(type);
+      const buffer = capacity <= pool.bufferSize ? await pool.acquire() : sharedBuffer(capacity);
       this.throwIfUploadFailed();
       // Another caller may have opened a pack for this type while this one waited.
       const raced = this.openPacks.get(type);
@@ -317,8 +327,9 @@ export class Repository {
     this.throwIfUploadFailed();
     const open = this.openPacks.get(type);
     const reservation = open?.reserve(capacity);
-    if (reservation || capacity > this.packBuffers.bufferSize) return reservation;
-    const buffer = this.packBuffers.tryAcquire();
+    const pool = this.packBuffersFor(type);
+    if (reservation || capacity > pool.bufferSize) return reservation;
+    const buffer = pool.tryAcquire();
     if (!buffer) return undefined;
     if (open) this.closePack(type, open);
     const pack = new PackBuilder(buffer);
@@ -366,8 +377,12 @@ export class Repository {
     if (pack.complete) this.startUpload(pack);
   }
 
+  private packBuffersFor(type: BlobType): BufferPool {
+    return type === BlobType.data ? this.dataPackBuffers : this.metadataPackBuffers;
+  }
+
   private releasePackBuffer(buffer: PooledBuffer): void {
-    if (buffer.buffer.byteLength === this.packBuffers.bufferSize) this.packBuffers.release(buffer);
+    buffer.pool?.release(buffer);
   }
 
   /** Stores a complete pack; its buffer returns to the pool when the upload ends. */

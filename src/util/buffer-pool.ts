@@ -9,6 +9,8 @@ export interface PooledBuffer {
   readonly view: Uint8Array;
   /** The same memory as a Buffer, for fast copies (TypedArray.set on shared memory is slow). */
   readonly bytes: Buffer;
+  /** The pool it returns to; undefined for a buffer outside any pool. */
+  readonly pool?: BufferPool;
 }
 
 export class BufferPool {
@@ -33,7 +35,7 @@ export class BufferPool {
     if (buffer) return buffer;
     if (this.created < this.maxBuffers) {
       this.created++;
-      return sharedBuffer(this.bufferSize);
+      return sharedBuffer(this.bufferSize, this);
     }
     return undefined;
   }
@@ -46,7 +48,7 @@ export class BufferPool {
 }
 
 /** A shared buffer outside any pool (for the rare object larger than the pool's buffers). */
-export function sharedBuffer(size: number): PooledBuffer {
+export function sharedBuffer(size: number, pool?: BufferPool): PooledBuffer {
   const buffer = new SharedArrayBuffer(size);
-  return { buffer, view: new Uint8Array(buffer), bytes: Buffer.from(buffer) };
+  return { buffer, view: new Uint8Array(buffer), bytes: Buffer.from(buffer), ...(pool ? { pool } : {}) };
 }
