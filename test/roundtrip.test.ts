@@ -15,6 +15,7 @@ import {
   errorLine,
   jsonLines,
   makeTree,
+  randomBuffer,
   runTender,
   tenderOk,
   treeDigest,
@@ -152,6 +153,28 @@ describe.each(backends)('round trip ($name)', ({ name, makeRepoUrl }) => {
       const { b } = await assertSameTree(dir, path.join(out, 'links'));
       expect(b.entries['f7-c']!.hardlinks).toEqual(['f7-a', 'f7-b', 'f7-c']);
     }
+  });
+
+  it('restores small files in batches: hardlinks to a batched file from a subdirectory, one-chunk files of exactly 1 MiB', async () => {
+    const dir = path.join(tmp, 'batches');
+    const spec: TreeSpec = {};
+    // Random 1 MiB files are one chunk 7 times in 8, stored 28 bytes over their plaintext.
+    for (let i = 0; i < 8; i++) spec[`m${i}.bin`] = { type: 'file', content: randomBuffer(1 << 20), mtime: t() };
+    for (let i = 0; i < 300; i++) spec[`s${i}`] = { type: 'file', content: `small ${i % 50}\n`.repeat(i % 7), mtime: t() };
+    // The first link in walk order is in the top directory (batched); its other links are below.
+    spec['a-first'] = { type: 'file', content: 'linked\n', mtime: t() };
+    spec['z'] = {
+      type: 'dir',
+      children: { sub: { type: 'dir', children: { second: { type: 'hardlink', to: 'a-first' } } }, third: { type: 'hardlink', to: 'a-first' } },
+    };
+    await makeTree(dir, spec);
+    const summary = await backupJson(repo, [dir]);
+    const out = path.join(tmp, 'out-batches');
+    const args = ['--repo', repo, 'restore', summary.snapshot_id, '--target', out, '--quiet'];
+    const r = await runTender(args, { timeoutMs: 60_000 });
+    expect(r.code, describeRun(args, r)).toBe(0);
+    const { b } = await assertSameTree(dir, path.join(out, 'batches'));
+    expect(b.entries['z/third']!.hardlinks).toEqual(['a-first', 'z/sub/second', 'z/third']);
   });
 
   it('--include restores only matching paths (a matching directory brings everything below it)', async () => {

@@ -274,14 +274,24 @@ Napi::Error errnoError(const Napi::Env& env, const char* call, int err) {
   return e;
 }
 
+// (fd, offset, length) arguments of the page-cache functions
+struct FileRange {
+  int fd;
+  uint64_t offset;
+  uint64_t length;
+};
+
+FileRange fileRange(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return {fdArg(env, info[0]), index(env, info[1], "offset"), index(env, info[2], "length")};
+}
+
 // residentPages(fd, offset, length): Uint8Array, one byte per page spanned (bit 0: cached)
 Napi::Value ResidentPages(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const int fd = fdArg(env, info[0]);
-  const uint64_t offset = index(env, info[1], "offset");
-  const uint64_t length = index(env, info[2], "length");
-  Napi::Uint8Array out = Napi::Uint8Array::New(env, tender::pagesSpanned(offset, length));
-  if (const int err = tender::residentPages(fd, offset, length, out.Data())) throw errnoError(env, "mincore", err);
+  const FileRange r = fileRange(info);
+  Napi::Uint8Array out = Napi::Uint8Array::New(env, tender::pagesSpanned(r.offset, r.length));
+  if (const int err = tender::residentPages(r.fd, r.offset, r.length, out.Data())) throw errnoError(env, "mincore", err);
   return out;
 }
 
@@ -289,12 +299,10 @@ Napi::Value ResidentPages(const Napi::CallbackInfo& info) {
 // residentPages for the same range) says were not cached
 Napi::Value DropPages(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const int fd = fdArg(env, info[0]);
-  const uint64_t offset = index(env, info[1], "offset");
-  const uint64_t length = index(env, info[2], "length");
+  const FileRange r = fileRange(info);
   const ByteView before = bytes(env, info[3], "before");
-  if (before.length != tender::pagesSpanned(offset, length)) throw Napi::RangeError::New(env, "before must have one byte per page of the range");
-  if (const int err = tender::dropPages(fd, offset, length, before.data)) throw errnoError(env, "posix_fadvise", err);
+  if (before.length != tender::pagesSpanned(r.offset, r.length)) throw Napi::RangeError::New(env, "before must have one byte per page of the range");
+  if (const int err = tender::dropPages(r.fd, r.offset, r.length, before.data)) throw errnoError(env, "posix_fadvise", err);
   return env.Undefined();
 }
 

@@ -243,7 +243,7 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
       reads.map((read) =>
         smallReads(async () => {
           if (fatal) return;
-          await readAndOpen(repo, executor, buffers.small, read, (ref, chunk) => writeFiles(chunk, filesOf.get(ref)!));
+          await readAndOpen(repo, executor, buffersFor(buffers, read), read, (ref, chunk) => writeFiles(chunk, filesOf.get(ref)!));
         }).catch((err) => fail(filesOf.get(read.refs[0]!)![0]!.rel, err)),
       ),
     );
@@ -442,8 +442,7 @@ async function writeContent(
   await Promise.all(
     reads.map((read) =>
       fetches(() => {
-        const pools = read.length <= smallReadSize && read.rawLength <= smallReadSize ? buffers.small : buffers.large;
-        return readAndOpen(repo, executor, pools, read, async (ref, chunk) => {
+        return readAndOpen(repo, executor, buffersFor(buffers, read), read, async (ref, chunk) => {
           if (!isAllZero(chunk)) {
             let done = 0;
             while (done < chunk.length) {
@@ -457,6 +456,11 @@ async function writeContent(
     ),
   );
   return size;
+}
+
+/** The buffer pair a read fits in: a small one when it can (a blob may be a little over its plaintext). */
+function buffersFor(buffers: RestoreBuffers, read: PackRead): BufferPair {
+  return read.length <= smallReadSize && read.rawLength <= smallReadSize ? buffers.small : buffers.large;
 }
 
 /**
