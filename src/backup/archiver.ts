@@ -15,7 +15,7 @@ import { gearTable } from './chunk/fastcdc.js';
 import { cacheNeutralReads, cachingReads } from './read-cache.js';
 import { BufferPool } from '../util/buffer-pool.js';
 import { type FileContent, FileSaver } from './file-saver.js';
-import { type EntryStat, compareNames, entryStat, lstatEntries, lstatExact, metadataNode, nodeType, readDirSorted, unchangedSince } from './walk.js';
+import { type EntryStat, compareNames, lstatEntries, lstatPath, metadataNode, nodeType, readDirSorted, unchangedSince } from './walk.js';
 
 export interface BackupProgress {
   filesDone: number;
@@ -241,13 +241,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
 
   /** Saves one backup path: the walk, then everything it started. */
   const saveEntry = async (entryPath: string, name: string, previous: TreeNode | undefined): Promise<TreeNode | undefined> => {
-    let stats: EntryStat | Error;
-    try {
-      stats = entryStat(lstatExact(entryPath));
-    } catch (err) {
-      stats = err as Error;
-    }
-    const node = await (await startEntry(entryPath, name, stats, previous)).done;
+    const node = await (await startEntry(entryPath, name, lstatPath(entryPath), previous)).done;
     if (fatal !== undefined) throw fatal;
     return node;
   };
@@ -267,10 +261,9 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     await repo.loadIndex(await doomedPacks(repo));
     const roots = options.paths.map((p) => path.resolve(p));
     for (const root of roots) {
-      try {
-        lstatExact(root);
-      } catch (err) {
-        throw new TenderError('TENDER_USAGE', `cannot back up ${root}: ${describeIoError(err)}`, {
+      const stats = lstatPath(root);
+      if (stats instanceof Error) {
+        throw new TenderError('TENDER_USAGE', `cannot back up ${root}: ${describeIoError(stats)}`, {
           hint: 'check the path; nothing was written to the repository',
         });
       }
@@ -360,29 +353,26 @@ function contentStillStored(repo: Repository, node: TreeNode): boolean {
 async function scanTotals(paths: string[]): Promise<{ totalFiles: number; totalBytes: number }> {
   let totalFiles = 0;
   let totalBytes = 0;
-  const visit = async (p: string): Promise<void> => {
-    let stats;
-    try {
-      stats = lstatExact(p);
-    } catch {
-      return;
-    }
-    if (stats.isFile()) {
+  const visit = async (p: string, stats: EntryStat | Error): Promise<void> => {
+    if (stats instanceof Error) return;
+    const type = nodeType(stats);
+    if (type === 'file') {
       totalFiles++;
-      totalBytes += Number(stats.size);
-    } else if (stats.isDirectory()) {
+      totalBytes += stats.size;
+    } else if (type === 'dir') {
       let names: string[] = [];
       try {
         names = readDirSorted(p);
       } catch {
         return;
       }
-      for (const name of names) await visit(path.join(p, name));
+      const children = lstatEntries(p, names);
+      for (const [i, name] of names.entries()) await visit(path.join(p, name), children[i]!);
       // Let the backup itself run between directories.
       await new Promise((resolve) => setImmediate(resolve));
     }
   };
-  for (const p of paths) await visit(path.resolve(p));
+  for (const p of paths) await visit(path.resolve(p), lstatPath(path.resolve(p)));
   return { totalFiles, totalBytes };
 }
 

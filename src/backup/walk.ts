@@ -69,6 +69,15 @@ export function entryStat(stats: BigIntStats): EntryStat {
   };
 }
 
+/** lstat of one path, or its error. */
+export function lstatPath(path: string): EntryStat | Error {
+  try {
+    return entryStat(lstatExact(path));
+  } catch (err) {
+    return err as Error;
+  }
+}
+
 const statFields = 14;
 
 /**
@@ -87,13 +96,7 @@ export function lstatEntries(dir: string, names: string[]): Array<EntryStat | Er
     }
   }
   return names.map((name, i) => {
-    if (!raw) {
-      try {
-        return entryStat(lstatExact(join(dir, name)));
-      } catch (err) {
-        return err as Error;
-      }
-    }
+    if (!raw) return lstatPath(join(dir, name));
     const f = raw.subarray(i * statFields, (i + 1) * statFields);
     if (f[0] !== 0) {
       const code = getSystemErrorName(-f[0]!);

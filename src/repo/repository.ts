@@ -50,7 +50,7 @@ const metadataPackSize = 4 * 1024 * 1024;
 
 export class Repository {
   readonly codec: BlobCodec;
-  private readonly index = new IdTable();
+  private index = new IdTable();
   private readonly packIds: Buffer[] = [];
   private readonly packSizes: number[] = [];
   private readonly packIndexByHex = new Map<string, number>();
@@ -140,36 +140,60 @@ export class Repository {
    */
   async loadIndex(excludedPacks: ReadonlySet<string> = new Set()): Promise<void> {
     this.excludedPacks = excludedPacks;
-    const files = new Map<string, IndexFile>();
+    await this.loadIndexFiles(new Set());
+  }
+
+  /**
+   * Adds each index file's packs as soon as it is decoded, so only one file's entries are ever
+   * held as objects (a million-blob index is otherwise hundreds of MB of them). A file is
+   * skipped when a file read before it supersedes it. Rarely (during a prune's sweep) a file
+   * read earlier turns out superseded by one read later; its entries may name deleted packs,
+   * so the table is rebuilt, skipping every file known to be superseded.
+   */
+  private async loadIndexFiles(knownSuperseded: ReadonlySet<string>, round = 1): Promise<void> {
+    const superseded = new Set(knownSuperseded);
+    const added = new Set<string>();
     // A prune's sweep may delete index files between the listing and the reads; it stores their
     // replacement first, so listing again finds it.
     for (let attempt = 1; ; attempt++) {
       const keys: string[] = [];
-      for await (const { key } of this.storage.list('index/')) if (!files.has(key)) keys.push(key);
+      for await (const { key } of this.storage.list('index/')) if (!this.indexFileIds.has(key)) keys.push(key);
       const limit = pLimit(8);
       let vanished = 0;
       await Promise.all(
         keys.map((key) =>
           limit(async () => {
+            let file: IndexFile;
             try {
-              files.set(key, await this.readIndexFile(key));
+              file = await this.readIndexFile(key);
             } catch (err) {
               if (!(err instanceof TenderError && err.code === 'TENDER_NOT_FOUND') || attempt >= 5) throw err;
               vanished++;
+              return;
             }
+            this.indexFileIds.add(key);
+            for (const id of file.superseded) superseded.add(`index/${idToHex(id)}`);
+            if (superseded.has(key)) return;
+            this.addIndexedPacks(file.packs.filter((p) => !this.excludedPacks.has(idToHex(p.packId))));
+            added.add(key);
           }),
         ),
       );
       if (vanished === 0) break;
     }
-    const superseded = new Set<string>();
-    for (const file of files.values()) for (const id of file.superseded) superseded.add(`index/${idToHex(id)}`);
-    for (const [key, file] of files) {
-      this.indexFileIds.add(key);
-      if (!superseded.has(key)) this.addIndexedPacks(file.packs.filter((p) => !excludedPacks.has(idToHex(p.packId))));
-    }
+    if (![...added].some((key) => superseded.has(key))) return;
+    if (round >= 5) throw corrupt('index/', 'keeps changing while it is read (index files superseding each other)', 'run the command again once prune has finished');
+    this.clearIndex();
+    await this.loadIndexFiles(superseded, round + 1);
   }
 
+  private clearIndex(): void {
+    this.index = new IdTable();
+    this.packIds.length = 0;
+    this.packSizes.length = 0;
+    this.packIndexByHex.clear();
+    this.indexFileIds.clear();
+  }
 
   async readIndexFile(key: string): Promise<IndexFile> {
     const bytes = await this.storage.get(key);

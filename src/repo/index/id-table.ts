@@ -10,74 +10,82 @@ export interface BlobLocation {
   flags: number;
 }
 
-const empty = 0xffffffff;
 const maxLoad = 0.7;
+/** Entries are kept in blocks of this many (about 3 MiB each), so growing never copies them. */
+const blockBits = 16;
+const blockSize = 1 << blockBits;
+const blockMask = blockSize - 1;
+
+/** A block of entries, in insertion order. */
+interface EntryBlock {
+  ids: Uint8Array;
+  packIndex: Uint32Array;
+  offset: Uint32Array;
+  storedLength: Uint32Array;
+  rawLength: Uint32Array;
+  typeFlags: Uint16Array;
+}
 
 /**
- * A compact open-addressing hash table from 32-byte blob ID to BlobLocation, held in typed arrays
- * (about 50 bytes a slot) instead of a Map of hex strings (about 200 bytes an entry). IDs are
- * uniformly random (keyed hashes), so their first four bytes are a good hash.
+ * A compact hash table from 32-byte blob ID to BlobLocation. Entries live in typed-array blocks
+ * (46 bytes each, appended in insertion order); the open-addressing table holds only entry
+ * numbers (4 bytes a slot, 0 for empty). About 52 bytes per blob in all, instead of about 200 for
+ * a Map of hex strings, and growing reallocates only the table: a million-blob index needs
+ * about 56 MB at its peak. IDs are uniformly random (keyed hashes), so their first four bytes
+ * are a good hash.
  */
 export class IdTable {
   private capacity: number;
   private count = 0;
-  private ids!: Uint8Array;
-  private packIndex!: Uint32Array;
-  private offset!: Uint32Array;
-  private storedLength!: Uint32Array;
-  private rawLength!: Uint32Array;
-  private typeFlags!: Uint16Array;
+  /** Slot → entry number + 1; 0 is empty. */
+  private slots: Uint32Array;
+  private readonly blocks: EntryBlock[] = [];
 
   constructor(initialCapacity = 1024) {
     this.capacity = 1 << Math.ceil(Math.log2(Math.max(16, initialCapacity)));
-    this.allocate(this.capacity);
+    this.slots = new Uint32Array(this.capacity);
   }
 
   get size(): number {
     return this.count;
   }
 
-  private allocate(capacity: number): void {
-    this.ids = new Uint8Array(capacity * idLength);
-    this.packIndex = new Uint32Array(capacity).fill(empty);
-    this.offset = new Uint32Array(capacity);
-    this.storedLength = new Uint32Array(capacity);
-    this.rawLength = new Uint32Array(capacity);
-    this.typeFlags = new Uint16Array(capacity);
-  }
-
+  /** The slot holding `id`, or the empty slot where it would go. */
   private slotOf(id: Uint8Array): number {
     const mask = this.capacity - 1;
     let slot = ((id[0]! | (id[1]! << 8) | (id[2]! << 16) | (id[3]! << 24)) >>> 0) & mask;
     for (;;) {
-      if (this.packIndex[slot] === empty || this.idEquals(slot, id)) return slot;
+      const entry = this.slots[slot]!;
+      if (entry === 0 || this.idEquals(entry - 1, id)) return slot;
       slot = (slot + 1) & mask;
     }
   }
 
-  private idEquals(slot: number, id: Uint8Array): boolean {
-    const base = slot * idLength;
-    const ids = this.ids;
+  private idEquals(entry: number, id: Uint8Array): boolean {
+    const ids = this.blocks[entry >>> blockBits]!.ids;
+    const base = (entry & blockMask) * idLength;
     for (let i = 0; i < idLength; i++) if (ids[base + i] !== id[i]) return false;
     return true;
   }
 
   has(id: Uint8Array): boolean {
-    return this.packIndex[this.slotOf(id)] !== empty;
+    return this.slots[this.slotOf(id)] !== 0;
   }
 
   get(id: Uint8Array): BlobLocation | undefined {
-    const slot = this.slotOf(id);
-    return this.packIndex[slot] === empty ? undefined : this.locationAt(slot);
+    const entry = this.slots[this.slotOf(id)]!;
+    return entry === 0 ? undefined : this.locationOf(entry - 1);
   }
 
-  private locationAt(slot: number): BlobLocation {
-    const tf = this.typeFlags[slot]!;
+  private locationOf(entry: number): BlobLocation {
+    const b = this.blocks[entry >>> blockBits]!;
+    const i = entry & blockMask;
+    const tf = b.typeFlags[i]!;
     return {
-      packIndex: this.packIndex[slot]!,
-      offset: this.offset[slot]!,
-      storedLength: this.storedLength[slot]!,
-      rawLength: this.rawLength[slot]!,
+      packIndex: b.packIndex[i]!,
+      offset: b.offset[i]!,
+      storedLength: b.storedLength[i]!,
+      rawLength: b.rawLength[i]!,
       type: tf >> 8,
       flags: tf & 0xff,
     };
@@ -87,49 +95,50 @@ export class IdTable {
   add(id: Uint8Array, loc: BlobLocation): boolean {
     if ((this.count + 1) / this.capacity > maxLoad) this.grow();
     const slot = this.slotOf(id);
-    if (this.packIndex[slot] !== empty) return false;
-    this.ids.set(id.subarray(0, idLength), slot * idLength);
-    this.packIndex[slot] = loc.packIndex;
-    this.offset[slot] = loc.offset;
-    this.storedLength[slot] = loc.storedLength;
-    this.rawLength[slot] = loc.rawLength;
-    this.typeFlags[slot] = (loc.type << 8) | loc.flags;
+    if (this.slots[slot] !== 0) return false;
+    const entry = this.count;
+    if ((entry & blockMask) === 0) this.blocks.push(newBlock());
+    const b = this.blocks[entry >>> blockBits]!;
+    const i = entry & blockMask;
+    b.ids.set(id.subarray(0, idLength), i * idLength);
+    b.packIndex[i] = loc.packIndex;
+    b.offset[i] = loc.offset;
+    b.storedLength[i] = loc.storedLength;
+    b.rawLength[i] = loc.rawLength;
+    b.typeFlags[i] = (loc.type << 8) | loc.flags;
+    this.slots[slot] = entry + 1;
     this.count++;
     return true;
   }
 
-  /** Visits every entry; the id view is only valid during the callback. */
+  /** Visits every entry in insertion order; the id view is only valid during the callback. */
   forEach(visit: (id: Uint8Array, loc: BlobLocation) => void): void {
-    for (let slot = 0; slot < this.capacity; slot++) {
-      if (this.packIndex[slot] === empty) continue;
-      visit(this.ids.subarray(slot * idLength, (slot + 1) * idLength), this.locationAt(slot));
+    for (let entry = 0; entry < this.count; entry++) {
+      const ids = this.blocks[entry >>> blockBits]!.ids;
+      const base = (entry & blockMask) * idLength;
+      visit(ids.subarray(base, base + idLength), this.locationOf(entry));
     }
   }
 
+  /** Doubles the table and places every entry again; the entries themselves stay where they are. */
   private grow(): void {
-    const old = {
-      capacity: this.capacity,
-      ids: this.ids,
-      packIndex: this.packIndex,
-      offset: this.offset,
-      storedLength: this.storedLength,
-      rawLength: this.rawLength,
-      typeFlags: this.typeFlags,
-    };
     this.capacity *= 2;
-    this.count = 0;
-    this.allocate(this.capacity);
-    for (let slot = 0; slot < old.capacity; slot++) {
-      if (old.packIndex[slot] === empty) continue;
-      const id = old.ids.subarray(slot * idLength, (slot + 1) * idLength);
-      const target = this.slotOf(id);
-      this.ids.set(id, target * idLength);
-      this.packIndex[target] = old.packIndex[slot]!;
-      this.offset[target] = old.offset[slot]!;
-      this.storedLength[target] = old.storedLength[slot]!;
-      this.rawLength[target] = old.rawLength[slot]!;
-      this.typeFlags[target] = old.typeFlags[slot]!;
-      this.count++;
+    this.slots = new Uint32Array(this.capacity);
+    for (let entry = 0; entry < this.count; entry++) {
+      const ids = this.blocks[entry >>> blockBits]!.ids;
+      const base = (entry & blockMask) * idLength;
+      this.slots[this.slotOf(ids.subarray(base, base + idLength))] = entry + 1;
     }
   }
+}
+
+function newBlock(): EntryBlock {
+  return {
+    ids: new Uint8Array(blockSize * idLength),
+    packIndex: new Uint32Array(blockSize),
+    offset: new Uint32Array(blockSize),
+    storedLength: new Uint32Array(blockSize),
+    rawLength: new Uint32Array(blockSize),
+    typeFlags: new Uint16Array(blockSize),
+  };
 }
