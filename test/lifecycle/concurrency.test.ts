@@ -206,6 +206,7 @@ class HookedStorage implements Storage {
     private readonly hooks: {
       beforeList?: (prefix: string) => Promise<void>;
       afterList?: (prefix: string, items: ObjectInfo[]) => Promise<void>;
+      beforeGet?: (key: string) => Promise<void>;
     },
   ) {}
 
@@ -225,7 +226,8 @@ class HookedStorage implements Storage {
     return this.inner.stat(key);
   }
 
-  get(key: string, range?: ByteRange): Promise<Buffer> {
+  async get(key: string, range?: ByteRange): Promise<Buffer> {
+    await this.hooks.beforeGet?.(key);
     return this.inner.get(key, range);
   }
 
@@ -376,5 +378,36 @@ describe.each(backends)('prune and backup interleaved at exact points ($name)', 
     expect(swept).toBe(true);
     await expectCheckClean(repo, true);
     await expectRestoresTo(repo, snapshotId!, await treeDigest(data), path.join(tmp, 'restore-during-sweep'), 'during-sweep');
+  });
+
+  it('an index file read before the file that supersedes it is left out (the index is rebuilt without it)', async () => {
+    const repo = makeRepoUrl(tmp);
+    await initRepo(repo);
+    const data = path.join(tmp, 'superseded-late');
+    await mkdir(data);
+    await writeRandomFile(path.join(data, 'd.bin'), 2 * MiB);
+    await backup(repo, [data]);
+    // A file that supersedes every index file and lists no pack: a reader must end with nothing.
+    const r0 = await openRepository(repo);
+    await r0.loadIndex();
+    expect(r0.blobCount).toBeGreaterThan(0);
+    const superseding = await r0.saveIndexFile({ superseded: [...r0.indexFiles].map((k) => Buffer.from(k.slice('index/'.length), 'hex')), packs: [] });
+    await r0.close();
+    // In either read order: the superseding file delayed (so the others are added first), or not.
+    for (const delayMs of [300, 0]) {
+      const storage = new HookedStorage(await openRepoStorage(repo), {
+        beforeGet: async (key) => {
+          if (key === superseding) await new Promise((resolve) => setTimeout(resolve, delayMs));
+        },
+      });
+      const r = await Repository.open(storage, testPassword);
+      try {
+        await r.loadIndex();
+        expect(r.blobCount, `delay ${delayMs} ms`).toBe(0);
+        expect(r.indexFiles.has(superseding)).toBe(true);
+      } finally {
+        await r.close();
+      }
+    }
   });
 });
