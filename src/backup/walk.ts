@@ -23,7 +23,7 @@ const surrogate = /[\uD800-\uDFFF]/;
  * order of UTF-16 code units is the order of UTF-8 bytes, and plain string comparison (no
  * allocation) gives it; otherwise the names are compared as encoded bytes.
  */
-export function sortNames(names: string[]): string[] {
+function sortNames(names: string[]): string[] {
   if (!names.some((n) => surrogate.test(n))) return names.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
   const keyed = names.map((name) => ({ name, bytes: Buffer.from(name) }));
   keyed.sort((a, b) => Buffer.compare(a.bytes, b.bytes));
@@ -34,7 +34,7 @@ export function compareNames(a: string, b: string): number {
   return Buffer.compare(Buffer.from(a), Buffer.from(b));
 }
 
-export function lstatExact(path: string): BigIntStats {
+function lstatExact(path: string): BigIntStats {
   return lstatSync(path, { bigint: true });
 }
 
@@ -53,7 +53,7 @@ export interface EntryStat {
   rdev: number;
 }
 
-export function entryStat(stats: BigIntStats): EntryStat {
+function entryStat(stats: BigIntStats): EntryStat {
   return {
     mode: Number(stats.mode),
     uid: Number(stats.uid),
