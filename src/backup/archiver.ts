@@ -320,8 +320,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       program: `tender ${version}`,
       summary,
     };
-    session.assertAlive();
-    const snapshotId = await repo.saveSnapshot(snapshot);
+    const snapshotId = await session.commit(() => repo.saveSnapshot(snapshot));
     return { snapshotId, snapshot, errors };
   } catch (err) {
     await repo.indexStoredPacks();

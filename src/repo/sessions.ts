@@ -44,6 +44,8 @@ export class WriterSession {
   private timer: NodeJS.Timeout | undefined;
   private beating: Promise<void> = Promise.resolve();
   private lapsed = false;
+  private ending: Promise<void> | undefined;
+  private committing: Promise<unknown> = Promise.resolve();
 
   private constructor(
     private readonly repo: Repository,
@@ -85,10 +87,28 @@ export class WriterSession {
   }
 
   /**
+   * Runs `write` (the snapshot) only while this session is alive, and keeps the session alive until
+   * it is done: an `end()` called meanwhile (Ctrl-C) waits for it before removing the marker. A
+   * snapshot stored after the marker is gone would be covered by no session, and a prune sweeping
+   * then could delete packs it uses.
+   */
+  async commit<T>(write: () => Promise<T>): Promise<T> {
+    if (this.ending) {
+      throw new TenderError('TENDER_INTERRUPTED', 'the backup was interrupted before its snapshot was stored', {
+        hint: 'the data stored so far is kept and indexed; run the backup again to finish it',
+      });
+    }
+    this.assertAlive();
+    const written = write();
+    this.committing = written.catch(() => undefined);
+    return written;
+  }
+
+  /**
    * Zombie guard: a writer that could not refresh its session for too long (suspended, partitioned)
    * may have been declared dead by a prune that then deleted data this run relies on.
    */
-  assertAlive(): void {
+  private assertAlive(): void {
     const age = Date.now() - this.current.beatMs;
     if (this.lapsed || age > maxBeatAgeMs) {
       throw new TenderError('TENDER_STORAGE', `this backup could not refresh its session marker in time (it was suspended or cut off)`, {
@@ -97,9 +117,14 @@ export class WriterSession {
     }
   }
 
-  async end(): Promise<void> {
-    clearInterval(this.timer);
-    await this.beating;
-    await this.repo.storage.delete(sessionKey(this.current));
+  /** Removes the marker once a snapshot write under way is done; later calls share the first. */
+  end(): Promise<void> {
+    this.ending ??= (async () => {
+      clearInterval(this.timer);
+      await this.committing;
+      await this.beating;
+      await this.repo.storage.delete(sessionKey(this.current));
+    })();
+    return this.ending;
   }
 }

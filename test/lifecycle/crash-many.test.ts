@@ -16,6 +16,7 @@ import { mkdir, mkdtemp, readdir, rename, rm, writeFile } from 'node:fs/promises
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { WriterSession } from '../../src/repo/sessions.js';
 import type { Storage } from '../../src/storage/storage.js';
 import { type Backend, backends, localRepoDir } from '../helpers/backends.js';
 import { type TreeDigest, backupSummary, treeDigest, writeRandomFile } from '../helpers/cli.js';
@@ -28,6 +29,7 @@ import {
   initRepo,
   listKeys,
   openRepoStorage,
+  openRepository,
   packSize,
   rng,
   sleep,
@@ -381,6 +383,35 @@ describe('a backup interrupted with SIGINT (local)', () => {
     // uses. (Whether the backup gets as far as its snapshot at all depends on timing; both
     // outcomes are allowed, only this order is not.)
     expect(order, 'order of events in the repository').not.toEqual(['marker gone', 'snapshot stored']);
+  });
+
+  it('a snapshot write under way when the session ends is finished before the marker goes; a later one is refused', async () => {
+    const local = backends.find((b) => b.name === 'local')!;
+    const repoUrl = local.makeRepoUrl(path.join(tmp, 'commit-order'));
+    await mkdir(path.dirname(repoUrl), { recursive: true });
+    await initRepo(repoUrl);
+    const repo = await openRepository(repoUrl);
+    try {
+      const session = await WriterSession.start(repo);
+      const markers = async () => (await listKeys(repo.storage, 'sessions/')).size;
+      let finishWrite!: () => void;
+      const write = new Promise<void>((resolve) => (finishWrite = resolve));
+      const committed = session.commit(() => write);
+      // Ctrl-C while the snapshot is being written: the marker stays until the write is done.
+      const ended = session.end();
+      await sleep(200);
+      expect(await markers(), 'session markers while the snapshot write is under way').toBe(1);
+      finishWrite();
+      await committed;
+      await ended;
+      expect(await markers(), 'session markers after the write and end()').toBe(0);
+      // After end() (the interrupt came first), no snapshot write starts.
+      let started = false;
+      await expect(session.commit(async () => void (started = true))).rejects.toMatchObject({ code: 'TENDER_INTERRUPTED' });
+      expect(started).toBe(false);
+    } finally {
+      await repo.close();
+    }
   });
 
   it('leaves its stored packs to the next run, which adopts them instead of uploading them again', async () => {
