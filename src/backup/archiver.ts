@@ -71,7 +71,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
   const workers = options.workers ?? defaultWorkerCount();
   const params = repo.config.chunker;
   const executor = createExecutor(repo.keys, repo.config.compressionLevel, workers);
-  const fileConcurrency = options.fileConcurrency ?? 3;
+  const fileConcurrency = options.fileConcurrency ?? 2;
   // A slot holds the tail of the previous read (< maxSize) plus at least maxSize/2 new bytes.
   const slots = new BufferPool(params.maxSize + params.maxSize / 2, fileConcurrency + 1);
   const progress: BackupProgress = { filesDone: 0, bytesDone: 0, errors: 0 };

@@ -29,8 +29,6 @@ export interface InitOptions {
 }
 
 export interface WriteOptions {
-  /** Packs uploading at once; producers wait for a free pack buffer beyond that (backpressure). */
-  uploadConcurrency?: number;
   /** Write an index file after this many packs are stored, so a crashed run keeps its work. */
   packsPerIndex?: number;
 }
@@ -85,7 +83,8 @@ export class Repository {
     options: WriteOptions = {},
   ) {
     this.codec = new BlobCodec(keys, config.compressionLevel);
-    this.dataPackBuffers = new BufferPool(config.packSize, (options.uploadConcurrency ?? 2) + 1);
+    // Packs uploading, and the open one; producers wait for a free buffer beyond that (backpressure).
+    this.dataPackBuffers = new BufferPool(config.packSize, storage.concurrentPuts + 1);
     // Open tree and list packs, and one uploading.
     this.metadataPackBuffers = new BufferPool(Math.min(config.packSize, metadataPackSize), 3);
     this.packsPerIndex = options.packsPerIndex ?? 32;
@@ -416,11 +415,16 @@ export class Repository {
       return;
     }
     const { key, parts, size, entries } = pack.finish(this.keys.encryption);
+    let released = false;
+    const release = () => {
+      if (!released) this.releasePackBuffer(pack.buffer);
+      released = true;
+    };
     const upload = (async () => {
       try {
-        await this.storage.put(key, parts);
+        await this.storage.put(key, parts, { partsReleased: release });
       } finally {
-        this.releasePackBuffer(pack.buffer);
+        release();
       }
       const packIndex = this.packIndexOf(pack.id, size);
       for (const e of entries) {

@@ -225,6 +225,32 @@ export function describeStorageConformance(name: string, makeStorage: () => Prom
       expect((await collect(s.list('data/'))).map((o) => o.size)).toEqual([0, 0]);
     });
 
+    it('declares how many puts to keep in flight', async () => {
+      const s = await fresh();
+      expect(Number.isInteger(s.concurrentPuts) && s.concurrentPuts >= 1, `concurrentPuts = ${s.concurrentPuts}`).toBe(true);
+    });
+
+    it('reads the parts no more once it says they are released (the caller reuses the memory)', async () => {
+      const s = await fresh();
+      const body = randomBytes(4 * MiB);
+      const parts = [Buffer.from(body.subarray(0, MiB)), Buffer.from(body.subarray(MiB))];
+      const key = randomKey();
+      let releasedBeforeSettled = 0;
+      let settled = false;
+      const putting = s
+        .put(key, parts, {
+          partsReleased: () => {
+            if (!settled) releasedBeforeSettled++;
+            // What a pack writer does next: fill the same buffer with the next pack.
+            for (const p of parts) p.fill(0x5a);
+          },
+        })
+        .finally(() => (settled = true));
+      expect(await putting).toBe('stored');
+      expect(releasedBeforeSettled, 'partsReleased calls before put settled').toBeLessThanOrEqual(1);
+      expect(sha(await s.get(key)), 'the stored object is the bytes as they were at the put').toBe(sha(body));
+    });
+
     it('stores a large object (over 64 MiB, multipart on S3)', async () => {
       const s = await fresh();
       const key = randomKey();

@@ -3,7 +3,11 @@ import { constants as fsConstants } from 'node:fs';
 import { link, mkdir, open, readdir, rm, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { TenderError, systemErrorCode } from '../errors/errors.js';
-import { type ByteRange, type ObjectInfo, type PutResult, type Storage, viewOf } from './storage.js';
+import { Permits } from '../util/permits.js';
+import { type ByteRange, type ObjectInfo, type PutOptions, type PutResult, type Storage, viewOf } from './storage.js';
+
+/** Objects written but not yet fsynced, at most: bounds the dirty data a backup leaves to the disk. */
+const maxUnsyncedPuts = 4;
 
 /**
  * A repository in a local directory. Each key is a file below the root.
@@ -14,8 +18,11 @@ import { type ByteRange, type ObjectInfo, type PutResult, type Storage, viewOf }
  */
 export class FsStorage implements Storage {
   readonly location: string;
+  /** A put holds its parts only while they are copied into the page cache (the fsync follows). */
+  readonly concurrentPuts = 1;
   private readonly tmpDir: string;
   private readonly madeDirs = new Set<string>();
+  private readonly unsynced = new Permits(maxUnsyncedPuts);
 
   constructor(private readonly root: string) {
     this.location = root;
@@ -94,15 +101,18 @@ export class FsStorage implements Storage {
     }
   }
 
-  async put(key: string, parts: readonly Uint8Array[]): Promise<PutResult> {
+  async put(key: string, parts: readonly Uint8Array[], options: PutOptions = {}): Promise<PutResult> {
     const final = this.pathOf(key);
     await this.ensureDir(path.dirname(final));
     await this.ensureDir(this.tmpDir);
     const tmp = path.join(this.tmpDir, `${randomBytes(12).toString('hex')}.tmp`);
+    await this.unsynced.acquire();
     try {
       const handle = await open(tmp, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL, 0o600);
       try {
         await handle.writev(parts as Uint8Array[]);
+        // The bytes are in the page cache: the caller's buffers are free while the disk syncs.
+        options.partsReleased?.();
         await handle.sync();
       } finally {
         await handle.close();
@@ -117,6 +127,7 @@ export class FsStorage implements Storage {
     } catch (err) {
       throw this.wrap(err, 'put', key);
     } finally {
+      this.unsynced.release();
       await unlink(tmp).catch(() => undefined);
     }
   }

@@ -235,6 +235,8 @@ export async function openS3Storage(
 
 export class S3Storage implements Storage {
   readonly location: string;
+  /** A request holds its body until the server has answered: two keep the link busy. */
+  readonly concurrentPuts = 2;
   readonly stats: S3Stats = newStats();
   readonly bucket: string;
   readonly prefix: string;

@@ -25,9 +25,23 @@ export interface ByteRange {
 
 export type PutResult = 'stored' | 'exists';
 
+export interface PutOptions {
+  /**
+   * Called once the backend reads `parts` no more, at the latest just before `put` settles; the
+   * caller may reuse their memory from then on. A local directory calls it after the write, before
+   * the fsync, so pack buffers are not held while the disk catches up.
+   */
+  partsReleased?: () => void;
+}
+
 export interface Storage {
   /** Human-readable location for messages, e.g. "/srv/repo" or "s3://bucket/prefix". Never holds credentials. */
   readonly location: string;
+  /**
+   * Puts that hold their parts at once to keep this backend busy: a writer keeps this many pack
+   * buffers uploading, plus the one it fills.
+   */
+  readonly concurrentPuts: number;
   /** All objects whose key starts with `prefix`, in no particular order. */
   list(prefix: string): AsyncIterable<ObjectInfo>;
   /** Size of the object, or undefined if it does not exist. */
@@ -39,7 +53,7 @@ export interface Storage {
    */
   get(key: string, range?: ByteRange, into?: Uint8Array): Promise<Buffer>;
   /** Store an object made of `parts` (concatenated) unless `key` already exists. */
-  put(key: string, parts: readonly Uint8Array[]): Promise<PutResult>;
+  put(key: string, parts: readonly Uint8Array[], options?: PutOptions): Promise<PutResult>;
   /** Remove an object. Removing a missing object is not an error. */
   delete(key: string): Promise<void>;
   /** Release connections and file handles. */

@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backup as backupInProcess } from '../../src/backup/archiver.js';
 import { prune as pruneInProcess } from '../../src/prune/prune.js';
 import { Repository } from '../../src/repo/repository.js';
-import type { ByteRange, ObjectInfo, PutResult, Storage } from '../../src/storage/storage.js';
+import type { ByteRange, ObjectInfo, PutOptions, PutResult, Storage } from '../../src/storage/storage.js';
 import { backends } from '../helpers/backends.js';
 import { type TreeDigest, backupSummary, randomBuffer, testPassword, treeDigest, writeRandomFile } from '../helpers/cli.js';
 import {
@@ -214,6 +214,10 @@ class HookedStorage implements Storage {
     return this.inner.location;
   }
 
+  get concurrentPuts(): number {
+    return this.inner.concurrentPuts;
+  }
+
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
     await this.hooks.beforeList?.(prefix);
     const items: ObjectInfo[] = [];
@@ -231,8 +235,8 @@ class HookedStorage implements Storage {
     return this.inner.get(key, range);
   }
 
-  put(key: string, parts: readonly Uint8Array[]): Promise<PutResult> {
-    return this.inner.put(key, parts);
+  put(key: string, parts: readonly Uint8Array[], options?: PutOptions): Promise<PutResult> {
+    return this.inner.put(key, parts, options);
   }
 
   delete(key: string): Promise<void> {

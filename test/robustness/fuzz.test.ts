@@ -359,6 +359,7 @@ const snapshotEditArb: fc.Arbitrary<FieldEdit> = fc.oneof(
 
 class MemoryStorage implements Storage {
   readonly location = 'memory://fuzz';
+  readonly concurrentPuts = 1;
   readonly objects = new Map<string, Buffer>();
 
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
