@@ -259,13 +259,18 @@ describe.each(backends)('prune and backup interleaved at exact points ($name)', 
     if (tmp) await rm(tmp, { recursive: true, force: true });
   });
 
-  it('a prune during which a backup finishes (its snapshot appears after prune loaded the index) succeeds and loses nothing', async () => {
+  /** A new repository with one snapshot of `tmp/<dir>`: one file of 2 MiB of random data. */
+  async function repoWithOneBackup(dir: string): Promise<{ repo: string; snapshotId: string }> {
     const repo = makeRepoUrl(tmp);
     await initRepo(repo);
-    const first = path.join(tmp, 'first');
-    await mkdir(first);
-    await writeRandomFile(path.join(first, 'a.bin'), 2 * MiB);
-    await backup(repo, [first]);
+    const data = path.join(tmp, dir);
+    await mkdir(data);
+    await writeRandomFile(path.join(data, 'a.bin'), 2 * MiB);
+    return { repo, snapshotId: (await backup(repo, [data])).snapshot_id };
+  }
+
+  it('a prune during which a backup finishes (its snapshot appears after prune loaded the index) succeeds and loses nothing', async () => {
+    const { repo } = await repoWithOneBackup('first');
     const late = path.join(tmp, 'late');
     await mkdir(late);
     await writeRandomFile(path.join(late, 'b.bin'), 3 * MiB);
@@ -344,16 +349,11 @@ describe.each(backends)('prune and backup interleaved at exact points ($name)', 
   });
 
   it('a backup that loads the index while a sweep replaces the index files succeeds', async () => {
-    const repo = makeRepoUrl(tmp);
-    await initRepo(repo);
-    const first = path.join(tmp, 'first2');
-    await mkdir(first);
-    await writeRandomFile(path.join(first, 'a.bin'), 2 * MiB);
-    const s0 = await backup(repo, [first]);
+    const { repo, snapshotId: firstSnapshot } = await repoWithOneBackup('first2');
     // A pending plan old enough that no running backup blocks it (nothing doomed: a sweep of it
     // only replaces every index file by one new index file, and deletes the old ones).
     const r0 = await openRepository(repo);
-    await r0.saveSealedJson('plans', { version: 1, createdMs: Date.now() - 10 * 60_000, packs: [], snapshots: [s0.snapshot_id] });
+    await r0.saveSealedJson('plans', { version: 1, createdMs: Date.now() - 10 * 60_000, packs: [], snapshots: [firstSnapshot] });
     await r0.close();
 
     let swept = false;
@@ -385,12 +385,7 @@ describe.each(backends)('prune and backup interleaved at exact points ($name)', 
   });
 
   it('an index file read before the file that supersedes it is left out (the index is rebuilt without it)', async () => {
-    const repo = makeRepoUrl(tmp);
-    await initRepo(repo);
-    const data = path.join(tmp, 'superseded-late');
-    await mkdir(data);
-    await writeRandomFile(path.join(data, 'd.bin'), 2 * MiB);
-    await backup(repo, [data]);
+    const { repo } = await repoWithOneBackup('superseded-late');
     // A file that supersedes every index file and lists no pack: a reader must end with nothing.
     const r0 = await openRepository(repo);
     await r0.loadIndex();
