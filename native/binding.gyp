@@ -8,7 +8,11 @@
       "target_name": "tender_native",
       "sources": ["src/addon.cc", "src/gear.cc", "src/shuffle.cc", "src/seal.cc", "src/pagecache.cc"],
       "include_dirs": ["<!@(node -p \"require('node-addon-api').include\")"],
-      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
+      # NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS: a worker thread that is being terminated cannot
+      # take a JS exception; without it node-addon-api aborts the whole process when a call into
+      # the addon fails at that moment (node-addon-api#975; zstd-napi sets it for the same reason).
+      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED",
+                  "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"],
       "cflags!": ["-O2", "-O0", "-fno-exceptions"],
       "cflags_cc!": ["-O2", "-O0", "-fno-exceptions", "-std=gnu++17", "-std=gnu++20"],
       "cflags_cc": ["-std=c++17", "-O3", "-fno-strict-aliasing", "-Wall", "-Wextra"],

@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import type { MasterKeys } from '../transform/keys.js';
 import { CodecOps, type OpenRequest, type OpenResult, type SealRequest, type SealedResult } from './ops.js';
-import type { WorkerRequest, WorkerResponse } from './protocol.js';
+import type { CodecRequest, WorkerRequest, WorkerResponse } from './protocol.js';
 
 /** Where the pipeline's CPU work runs: worker threads, or this thread (workers: 0). */
 export interface CodecExecutor {
@@ -47,6 +47,8 @@ interface Pending {
 class PoolWorker {
   readonly worker: Worker;
   readonly pending = new Map<number, Pending>();
+  /** Settles when the thread has ended, however it ended. */
+  readonly exited: Promise<void>;
 
   constructor(script: string, data: unknown) {
     // A worker's JS objects are messages that die young (file data stays in shared buffers): a
@@ -65,15 +67,29 @@ class PoolWorker {
       this.pending.clear();
     };
     this.worker.on('error', failAll);
-    this.worker.on('exit', (code) => {
-      if (this.pending.size > 0) failAll(new Error(`worker thread exited with code ${code}`));
+    this.exited = new Promise((resolve) => {
+      this.worker.on('exit', (code) => {
+        if (this.pending.size > 0) failAll(new Error(`worker thread exited with code ${code}`));
+        resolve();
+      });
     });
+  }
+
+  /**
+   * Asks the thread to exit once it has answered every request sent so far, and waits for it.
+   * Never `terminate()`: a thread stopped while it runs native code (loading an addon at start,
+   * or inside a call) cannot take the exception that the call then raises.
+   */
+  close(): Promise<void> {
+    this.worker.postMessage({ op: 'close' } satisfies WorkerRequest);
+    return this.exited;
   }
 }
 
 class WorkerPool implements CodecExecutor {
   private readonly workers: PoolWorker[];
   private seq = 0;
+  private closed = false;
 
   constructor(keys: MasterKeys, compressionLevel: number, count: number) {
     const script = workerScriptPath();
@@ -81,28 +97,30 @@ class WorkerPool implements CodecExecutor {
     this.workers = Array.from({ length: count }, () => new PoolWorker(script, data));
   }
 
-  private send(request: Omit<WorkerRequest, 'seq'>): Promise<WorkerResponse> {
+  private send(request: CodecRequest): Promise<WorkerResponse> {
+    if (this.closed) return Promise.reject(new Error('the worker pool is closed'));
     let target = this.workers[0]!;
     for (const w of this.workers) if (w.pending.size < target.pending.size) target = w;
     const seq = ++this.seq;
     return new Promise((resolve, reject) => {
       target.pending.set(seq, { resolve, reject });
-      target.worker.postMessage({ ...request, seq });
+      target.worker.postMessage({ ...request, seq } satisfies WorkerRequest);
     });
   }
 
   async seal(buffer: SharedArrayBuffer, requests: SealRequest[]): Promise<SealedResult[]> {
-    const r = await this.send({ op: 'seal', buffer, requests } as WorkerRequest);
+    const r = await this.send({ op: 'seal', buffer, requests });
     return (r as Extract<WorkerResponse, { op: 'seal' }>).sealed;
   }
 
   async open(buffer: SharedArrayBuffer, requests: OpenRequest[]): Promise<OpenResult[]> {
-    const r = await this.send({ op: 'open', buffer, requests } as WorkerRequest);
+    const r = await this.send({ op: 'open', buffer, requests });
     return (r as Extract<WorkerResponse, { op: 'open' }>).opened;
   }
 
   async close(): Promise<void> {
-    await Promise.all(this.workers.map((w) => w.worker.terminate()));
+    this.closed = true;
+    await Promise.all(this.workers.map((w) => w.close()));
   }
 }
 

@@ -1,9 +1,14 @@
 import type { OpenRequest, OpenResult, SealRequest, SealedResult } from './ops.js';
 
 /** Messages between the pipeline and its worker threads. `buffer` is shared, never copied. */
+export type CodecRequest =
+  | { op: 'seal'; buffer: SharedArrayBuffer; requests: SealRequest[] }
+  | { op: 'open'; buffer: SharedArrayBuffer; requests: OpenRequest[] };
+
 export type WorkerRequest =
-  | { seq: number; op: 'seal'; buffer: SharedArrayBuffer; requests: SealRequest[] }
-  | { seq: number; op: 'open'; buffer: SharedArrayBuffer; requests: OpenRequest[] };
+  | (CodecRequest & { seq: number })
+  /** No more requests: the worker answers those already sent, then exits. */
+  | { op: 'close' };
 
 export type WorkerResponse =
   | { seq: number; op: 'seal'; sealed: SealedResult[] }

@@ -10,6 +10,11 @@ const ops = new CodecOps(
 );
 
 parentPort!.on('message', (msg: WorkerRequest) => {
+  if (msg.op === 'close') {
+    // Messages arrive in order, so every request sent before this one has been answered.
+    parentPort!.close();
+    return;
+  }
   let response: WorkerResponse;
   try {
     switch (msg.op) {
