@@ -6,6 +6,8 @@ import { lchown, mkdtemp, readFile, readdir, rm, stat, utimes, writeFile } from 
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Repository } from '../src/repo/repository.js';
+import { FsStorage } from '../src/storage/fs.js';
 import { backends } from './helpers/backends.js';
 import {
   type TreeSpec,
@@ -18,6 +20,7 @@ import {
   randomBuffer,
   runTender,
   tenderOk,
+  testPassword,
   treeDigest,
 } from './helpers/cli.js';
 
@@ -337,5 +340,44 @@ describe('multi-GB sparse file (local)', () => {
     await tenderOk(['--repo', repo, '--quiet', 'restore', 'latest', '--target', out]);
     const { b } = await assertSameTree(src, path.join(out, 'vol'), { sparse: ['disk.img'] });
     expect(b.allocated['disk.img'], 'restored file allocates far less than its 3 GiB').toBeLessThan(128 * MiB);
+  });
+});
+
+describe('chunks larger than a restore read (local)', () => {
+  let tmp: string;
+  afterAll(async () => {
+    if (tmp) await rm(tmp, { recursive: true, force: true });
+  });
+
+  it('a repository made with 24 MiB chunks restores them: the read buffers follow its largest chunk', async () => {
+    tmp = await mkdtemp(path.join(os.tmpdir(), 'tender-bigchunks-'));
+    const repoDir = path.join(tmp, 'repo');
+    // Not settable from the CLI, but valid in a repository's config: made with the library.
+    const made = await Repository.init(new FsStorage(repoDir), testPassword, {
+      kdf: { N: 1024, r: 8, p: 1 },
+      chunker: { minSize: 512 * 1024, avgSize: 4 * MiB, maxSize: 24 * MiB },
+      packSize: 64 * MiB,
+    });
+    await made.close();
+    const src = path.join(tmp, 'vol');
+    // Zeros are never cut before maxSize: 24 MiB chunks of plaintext. The random file stored
+    // raw has chunks beyond 8 MiB of stored bytes too, at this average size.
+    await makeTree(src, {
+      'zeros.bin': { type: 'file', content: Buffer.alloc(60 * MiB, 0) },
+      'random.bin': { type: 'file', content: randomBuffer(48 * MiB) },
+    });
+    await backupJson(repoDir, [src]);
+    const opened = await Repository.open(new FsStorage(repoDir), testPassword);
+    let largest = 0;
+    try {
+      await opened.loadIndex();
+      opened.forEachBlob((_id, loc) => (largest = Math.max(largest, loc.rawLength)));
+    } finally {
+      await opened.close();
+    }
+    expect(largest, 'the largest chunk is beyond the 8 MiB reads').toBe(24 * MiB);
+    const out = path.join(tmp, 'out');
+    await tenderOk(['--repo', repoDir, '--quiet', 'restore', 'latest', '--target', out]);
+    await assertSameTree(src, path.join(out, 'vol'));
   });
 });
