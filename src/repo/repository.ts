@@ -18,8 +18,12 @@ import { PackBuilder, type Reservation, decodePackHeader, headerLengthFromTail, 
 import { type Snapshot, decodeSnapshot, encodeSnapshot } from './snapshot/snapshot.js';
 import { type Tree, decodeTree, encodeTree } from './snapshot/tree.js';
 
-/** Memory for cached metadata packs (trees and file chunk lists). */
-const metadataCacheBytes = 64 * 1024 * 1024;
+/**
+ * Memory for cached metadata packs (trees and file chunk lists). Trees are read in walk order,
+ * which is the order they were stored in, so a few packs cover it: restoring 1M files kept 45 MB
+ * of tree packs with 64 MiB allowed (peak RSS 264 MB) and runs as fast with 16 MiB (240 MB).
+ */
+const metadataCacheBytes = 16 * 1024 * 1024;
 
 export interface InitOptions {
   chunker?: ChunkerParams;
