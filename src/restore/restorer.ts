@@ -422,7 +422,10 @@ interface RestoreBuffers {
   small: BufferPair;
 }
 
-/** Reads of large files: 8 MiB (a default chunk at most), as fast as 16 MiB and half the memory. */
+/**
+ * Reads of large files: 8 MiB (a default chunk at most). Against 16 MiB: half the memory, as
+ * fast from a local directory, ~6% slower from MinIO (more requests, each costing CPU).
+ */
 const largeReadSize = 8 * 1024 * 1024;
 const smallReadSize = 1024 * 1024;
 
