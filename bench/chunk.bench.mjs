@@ -42,10 +42,10 @@ if (!opts.dist) {
   );
   modDir = join(outDir, 'backup', 'chunk');
 }
-const { GearChunker, defaultChunkerParams, gearTable } = await import(pathToFileURL(join(modDir, 'fastcdc.js')).href);
-const { NativeGearChunker, loadNative, nativeUnavailableReason, shuffleBytes, unshuffleBytes } = await import(
-  pathToFileURL(join(modDir, 'native.js')).href
-);
+const { GearChunker, gearTable } = await import(pathToFileURL(join(modDir, 'fastcdc.js')).href);
+const { defaultChunkerParams } = await import(pathToFileURL(join(modDir, '..', '..', 'repo', 'chunker-params.js')).href);
+const { NativeGearChunker, shuffleBytes, unshuffleBytes } = await import(pathToFileURL(join(modDir, 'native.js')).href);
+const { loadNative, nativeUnavailableReason } = await import(pathToFileURL(join(modDir, '..', '..', 'util', 'native.js')).href);
 
 const addon = loadNative();
 if (!addon) {

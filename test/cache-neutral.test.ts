@@ -7,7 +7,7 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadNative } from '../src/backup/chunk/native.js';
+import { loadNative } from '../src/util/native.js';
 import { randomBuffer, tenderOk, writeRandomFile } from './helpers/cli.js';
 
 const MiB = 1 << 20;

@@ -518,9 +518,9 @@ describe('Dockerfile', () => {
 
   it('puts package.json, dist, bin, node_modules and the native addon where tender looks for them', () => {
     // packageRoot() is the folder of tender's package.json; the addon is ADDON_RELATIVE_PATH below it.
-    const nativeTs = read('src/backup/chunk/native.ts');
+    const nativeTs = read('src/util/native.ts');
     const rel = /ADDON_RELATIVE_PATH = join\(([^)]*)\)/.exec(nativeTs);
-    expect(rel, 'ADDON_RELATIVE_PATH in src/backup/chunk/native.ts').not.toBeNull();
+    expect(rel, 'ADDON_RELATIVE_PATH in src/util/native.ts').not.toBeNull();
     const addonRel = path.posix.join(...[...rel![1]!.matchAll(/'([^']+)'/g)].map((m) => m[1]!));
     const appRoot = path.posix.dirname(TENDER_IN_IMAGE); // /app/bin
     const pkgRoot = path.posix.dirname(appRoot);

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import { describe, expect, it } from 'vitest';
-import { loadNative, nativeAddonPath, nativeUnavailableReason } from '../src/backup/chunk/native.js';
+import { loadNative, nativeAddonPath, nativeUnavailableReason } from '../src/util/native.js';
 import { DecryptError, aadLabel, open, seal, sealOverhead } from '../src/crypto/aead.js';
 import {
   openInto,

@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadNative, nativeUnavailableReason } from '../src/backup/chunk/native.js';
+import { loadNative, nativeUnavailableReason } from '../src/util/native.js';
 import { BlobType } from '../src/repo/blob.js';
 import { BlobCodec } from '../src/transform/blob-codec.js';
 import type { MasterKeys } from '../src/transform/keys.js';

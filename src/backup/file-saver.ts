@@ -1,6 +1,7 @@
 import { closeSync, openSync, readSync } from 'node:fs';
 import { open } from 'node:fs/promises';
-import type { BoundaryFinder, ChunkerParams } from './chunk/fastcdc.js';
+import type { ChunkerParams } from '../repo/chunker-params.js';
+import type { BoundaryFinder } from './chunk/fastcdc.js';
 import type { BufferPool, PooledBuffer as Slot } from '../util/buffer-pool.js';
 import { BlobType } from '../repo/blob.js';
 import { idToHex } from '../repo/ids.js';

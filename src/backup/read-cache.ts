@@ -1,5 +1,5 @@
 import { TenderError } from '../errors/errors.js';
-import { loadNative, nativeUnavailableReason } from './chunk/native.js';
+import { loadNative, nativeUnavailableReason } from '../util/native.js';
 
 /**
  * What a backup's reads leave in the page cache. A backup reads hundreds of GB once; kept in the

@@ -2,7 +2,7 @@ import { type BigIntStats, lstatSync, readdirSync, readlinkSync } from 'node:fs'
 import { join } from 'node:path';
 import { getSystemErrorName } from 'node:util';
 import type { NodeType, TreeNode } from '../repo/snapshot/tree.js';
-import { loadNative } from './chunk/native.js';
+import { loadNative } from '../util/native.js';
 
 /**
  * The walk stage: directory listings in a stable order and metadata for tree nodes.

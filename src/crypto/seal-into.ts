@@ -1,5 +1,5 @@
 import { createCipheriv, createDecipheriv, randomFillSync } from 'node:crypto';
-import { type NativeAddon, loadNative, nativeUnavailableReason } from '../backup/chunk/native.js';
+import { type NativeAddon, loadNative, nativeUnavailableReason } from '../util/native.js';
 import { DecryptError, nonceLength, sealOverhead, tagLength } from './aead.js';
 
 /**

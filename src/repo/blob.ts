@@ -1,22 +1,6 @@
-/** Blob types and flags, as stored in pack headers and index files (docs/design.md, "Blobs"). */
-export const BlobType = {
-  data: 0,
-  tree: 1,
-  /** A list of data blob IDs: the content of a file with more chunks than fit in its tree node. */
-  list: 2,
-} as const;
-export type BlobType = (typeof BlobType)[keyof typeof BlobType];
+import type { BlobType } from '../transform/blob-kind.js';
 
-export const blobTypeName = (type: number): string =>
-  type === BlobType.data ? 'data' : type === BlobType.tree ? 'tree' : type === BlobType.list ? 'list' : `type-${type}`;
-
-export const isBlobType = (type: number): type is BlobType => type === 0 || type === 1 || type === 2;
-
-/** Flag bits. */
-export const BlobFlag = {
-  /** The sealed payload is a zstd frame; otherwise the raw bytes. */
-  zstd: 1,
-} as const;
+export { BlobFlag, BlobType, blobTypeName, isBlobType } from '../transform/blob-kind.js';
 
 /** A blob as listed in a pack header and an index: where it is and how to read it. */
 export interface BlobEntry {

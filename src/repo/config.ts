@@ -1,6 +1,6 @@
 import { DecryptError, aadLabel, open, seal } from '../crypto/aead.js';
 import { TenderError } from '../errors/errors.js';
-import { type ChunkerParams, validateChunkerParams } from '../backup/chunk/fastcdc.js';
+import { type ChunkerParams, validateChunkerParams } from './chunker-params.js';
 import type { Storage } from '../storage/storage.js';
 import { holdsRepositoryObjects } from './storage-probe.js';
 

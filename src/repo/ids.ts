@@ -1,5 +1,4 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { Blake3Hasher } from '@napi-rs/blake-hash';
 
 /** Every ID in the repository is 32 bytes, written as 64 lowercase hex characters in keys and JSON. */
 export const idLength = 32;
@@ -21,13 +20,6 @@ export function isHexId(s: string): boolean {
 export function hexToId(hex: string): Buffer {
   if (!isHexId(hex)) throw new Error(`not an ID: ${JSON.stringify(hex)}`);
   return Buffer.from(hex, 'hex');
-}
-
-/** Keyed BLAKE3 of plaintext: the ID of a data or tree blob. Reveals nothing without the key. */
-export function blobId(idKey: Uint8Array, data: Uint8Array): Buffer {
-  const hasher = Blake3Hasher.newKeyed(Buffer.from(idKey.buffer, idKey.byteOffset, idKey.byteLength));
-  hasher.update(Buffer.from(data.buffer, data.byteOffset, data.byteLength));
-  return hasher.digestBuffer();
 }
 
 /** SHA-256 of stored bytes: the name of index, snapshot and key files (verifiable without a key). */

@@ -1,7 +1,7 @@
 import pLimit from 'p-limit';
 import { DecryptError, aadLabel, open, seal, sealOverhead } from '../crypto/aead.js';
 import { TenderError } from '../errors/errors.js';
-import { type ChunkerParams, defaultChunkerParams } from '../backup/chunk/fastcdc.js';
+import { type ChunkerParams, defaultChunkerParams } from './chunker-params.js';
 import type { Storage } from '../storage/storage.js';
 import { BlobCodec, BlobCorruptError } from '../transform/blob-codec.js';
 import { BufferPool, type PooledBuffer, sharedBuffer } from '../util/buffer-pool.js';

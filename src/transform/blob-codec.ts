@@ -1,8 +1,8 @@
 import zstd from 'zstd-napi/binding.js';
 import { DecryptError, sealOverhead } from '../crypto/aead.js';
 import { openInto, sealInto } from '../crypto/seal-into.js';
-import { blobId } from '../repo/ids.js';
-import { BlobFlag, blobTypeName } from '../repo/blob.js';
+import { blobId } from './blob-id.js';
+import { BlobFlag, blobTypeName } from './blob-kind.js';
 import type { MasterKeys } from './keys.js';
 
 /**

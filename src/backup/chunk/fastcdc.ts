@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { type ChunkerParams, validateChunkerParams } from '../../repo/chunker-params.js';
 
 /**
  * Content-defined chunking: FastCDC with a 32-bit Gear hash and normalized chunking.
@@ -14,18 +15,6 @@ import { createHash } from 'node:crypto';
  * The Gear table is derived from the repository's secret seed, so boundaries (and thus
  * chunk sizes) do not reveal content to someone without the key. See docs/design.md.
  */
-export interface ChunkerParams {
-  minSize: number;
-  avgSize: number;
-  maxSize: number;
-}
-
-export const defaultChunkerParams: ChunkerParams = {
-  minSize: 512 * 1024,
-  avgSize: 1024 * 1024,
-  maxSize: 8 * 1024 * 1024,
-};
-
 /** Normalization level: the hard mask has log2(avg)+2 bits, the easy one log2(avg)-2. */
 const normalizationLevel = 2;
 
@@ -50,15 +39,6 @@ export function chunkerMasks(params: ChunkerParams): { maskHard: number; maskEas
   };
 }
 
-export function validateChunkerParams(params: ChunkerParams): void {
-  const { minSize, avgSize, maxSize } = params;
-  const pow2 = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
-  if (!(pow2(avgSize) && minSize >= 64 && minSize < avgSize && avgSize < maxSize && maxSize <= 64 * 1024 * 1024)) {
-    throw new Error(`invalid chunker parameters ${JSON.stringify(params)}: need 64 ≤ min < avg (power of two) < max ≤ 64 MiB`);
-  }
-}
-
-/** The boundary finder. `cut` is the hot loop; the native addon implements the same function. */
 export interface BoundaryFinder {
   /**
    * Length of the chunk that starts at `start` in `data[start, end)`, treating `end` as the end
