@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { setFlagsFromString } from 'node:v8';
 import { main } from '../dist/cli/main.js';
-import { runInterruptHandlers } from '../dist/util/interrupt.js';
+import { interruptRunningOperations } from '../dist/util/interrupt.js';
 
 // Grow the JS heap by 50% of what survives a full GC (V8's default goes up to 4×). A backup of
 // many small files promotes short-lived per-file objects at a high rate, and with the default
@@ -9,11 +9,15 @@ import { runInterruptHandlers } from '../dist/util/interrupt.js';
 // peak RSS about 400 → 300 MB) at no measurable cost in time.
 setFlagsFromString('--heap-growing-percent=50');
 
-// Ctrl-C or a pod's SIGTERM: let running work remove what it must (a backup indexes what it
-// stored and removes its session marker), then exit 130 / 143.
+// Ctrl-C or a pod's SIGTERM: running operations are cancelled and unwind (a backup indexes what
+// it stored and removes its session marker); the command then ends with 130 / 143. A command that
+// has not ended 3 s later is stopped anyway.
+let interruptedWith;
 for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143]]) {
   process.once(signal, () => {
-    runInterruptHandlers(3000).finally(() => process.exit(code));
+    interruptedWith = code;
+    if (!interruptRunningOperations(signal)) process.exit(code);
+    setTimeout(() => process.exit(code), 3000).unref();
   });
 }
 // `tender ls latest | head`: a closed pipe ends the listing quietly, like other Unix tools.
@@ -21,4 +25,5 @@ process.stdout.on('error', (err) => {
   if (err.code === 'EPIPE') process.exit(0);
   throw err;
 });
-process.exitCode = await main(process.argv);
+const exitCode = await main(process.argv);
+process.exitCode = interruptedWith ?? exitCode;

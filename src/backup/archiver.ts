@@ -1,20 +1,19 @@
-import os from 'node:os';
 import path from 'node:path';
 import pLimit, { type LimitFunction } from 'p-limit';
 import { TenderError } from '../errors/errors.js';
-import { doomedPacks } from '../repo/plans.js';
-import type { Repository } from '../repo/repository.js';
-import { WriterSession, listSessions } from '../repo/sessions.js';
-import { onInterrupt } from '../util/interrupt.js';
-import { Permits } from '../util/permits.js';
+import { BlobType } from '../repo/blob.js';
+import { idLength } from '../repo/ids.js';
+import type { Repository, RepositoryWriter } from '../repo/repository.js';
+import type { WriterSession } from '../repo/sessions.js';
 import type { Snapshot, SnapshotSummary } from '../repo/snapshot/snapshot.js';
 import { type Tree, type TreeNode, sameNode } from '../repo/snapshot/tree.js';
-import { createExecutor, defaultWorkerCount } from '../workers/pool.js';
-import { createBoundaryFinder } from './chunk/native.js';
-import { gearTable } from './chunk/fastcdc.js';
-import { cacheNeutralReads, cachingReads } from './read-cache.js';
 import { BufferPool } from '../util/buffer-pool.js';
+import { type OperationContext, cancelledError, throwIfCancelled } from '../util/operation.js';
+import { Permits } from '../util/permits.js';
+import { gearTable } from './chunk/fastcdc.js';
+import { createBoundaryFinder } from './chunk/native.js';
 import { type FileContent, FileSaver } from './file-saver.js';
+import { cacheNeutralReads, cachingReads } from './read-cache.js';
 import { type EntryStat, compareNames, lstatEntries, lstatPath, metadataNode, nodeType, readDirSorted, unchangedSince } from './walk.js';
 
 export interface BackupProgress {
@@ -35,20 +34,27 @@ export interface BackupError {
 export interface BackupOptions {
   paths: string[];
   tags?: string[];
+  /** The snapshot's host: default the context's identity (the agent passes a volume's stable identity). */
   hostname?: string;
   /** Unchanged files (by size, mtime, ctime, inode) are taken from this snapshot without reading. */
   parent?: { id: string; snapshot: Snapshot };
-  workers?: number;
   /** Files read at once; each holds a slot while it is read. */
   fileConcurrency?: number;
   /** Evict what the backup's reads brought into the page cache (see read-cache.ts). */
   cacheNeutral?: boolean;
-  /** Count files and bytes first (concurrently), so progress can show totals and an ETA. */
+  /** Count files and bytes first (concurrently), so progress events carry totals and an ETA. */
   scan?: boolean;
-  onProgress?: (progress: BackupProgress) => void;
-  onError?: (error: BackupError) => void;
-  /** Called when packs left by an interrupted run were indexed (and damaged ones skipped). */
-  onResume?: (resumed: { packs: number; damaged: string[] }) => void;
+  hooks?: BackupHooks;
+}
+
+/**
+ * Where later layers wrap the reading without touching the archiver: the quiesce protocol around
+ * each backup path (a volume), a throttle around each changed file. A hook must call `run`/`read`
+ * once and return (or throw) what it returns.
+ */
+export interface BackupHooks {
+  aroundRoot?<T>(root: string, run: () => Promise<T>): Promise<T>;
+  aroundFile?<T>(path: string, size: number, read: () => Promise<T>): Promise<T>;
 }
 
 export interface BackupResult {
@@ -60,17 +66,102 @@ export interface BackupResult {
 const version = '0.1.0';
 
 /**
- * The backup composition: session → index → walk → (unchanged? reuse parent) → FileSaver → trees →
- * flush → snapshot. The repository's index is loaded here, after the session is registered.
- * Unreadable files and directories are reported and left out; storage failures abort the run
- * before a snapshot is written, so nothing partial is ever recorded as a snapshot.
+ * A backup whose first phase is done: the paths are checked, the session is registered, the
+ * index is fresh, packs an interrupted run left are adopted and the parent's root is loaded.
+ * Nothing has been read yet: `run` reads, stores and commits; `discard` ends it without a
+ * snapshot. Exactly one of them must be called.
  */
-export async function backup(repo: Repository, options: BackupOptions): Promise<BackupResult> {
-  const started = Date.now();
+export interface PreparedBackup {
+  readonly roots: readonly string[];
+  run(): Promise<BackupResult>;
+  discard(): Promise<void>;
+}
+
+/** Prepare, then run: the whole backup. */
+export async function backup(repo: Repository, options: BackupOptions, ctx: OperationContext): Promise<BackupResult> {
+  return (await prepareBackup(repo, options, ctx)).run();
+}
+
+/**
+ * Phase one (see PreparedBackup). The session is registered before the index is read, so a
+ * prune that plans deletions after this point waits for this run; packs doomed by plans that
+ * already exist are never used (docs/design.md, "Garbage collection").
+ */
+export async function prepareBackup(repo: Repository, options: BackupOptions, ctx: OperationContext): Promise<PreparedBackup> {
+  throwIfCancelled(ctx.signal);
+  const roots = options.paths.map((p) => path.resolve(p));
+  for (const root of roots) {
+    const stats = lstatPath(root);
+    if (stats instanceof Error) {
+      throw new TenderError('TENDER_USAGE', `cannot back up ${root}: ${describeIoError(stats)}`, {
+        hint: 'check the path; nothing was written to the repository',
+      });
+    }
+  }
+  const names = roots.map(rootName);
+  const duplicate = names.find((n, i) => names.indexOf(n) !== i);
+  if (duplicate !== undefined) {
+    throw new TenderError('TENDER_USAGE', `two backup paths have the same name ${JSON.stringify(duplicate)}`, {
+      hint: 'back them up in separate snapshots, or back up their common parent directory',
+    });
+  }
+  const session = await repo.startSession();
+  try {
+    await repo.refreshIndex();
+    // Resume: packs stored by an interrupted run but never indexed are indexed now, so their
+    // chunks are deduplicated instead of uploaded again. A run that stored packs left a session
+    // marker (it is written first and removed last), so without other markers there is nothing
+    // to find and the listing of every pack is skipped.
+    const otherSessions = (await repo.listSessions()).filter((s) => s.id !== session.id);
+    const unindexed = otherSessions.length > 0 ? await repo.listUnindexedPacks() : [];
+    if (unindexed.length > 0) {
+      const adopted = await repo.indexPacksFromHeaders(unindexed);
+      ctx.events.emit('resume', { packs: adopted.indexed, damaged: adopted.damaged });
+    }
+    const parentRoot = options.parent ? await parentTree(repo, options.parent.snapshot.tree) : undefined;
+    throwIfCancelled(ctx.signal);
+    let used = false;
+    const once = () => {
+      if (used) throw new Error('a prepared backup runs or is discarded once');
+      used = true;
+    };
+    return {
+      roots,
+      run: () => {
+        once();
+        return runBackup(repo, options, ctx, session, roots, names, parentRoot);
+      },
+      discard: async () => {
+        once();
+        await session.end();
+      },
+    };
+  } catch (err) {
+    await session.end().catch(() => undefined);
+    throw err;
+  }
+}
+
+/**
+ * Phase two: walk → (unchanged? reuse parent) → FileSaver → trees → flush → snapshot.
+ * Unreadable files and directories are reported and left out; storage failures and cancels end
+ * the run before a snapshot is written, so nothing partial is ever recorded as a snapshot.
+ */
+async function runBackup(
+  repo: Repository,
+  options: BackupOptions,
+  ctx: OperationContext,
+  session: WriterSession,
+  roots: string[],
+  names: string[],
+  parentRoot: ParentTree | undefined,
+): Promise<BackupResult> {
+  const started = ctx.now();
+  const { signal, events } = ctx;
+  const hooks = options.hooks ?? {};
   const readCache = options.cacheNeutral ? cacheNeutralReads() : cachingReads;
-  const workers = options.workers ?? defaultWorkerCount();
   const params = repo.config.chunker;
-  const executor = createExecutor(repo.keys, repo.config.compressionLevel, workers);
+  const writer = repo.openWriter();
   const fileConcurrency = options.fileConcurrency ?? 2;
   // A slot holds the tail of the previous read (< maxSize) plus at least maxSize/2 new bytes.
   const slots = new BufferPool(params.maxSize + params.maxSize / 2, fileConcurrency + 1);
@@ -90,35 +181,42 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     durationMs: 0,
   };
   const errors: BackupError[] = [];
-  const report = () => options.onProgress?.(progress);
+  const report = () => events.emit('progress', progress);
   const fail = (p: string, err: unknown) => {
     if (err instanceof TenderError) throw err;
     const e = { path: p, message: describeIoError(err) };
     errors.push(e);
     progress.errors++;
-    options.onError?.(e);
+    events.emit('warning', e);
   };
 
   const saver = new FileSaver(
-    repo,
-    executor,
+    writer,
+    repo.executor(),
     createBoundaryFinder(params, gearTable(repo.keys.gearSeed)),
     params,
     slots,
-    workers,
+    repo.parallelism,
     counters,
     (n) => {
       progress.bytesDone += n;
       report();
     },
     readCache,
+    signal,
   );
   const readers: LimitFunction = pLimit(fileConcurrency);
   const hardlinks = new Map<string, Promise<FileContent>>();
+  /** Every file save under way: all must end before the writer closes, whatever happens. */
+  const saving = new Set<Promise<unknown>>();
 
-  /** True when the file is unchanged since the parent snapshot: its content is taken from there. */
-  const reuseUnchanged = (node: TreeNode, previous: TreeNode | undefined): boolean => {
-    if (!unchangedSince(previous, node) || !contentStillStored(repo, previous!)) return false;
+  /**
+   * True when the file is unchanged since the parent snapshot and everything its content names
+   * is still in this run's index (its chunk lists, and the chunks they list: a prune may have
+   * doomed them): its content is taken from there.
+   */
+  const reuseUnchanged = async (node: TreeNode, previous: TreeNode | undefined): Promise<boolean> => {
+    if (!unchangedSince(previous, node) || !(await contentStillStored(repo, writer, previous!))) return false;
     if (previous!.content) node.content = previous!.content;
     if (previous!.contentLists) node.contentLists = previous!.contentLists;
     summary.filesUnchanged++;
@@ -134,10 +232,18 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     let pending = linkKey ? hardlinks.get(linkKey) : undefined;
     if (!pending) {
       progress.currentFile = filePath;
+      const size = node.size!;
+      const read = () => saver.save(filePath, size);
+      const hooked = hooks.aroundFile ? () => hooks.aroundFile!(filePath, size, read) : read;
       // Small files go to a shared batch; only large ones hold slots while they are read.
-      pending = node.size! <= params.minSize ? saver.save(filePath, node.size!) : readers(() => saver.save(filePath, node.size!));
+      pending = size <= params.minSize ? hooked() : readers(hooked);
       if (linkKey) hardlinks.set(linkKey, pending);
-      pending.then(() => summary.filesRead++, () => undefined);
+      saving.add(pending);
+      pending.then(
+        () => summary.filesRead++,
+        () => undefined,
+      );
+      void pending.catch(() => undefined).finally(() => saving.delete(pending!));
     }
     try {
       Object.assign(node, await pending);
@@ -151,13 +257,6 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
   };
 
   /**
-   * A directory of the parent snapshot, or undefined when its tree is not in this run's index
-   * (its pack is doomed by a pending prune plan): then the files are simply read again.
-   */
-  const parentTree = async (treeHex: string | undefined): Promise<ParentTree | undefined> =>
-    treeHex !== undefined && repo.hasHex(treeHex) ? { id: treeHex, tree: await repo.loadTree(treeHex) } : undefined;
-
-  /**
    * The walk is depth-first and in order; changed files are saved concurrently, up to
    * `filesInFlight` at once, and the walk waits for a permit before starting the next one. So
    * the nodes held in memory are those of the directories on the current path and of the
@@ -165,8 +264,11 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
    * the file count. A directory's tree is stored once its files and subdirectories are done.
    */
   const filesInFlight = new Permits(256);
-  /** The first error that ends the run: stop starting new work (what is running finishes). */
+  /** The first error that ends the run (or the cancel): stop starting new work. */
   let fatal: unknown;
+  const onAbort = () => (fatal ??= cancelledError(signal));
+  signal.addEventListener('abort', onAbort, { once: true });
+  if (signal.aborted) onAbort();
   const settle = <T>(p: Promise<T>): Promise<T> => {
     p.catch((err) => (fatal ??= err));
     return p;
@@ -198,7 +300,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     }
     if (type === 'dir') {
       summary.dirs++;
-      const previousTree = previous?.type === 'dir' ? await parentTree(previous.subtree) : undefined;
+      const previousTree = previous?.type === 'dir' ? await parentTree(repo, previous.subtree) : undefined;
       const subtree = await startDir(entryPath, previousTree);
       // An unreadable directory is left out (and reported), not stored as an empty one.
       return { done: subtree.done.then((id) => (id === undefined ? undefined : Object.assign(node, { subtree: id }))) };
@@ -206,7 +308,7 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
     if (type !== 'file') return ready(node);
     summary.files++;
     summary.totalBytes += node.size!;
-    if (reuseUnchanged(node, previous)) return ready(node);
+    if (await reuseUnchanged(node, previous)) return ready(node);
     await filesInFlight.acquire();
     const saved = saveFile(entryPath, node).finally(() => filesInFlight.release());
     return { done: settle(saved.then((ok) => (ok ? node : undefined))) };
@@ -234,62 +336,27 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       const kept = nodes.filter((n): n is TreeNode => n !== undefined);
       // Nothing changed in this directory: its tree is the parent's, already stored.
       if (previous && kept.length === previous.tree.nodes.length && kept.every((n, i) => sameNode(n, previous.tree.nodes[i]!))) return previous.id;
-      return repo.saveTree({ nodes: kept });
+      return writer.saveTree({ nodes: kept });
     });
     return { done: settle(done) };
   };
 
   /** Saves one backup path: the walk, then everything it started. */
-  const saveEntry = async (entryPath: string, name: string, previous: TreeNode | undefined): Promise<TreeNode | undefined> => {
-    const node = await (await startEntry(entryPath, name, lstatPath(entryPath), previous)).done;
-    if (fatal !== undefined) throw fatal;
-    return node;
+  const saveRoot = async (root: string, name: string, previous: TreeNode | undefined): Promise<TreeNode | undefined> => {
+    const save = async () => {
+      const node = await (await startEntry(root, name, lstatPath(root), previous)).done;
+      if (fatal !== undefined) throw fatal;
+      return node;
+    };
+    return hooks.aroundRoot ? hooks.aroundRoot(root, save) : save();
   };
 
-  const scan = options.scan ? scanTotals(options.paths).then((t) => Object.assign(progress, t), () => undefined) : undefined;
-  // Register before reading the index, so a prune that plans deletions after this point waits for
-  // this run; packs doomed by plans that already exist are never used (docs/design.md).
-  const session = await WriterSession.start(repo);
-  // Interrupted (Ctrl-C) or failed: index what was stored, then end the session, so the next
-  // run resumes from the stored packs and no prune waits for this one.
-  const unregisterInterrupt = onInterrupt(async () => {
-    await repo.indexStoredPacks();
-    await session.end();
-  });
-
+  const scan = options.scan ? scanTotals(roots, signal).then((t) => Object.assign(progress, t), () => undefined) : undefined;
   try {
-    await repo.loadIndex(await doomedPacks(repo));
-    const roots = options.paths.map((p) => path.resolve(p));
-    for (const root of roots) {
-      const stats = lstatPath(root);
-      if (stats instanceof Error) {
-        throw new TenderError('TENDER_USAGE', `cannot back up ${root}: ${describeIoError(stats)}`, {
-          hint: 'check the path; nothing was written to the repository',
-        });
-      }
-    }
-    const names = roots.map((p) => path.basename(p) || '/');
-    const duplicate = names.find((n, i) => names.indexOf(n) !== i);
-    if (duplicate !== undefined) {
-      throw new TenderError('TENDER_USAGE', `two backup paths have the same name ${JSON.stringify(duplicate)}`, {
-        hint: 'back them up in separate snapshots, or back up their common parent directory',
-      });
-    }
-    // Resume: packs stored by an interrupted run but never indexed are indexed now, so their
-    // chunks are deduplicated instead of uploaded again. A run that stored packs left a session
-    // marker (it is written first and removed last), so without other markers there is nothing
-    // to find and the listing of every pack is skipped.
-    const otherSessions = (await listSessions(repo)).filter((s) => s.id !== session.id);
-    const unindexed = otherSessions.length > 0 ? await repo.listUnindexedPacks() : [];
-    if (unindexed.length > 0) {
-      const adopted = await repo.indexPacksFromHeaders(unindexed);
-      options.onResume?.({ packs: adopted.indexed, damaged: adopted.damaged });
-    }
-    const parentRoot = options.parent ? await parentTree(options.parent.snapshot.tree) : undefined;
     const previousByName = new Map(parentRoot?.tree.nodes.map((n) => [n.name, n]));
     const rootNodes: TreeNode[] = [];
     for (let i = 0; i < roots.length; i++) {
-      const node = await saveEntry(roots[i]!, names[i]!, previousByName.get(names[i]!));
+      const node = await saveRoot(roots[i]!, names[i]!, previousByName.get(names[i]!));
       if (node) rootNodes.push(node);
     }
     if (rootNodes.length === 0) {
@@ -298,21 +365,22 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       });
     }
     rootNodes.sort((a, b) => compareNames(a.name, b.name));
-    const tree = await repo.saveTree({ nodes: rootNodes });
-    await repo.flush();
+    const tree = await writer.saveTree({ nodes: rootNodes });
+    throwIfCancelled(signal);
+    await writer.flush();
     Object.assign(summary, {
       bytesRead: counters.bytesRead,
       blobsAdded: counters.blobsAdded,
       bytesAdded: counters.bytesAdded,
       bytesStored: counters.bytesStored,
       errors: errors.length,
-      durationMs: Date.now() - started,
+      durationMs: ctx.now() - started,
     });
     const snapshot: Snapshot = {
       version: 1,
       time: new Date(started).toISOString(),
-      hostname: options.hostname ?? os.hostname(),
-      username: os.userInfo().username,
+      hostname: options.hostname ?? ctx.identity.hostname,
+      username: ctx.identity.username,
       paths: roots,
       tags: options.tags ?? [],
       tree,
@@ -320,15 +388,19 @@ export async function backup(repo: Repository, options: BackupOptions): Promise<
       program: `tender ${version}`,
       summary,
     };
-    const snapshotId = await session.commit(() => repo.saveSnapshot(snapshot));
+    throwIfCancelled(signal);
+    const snapshotId = await session.commit(snapshot);
     return { snapshotId, snapshot, errors };
   } catch (err) {
-    await repo.indexStoredPacks();
+    fatal ??= err;
+    // Interrupted or failed: let every read and seal under way end, then index what was stored,
+    // so the next run resumes from the stored packs.
+    while (saving.size > 0) await Promise.allSettled([...saving]);
     throw err;
   } finally {
-    unregisterInterrupt();
+    signal.removeEventListener('abort', onAbort);
+    await writer.close();
     await scan;
-    await executor.close();
     await session.end().catch(() => undefined);
   }
 }
@@ -344,16 +416,35 @@ interface ParentTree {
   tree: Tree;
 }
 
-function contentStillStored(repo: Repository, node: TreeNode): boolean {
-  const ids = node.contentLists ?? node.content ?? [];
-  return ids.every((hex) => repo.hasHex(hex));
+/**
+ * A directory of the parent snapshot, or undefined when its tree is not in this run's index
+ * (its pack is doomed by a pending prune plan): then the files are simply read again.
+ */
+async function parentTree(repo: Repository, treeHex: string | undefined): Promise<ParentTree | undefined> {
+  return treeHex !== undefined && repo.hasHex(treeHex) ? { id: treeHex, tree: await repo.loadTree(treeHex) } : undefined;
 }
 
-async function scanTotals(paths: string[]): Promise<{ totalFiles: number; totalBytes: number }> {
+/** Whether every blob the node's content names, through its chunk lists too, is in the index. */
+async function contentStillStored(repo: Repository, writer: RepositoryWriter, node: TreeNode): Promise<boolean> {
+  if (!(node.content ?? []).every((hex) => writer.hasHex(hex))) return false;
+  for (const hex of node.contentLists ?? []) {
+    if (!writer.hasHex(hex)) return false;
+    const list = await repo.loadBlob(Buffer.from(hex, 'hex'), BlobType.list);
+    for (let i = 0; i < list.length; i += idLength) if (!writer.has(list.subarray(i, i + idLength))) return false;
+  }
+  return true;
+}
+
+/** A backup path's name in the snapshot's root tree: its last component, `/` for the root itself. */
+function rootName(absolutePath: string): string {
+  return path.basename(absolutePath) || '/';
+}
+
+async function scanTotals(paths: string[], signal: AbortSignal): Promise<{ totalFiles: number; totalBytes: number }> {
   let totalFiles = 0;
   let totalBytes = 0;
   const visit = async (p: string, stats: EntryStat | Error): Promise<void> => {
-    if (stats instanceof Error) return;
+    if (stats instanceof Error || signal.aborted) return;
     const type = nodeType(stats);
     if (type === 'file') {
       totalFiles++;

@@ -5,10 +5,11 @@ import type { BoundaryFinder } from './chunk/fastcdc.js';
 import type { BufferPool, PooledBuffer as Slot } from '../util/buffer-pool.js';
 import { BlobType } from '../repo/blob.js';
 import { idToHex } from '../repo/ids.js';
-import type { Repository } from '../repo/repository.js';
+import type { RepositoryWriter } from '../repo/repository.js';
 import { inlineContentLimit, listBlobCapacity } from '../repo/snapshot/tree.js';
 import { sealOverhead } from '../crypto/aead.js';
 import { TenderError } from '../errors/errors.js';
+import { throwIfCancelled } from '../util/operation.js';
 import type { Reservation } from '../repo/pack/pack.js';
 import type { CodecExecutor } from '../workers/pool.js';
 import { cachingReads, type ReadCachePolicy } from './read-cache.js';
@@ -35,7 +36,7 @@ export class FileSaver {
   private readonly inflight = new Set<string>();
 
   constructor(
-    private readonly repo: Repository,
+    private readonly repo: RepositoryWriter,
     private readonly executor: CodecExecutor,
     private readonly chunker: BoundaryFinder,
     private readonly params: ChunkerParams,
@@ -44,6 +45,8 @@ export class FileSaver {
     readonly counters: SaveCounters,
     private readonly onBytes: (n: number) => void = () => {},
     private readonly readCache: ReadCachePolicy = cachingReads,
+    /** Cancel: reads stop at the next slot; what is being sealed ends first. */
+    private readonly signal: AbortSignal = new AbortController().signal,
   ) {
     // Each filled slot must yield a chunk: the carried tail is < maxSize, so the slot must be larger.
     if (slots.bufferSize <= params.maxSize) throw new Error('slot size must exceed the maximum chunk size');
@@ -55,6 +58,7 @@ export class FileSaver {
    * small files costs a few worker round trips per batch instead of several per file.
    */
   async save(path: string, size: number): Promise<FileContent> {
+    throwIfCancelled(this.signal);
     if (size <= this.params.minSize) {
       const small = await this.saveSmall(path);
       if (small) return small;
@@ -136,6 +140,7 @@ export class FileSaver {
       let carry = 0;
       let position = 0;
       for (;;) {
+        throwIfCancelled(this.signal);
         let end = carry;
         let eof = false;
         while (end < slot.view.length) {
@@ -304,7 +309,7 @@ class ContentBuilder {
   private pendingCount = 0;
   private readonly lists: string[] = [];
 
-  constructor(private readonly repo: Repository) {}
+  constructor(private readonly repo: RepositoryWriter) {}
 
   async add(ids: Uint8Array): Promise<void> {
     if (ids.length === 0) return;

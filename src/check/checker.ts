@@ -2,20 +2,20 @@ import pLimit from 'p-limit';
 import { TenderError } from '../errors/errors.js';
 import { BlobType } from '../repo/blob.js';
 import { FormatError } from '../repo/binary.js';
-import { hexToId, idToHex, storedObjectId } from '../repo/ids.js';
+import { hexToId, idToHex } from '../repo/ids.js';
 import type { IndexedPack } from '../repo/index/index-file.js';
-import { decodePackHeader, packIdFromKey, packKey } from '../repo/pack/pack.js';
+import { IndexView } from '../repo/index/index-view.js';
+import { walkTree } from '../repo/snapshot/tree-walk.js';
+import { decodePackHeader, packKey } from '../repo/pack/pack.js';
 import type { Repository } from '../repo/repository.js';
 import { BufferPool, sharedBuffer } from '../util/buffer-pool.js';
-import { createExecutor, defaultWorkerCount } from '../workers/pool.js';
+import { type OperationContext, throwIfCancelled } from '../util/operation.js';
 
 export interface CheckOptions {
   /** Read every pack and verify every blob (decrypt, decompress, hash). */
   readData?: boolean;
   /** Read only this subset of the packs: a fraction in (0, 1], or group n of t (by pack ID). */
   readDataSubset?: { fraction: number } | { group: number; of: number };
-  workers?: number;
-  onProgress?: (message: string) => void;
 }
 
 export interface CheckProblem {
@@ -42,28 +42,31 @@ const maxAffectedListed = 20;
  * every blob a snapshot needs is indexed. With readData: every pack's header and every blob.
  * Packs no index lists are a warning (an interrupted backup), not damage.
  */
-export async function check(repo: Repository, options: CheckOptions = {}): Promise<CheckReport> {
+export async function check(repo: Repository, options: CheckOptions, ctx: OperationContext): Promise<CheckReport> {
   const report: CheckReport = { problems: [], warnings: [], snapshots: 0, packs: 0, blobs: 0 };
   const problem = (object: string, text: string, affects?: string[]) => report.problems.push({ object, problem: text, ...(affects ? { affects } : {}) });
-  const say = options.onProgress ?? (() => {});
+  const say = (message: string) => {
+    throwIfCancelled(ctx.signal);
+    ctx.logger.info(message);
+    ctx.events.emit('progress', { message });
+  };
   const limit = pLimit(8);
 
   say('checking key files');
-  for await (const { key } of repo.storage.list('keys/')) {
-    const bytes = await repo.storage.get(key);
-    if (idToHex(storedObjectId([bytes])) !== key.slice('keys/'.length)) problem(key, 'does not match its name (damaged)');
+  for (const key of await repo.listKeyFiles()) {
+    if (!(await repo.keyFileIntact(key))) problem(key, 'does not match its name (damaged)');
   }
 
   say('loading index files');
-  const indexKeys: string[] = [];
-  for await (const { key } of repo.storage.list('index/')) indexKeys.push(key);
+  // A view of its own: every index file, damaged ones reported one by one.
+  const view = new IndexView();
   const indexedPacks = new Map<string, IndexedPack>();
   await Promise.all(
-    indexKeys.map((key) =>
+    (await repo.listIndexFiles()).map((key) =>
       limit(async () => {
         try {
           const file = await repo.readIndexFile(key);
-          repo.addIndexedPacks(file.packs);
+          view.addPacks(file.packs);
           for (const p of file.packs) indexedPacks.set(idToHex(p.packId), p);
         } catch (err) {
           if (!(err instanceof TenderError && err.code === 'TENDER_CORRUPT')) throw err;
@@ -75,10 +78,7 @@ export async function check(repo: Repository, options: CheckOptions = {}): Promi
 
   say('checking packs');
   const stored = new Map<string, number>();
-  for await (const { key, size } of repo.storage.list('data/')) {
-    const id = packIdFromKey(key);
-    if (id) stored.set(id, size);
-  }
+  for (const { packId, size } of await repo.listPacks()) stored.set(idToHex(packId), size);
   report.packs = stored.size;
   let unindexed = 0;
   for (const id of stored.keys()) if (!indexedPacks.has(id)) unindexed++;
@@ -103,7 +103,7 @@ export async function check(repo: Repository, options: CheckOptions = {}): Promi
     const selected = (id: string) =>
       !subset ? true : 'fraction' in subset ? Math.random() < subset.fraction : parseInt(id.slice(0, 8), 16) % subset.of === subset.group - 1;
     say(subset ? 'reading a subset of the packs' : 'reading all packs');
-    const executor = createExecutor(repo.keys, repo.config.compressionLevel, options.workers ?? defaultWorkerCount());
+    const executor = repo.executor();
     const readers = pLimit(2);
     // Packs are read into reused shared buffers that the workers verify in place.
     const buffers = new BufferPool(repo.config.packSize + 1024 * 1024, 2);
@@ -111,7 +111,8 @@ export async function check(repo: Repository, options: CheckOptions = {}): Promi
       const key = packKey(id);
       const pooled = pack.packSize <= buffers.bufferSize ? await buffers.acquire() : sharedBuffer(pack.packSize);
       try {
-        const bytes = await repo.storage.get(key, undefined, pooled.view);
+        throwIfCancelled(ctx.signal);
+        const bytes = await repo.readPack(id, pooled.view);
         try {
           const header = decodePackHeader(repo.keys.encryption, hexToId(id), bytes, bytes.length);
           const headerIds = new Set(header.map((b) => idToHex(b.id)));
@@ -133,12 +134,8 @@ export async function check(repo: Repository, options: CheckOptions = {}): Promi
         if (pooled.view.length === buffers.bufferSize) buffers.release(pooled);
       }
     };
-    try {
-      const toRead = [...indexedPacks].filter(([id, p]) => stored.get(id) === p.packSize && selected(id));
-      await Promise.all(toRead.map(([id, pack]) => readers(() => verifyPack(id, pack))));
-    } finally {
-      await executor.close();
-    }
+    const toRead = [...indexedPacks].filter(([id, p]) => stored.get(id) === p.packSize && selected(id));
+    await Promise.all(toRead.map(([id, pack]) => readers(() => verifyPack(id, pack))));
   }
 
   say('checking snapshots');
@@ -146,33 +143,32 @@ export async function check(repo: Repository, options: CheckOptions = {}): Promi
   report.snapshots = snapshotIds.length;
   const affected = new Map<string, string[]>();
   const noteUse = (blobHex: string, where: string) => {
-    if (!damagedBlobs.has(blobHex) && repo.has(hexToId(blobHex))) return false;
+    if (!damagedBlobs.has(blobHex) && view.hasHex(blobHex)) return false;
     const list = affected.get(blobHex) ?? [];
     if (list.length < maxAffectedListed) list.push(where);
     affected.set(blobHex, list);
     return true;
   };
   const checkedTrees = new Set<string>();
-  const walk = async (treeHex: string, where: string): Promise<void> => {
-    if (checkedTrees.has(treeHex)) return;
+  /** Each tree once; one that is not indexed (or damaged) is noted with where it was needed. */
+  const skip = (treeHex: string, where: string) => {
+    if (checkedTrees.has(treeHex)) return true;
     checkedTrees.add(treeHex);
-    if (noteUse(treeHex, where)) return;
-    let tree;
-    try {
-      tree = await repo.loadTree(treeHex);
-    } catch (err) {
-      if (!(err instanceof TenderError && err.code === 'TENDER_CORRUPT')) throw err;
-      problem(`tree ${treeHex}`, err.message, [where]);
-      return;
-    }
-    for (const node of tree.nodes) {
-      const path = `${where}/${node.name}`;
-      if (node.subtree) await walk(node.subtree, path);
+    return noteUse(treeHex, where);
+  };
+  const onError = (treeHex: string, where: string, err: unknown) => {
+    if (!(err instanceof TenderError && err.code === 'TENDER_CORRUPT')) throw err;
+    problem(`tree ${treeHex}`, err.message, [where]);
+  };
+  const walk = async (treeHex: string, where: string): Promise<void> => {
+    for await (const step of walkTree(repo, treeHex, { view, prefix: where, skip, onError, signal: ctx.signal })) {
+      if (step.kind !== 'entry') continue;
+      const { path, node } = step;
       for (const hex of node.content ?? []) noteUse(hex, path);
       for (const hex of node.contentLists ?? []) {
         if (noteUse(hex, path)) continue;
         try {
-          const list = await repo.loadBlob(hexToId(hex), BlobType.list);
+          const list = await repo.loadBlob(hexToId(hex), BlobType.list, view);
           for (let i = 0; i < list.length; i += 32) noteUse(idToHex(list.subarray(i, i + 32)), path);
         } catch (err) {
           if (!(err instanceof TenderError && err.code === 'TENDER_CORRUPT')) throw err;
@@ -185,6 +181,7 @@ export async function check(repo: Repository, options: CheckOptions = {}): Promi
     const key = `snapshots/${id}`;
     try {
       const snapshot = await repo.loadListedSnapshot(id);
+      throwIfCancelled(ctx.signal);
       if (snapshot) await walk(snapshot.tree, `snapshot ${id.slice(0, 8)}:`);
     } catch (err) {
       if (!(err instanceof TenderError && err.code === 'TENDER_CORRUPT')) throw err;
@@ -194,6 +191,6 @@ export async function check(repo: Repository, options: CheckOptions = {}): Promi
   for (const [blobHex, where] of affected) {
     problem(`blob ${blobHex}`, damagedBlobs.get(blobHex) ?? 'is not in any index (missing)', where);
   }
-  report.blobs = repo.blobCount;
+  report.blobs = view.blobCount;
   return report;
 }

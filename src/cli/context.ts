@@ -3,6 +3,8 @@ import { TenderError } from '../errors/errors.js';
 import { Repository } from '../repo/repository.js';
 import { openStorage } from '../storage/open.js';
 import type { Storage } from '../storage/storage.js';
+import { cancelOnInterrupt } from '../util/interrupt.js';
+import { type OperationContext, createOperationContext } from '../util/operation.js';
 import { readPassword, repositoryPassword } from './password.js';
 
 /** Options every command shares (declared on the root program). */
@@ -31,25 +33,31 @@ export async function openRepoStorage(opts: GlobalOptions): Promise<Storage> {
   });
 }
 
-/** Opens the repository; with `loadIndex` also reads every index file (needed to read or write blobs). */
-export async function openRepository(opts: GlobalOptions, loadIndex: boolean): Promise<Repository> {
+/** Opens the repository (every operation refreshes the index it needs itself). */
+export async function openRepository(opts: GlobalOptions): Promise<Repository> {
   const storage = await openRepoStorage(opts);
   try {
-    const repo = await Repository.open(storage, await readPassword(repositoryPassword(opts.passwordFile), 'open'));
-    if (loadIndex) await repo.loadIndex();
-    return repo;
+    return await Repository.open(storage, await readPassword(repositoryPassword(opts.passwordFile), 'open'), {
+      ...(opts.workers !== undefined ? { workers: opts.workers } : {}),
+    });
   } catch (err) {
     await storage.close();
     throw err;
   }
 }
 
-/** Runs `fn` with an open repository and always closes it. */
-export async function withRepository<T>(opts: GlobalOptions, loadIndex: boolean, fn: (repo: Repository) => Promise<T>): Promise<T> {
-  const repo = await openRepository(opts, loadIndex);
+/**
+ * Runs one command's operation with an open repository and always closes it. Its context is
+ * cancelled by Ctrl-C and SIGTERM (bin/tender.js), so the operation unwinds cleanly.
+ */
+export async function withRepository<T>(opts: GlobalOptions, fn: (repo: Repository, ctx: OperationContext) => Promise<T>): Promise<T> {
+  const repo = await openRepository(opts);
+  const controller = new AbortController();
+  const unregister = cancelOnInterrupt(controller);
   try {
-    return await fn(repo);
+    return await fn(repo, createOperationContext({ signal: controller.signal }));
   } finally {
+    unregister();
     await repo.close();
   }
 }

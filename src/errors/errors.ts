@@ -19,6 +19,8 @@ export type ErrorCode =
   | 'TENDER_STORAGE_AUTH'
   | 'TENDER_STORAGE_CONFIG'
   | 'TENDER_INTERRUPTED'
+  /** The operation's AbortSignal fired (Ctrl-C, SIGTERM, an agent's DELETE /v1/runs/{id}). */
+  | 'TENDER_CANCELLED'
   | 'TENDER_IO'
   /** A bug or an unexpected failure inside tender (worker thread, invariant). */
   | 'TENDER_INTERNAL';
@@ -67,6 +69,7 @@ export function exitCodeFor(err: unknown): number {
     case 'TENDER_WRONG_PASSWORD':
       return ExitCode.wrongPassword;
     case 'TENDER_INTERRUPTED':
+    case 'TENDER_CANCELLED':
       return ExitCode.interrupted;
     default:
       return ExitCode.failure;

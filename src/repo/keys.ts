@@ -1,5 +1,5 @@
 import { randomBytes, scrypt as scryptCallback } from 'node:crypto';
-import os from 'node:os';
+import type { Identity } from '../util/operation.js';
 import { promisify } from 'node:util';
 import { DecryptError, aadLabel, open, seal } from '../crypto/aead.js';
 import { TenderError } from '../errors/errors.js';
@@ -53,6 +53,7 @@ export async function addKey(
   repositoryId: string,
   keys: MasterKeys,
   password: string,
+  identity: Identity,
   kdf: KdfParams = defaultKdf,
 ): Promise<string> {
   const salt = randomBytes(32);
@@ -66,8 +67,8 @@ export async function addKey(
   const file: KeyFileJson = {
     version: 1,
     created: new Date().toISOString(),
-    hostname: os.hostname(),
-    username: os.userInfo().username,
+    hostname: identity.hostname,
+    username: identity.username,
     repository: repositoryId,
     kdf: { name: 'scrypt', ...kdf, salt: salt.toString('base64') },
     sealed: seal(wrapping, Buffer.from(secret), aadLabel('key')).toString('base64'),

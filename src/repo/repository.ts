@@ -1,22 +1,28 @@
 import pLimit from 'p-limit';
-import { DecryptError, aadLabel, open, seal, sealOverhead } from '../crypto/aead.js';
+import { DecryptError, aadLabel, open, seal } from '../crypto/aead.js';
 import { TenderError } from '../errors/errors.js';
-import { type ChunkerParams, defaultChunkerParams } from './chunker-params.js';
 import type { Storage } from '../storage/storage.js';
 import { BlobCodec, BlobCorruptError } from '../transform/blob-codec.js';
-import { BufferPool, type PooledBuffer, sharedBuffer } from '../util/buffer-pool.js';
 import type { MasterKeys } from '../transform/keys.js';
+import { BufferPool } from '../util/buffer-pool.js';
+import { type Identity, processIdentity } from '../util/operation.js';
+import { type CodecExecutor, createExecutor, defaultWorkerCount } from '../workers/pool.js';
 import { FormatError } from './binary.js';
 import { type BlobEntry, BlobType } from './blob.js';
+import { type ChunkerParams, defaultChunkerParams } from './chunker-params.js';
 import { type RepositoryConfig, configKey, encodeConfig, formatVersion, openConfig, readConfigEnvelope } from './config.js';
-import { type BlobLocation, IdTable } from './index/id-table.js';
+import type { BlobLocation } from './index/id-table.js';
 import { type IndexFile, type IndexedPack, decodeIndex, encodeIndex } from './index/index-file.js';
-import { idLength, idToHex, randomId, storedObjectId } from './ids.js';
+import { IndexView } from './index/index-view.js';
+import { idToHex, randomId, storedObjectId } from './ids.js';
 import { type KdfParams, addKey, newMasterKeys, unlock } from './keys.js';
-import { holdsRepositoryObjects } from './storage-probe.js';
-import { PackBuilder, type Reservation, decodePackHeader, headerLengthFromTail, packIdFromKey, packKey, packTailGuess } from './pack/pack.js';
+import { decodePackHeader, headerLengthFromTail, packIdFromKey, packKey, packTailGuess } from './pack/pack.js';
+import type { DeletionPlan } from './plans.js';
+import { type SessionInfo, WriterSession, listSessions, sessionKey } from './sessions.js';
 import { type Snapshot, decodeSnapshot, encodeSnapshot } from './snapshot/snapshot.js';
-import { type Tree, decodeTree, encodeTree } from './snapshot/tree.js';
+import { type Tree, decodeTree } from './snapshot/tree.js';
+import { holdsRepositoryObjects } from './storage-probe.js';
+import { RepositoryWriter, type WriterOptions } from './writer.js';
 
 /**
  * Memory for cached metadata packs (trees and file chunk lists). Trees are read in walk order,
@@ -24,6 +30,8 @@ import { type Tree, decodeTree, encodeTree } from './snapshot/tree.js';
  * of tree packs with 64 MiB allowed (peak RSS 264 MB) and runs as fast with 16 MiB (240 MB).
  */
 const metadataCacheBytes = 16 * 1024 * 1024;
+/** Size of the buffers tree and list packs fill (at most the repository's pack size). */
+const metadataPackSize = 4 * 1024 * 1024;
 
 export interface InitOptions {
   chunker?: ChunkerParams;
@@ -32,69 +40,66 @@ export interface InitOptions {
   kdf?: KdfParams;
 }
 
-export interface WriteOptions {
-  /** Write an index file after this many packs are stored, so a crashed run keeps its work. */
-  packsPerIndex?: number;
+export interface OpenOptions {
+  /** Worker threads for sealing and opening blobs, shared by every operation (0: this thread). */
+  workers?: number;
+  /** Recorded in key files and session markers; default: this process (see util/operation.ts). */
+  identity?: Identity;
+  /** The clock for session heartbeats and deletion plans (tests). */
+  now?: () => number;
+}
+
+export interface LoadIndexOptions {
+  /** Keep the packs pending deletion plans doom (prune and check need them; writers must not). */
+  includeDoomed?: boolean;
+  /** Report a damaged index file and go on (check); without it a damaged file is an error. */
+  onDamaged?: (key: string, err: TenderError) => void;
 }
 
 /**
- * The repository layer: keys, config, index, packs, snapshots on top of a Storage.
+ * The repository layer, opened once per process and shared by every operation: keys, config,
+ * the index, packs, snapshots, keys, sessions and deletion plans on top of a Storage. It owns
+ * every protocol on the stored objects; nothing above src/repo/ touches the Storage. Writing goes
+ * through a RepositoryWriter per operation (openWriter), which fails alone.
  * It knows nothing about files or backups: it stores and loads blobs and snapshots.
- *
- * Write order (docs/design.md, "Write order"): a pack is stored before any index lists it; an
- * index is stored before any snapshot relies on it. A crash therefore leaves at most
- * unreferenced packs, never a snapshot that points at nothing.
  */
-/** An index file is written once this many blob entries wait (about 3 MiB of index file). */
-const blobsPerIndex = 65536;
-/** Size of the buffers tree and list packs fill (at most the repository's pack size). */
-const metadataPackSize = 4 * 1024 * 1024;
-
 export class Repository {
   readonly codec: BlobCodec;
-  private index = new IdTable();
-  private readonly packIds: Buffer[] = [];
-  private readonly packSizes: number[] = [];
-  private readonly packIndexByHex = new Map<string, number>();
-  private readonly indexFileIds = new Set<string>();
-  private excludedPacks: ReadonlySet<string> = new Set();
-  /** Whole tree/list packs recently read (insertion order = LRU order). */
-  private readonly metadataPacks = new Map<number, Promise<Buffer>>();
+  /** The shared index; replaced as a whole by refreshIndex, added to by writers' uploads. */
+  private shared = new IndexView();
+  /** Whole tree/list packs recently read, by pack ID (insertion order = LRU order). */
+  private readonly metadataPacks = new Map<string, { size: number; bytes: Promise<Buffer> }>();
   private metadataPackBytes = 0;
-
-  // Writing state.
-  private readonly openPacks = new Map<BlobType, PackBuilder>();
-  private readonly uploads = new Set<Promise<void>>();
-  private pendingIndex: IndexedPack[] = [];
-  private pendingIndexBlobs = 0;
-  private uploadError: unknown;
-  private readonly packsPerIndex: number;
-  /** Buffers of data packs: the open one plus the packs uploading; bounds memory. */
+  /** Pack buffers shared by all writers: their count grows with the writers open (see openWriter). */
   private readonly dataPackBuffers: BufferPool;
-  /**
-   * Trees and lists are few and small: their packs fill smaller buffers of their own, so an open
-   * tree pack does not hold back a data pack's upload.
-   */
   private readonly metadataPackBuffers: BufferPool;
-  /** Hex IDs of committed blobs whose pack is not stored yet (they count as present for dedup). */
-  private readonly unindexed = new Set<string>();
+  private readonly writers = new Set<RepositoryWriter>();
+  /** Index refreshes and writers' index-file writes take turns (see withIndexLock). */
+  private indexLock: Promise<void> = Promise.resolve();
+  private codecExecutor: CodecExecutor | undefined;
+  readonly identity: Identity;
+  readonly now: () => number;
+  private readonly workers: number | undefined;
 
   private constructor(
+    /** Only src/repo/ uses it: operations go through the repository's methods. */
     readonly storage: Storage,
     readonly keys: MasterKeys,
     readonly config: RepositoryConfig,
     readonly keyFile: string,
-    options: WriteOptions = {},
+    options: OpenOptions,
   ) {
     this.codec = new BlobCodec(keys, config.compressionLevel);
-    // Packs uploading, and the open one; producers wait for a free buffer beyond that (backpressure).
-    this.dataPackBuffers = new BufferPool(config.packSize, storage.concurrentPuts + 1);
-    // Open tree and list packs, and one uploading.
-    this.metadataPackBuffers = new BufferPool(Math.min(config.packSize, metadataPackSize), 3);
-    this.packsPerIndex = options.packsPerIndex ?? 32;
+    this.identity = options.identity ?? processIdentity();
+    this.now = options.now ?? Date.now;
+    this.workers = options.workers;
+    // Per writer: the pack it fills; plus the packs uploading (storage.concurrentPuts).
+    this.dataPackBuffers = new BufferPool(config.packSize, storage.concurrentPuts);
+    // Per writer: open tree and list packs; plus one uploading.
+    this.metadataPackBuffers = new BufferPool(Math.min(config.packSize, metadataPackSize), 1);
   }
 
-  static async init(storage: Storage, password: string, options: InitOptions = {}): Promise<Repository> {
+  static async init(storage: Storage, password: string, options: InitOptions & OpenOptions = {}): Promise<Repository> {
     if (await storage.stat(configKey)) {
       throw new TenderError('TENDER_REPO_EXISTS', `a repository already exists at ${storage.location}`, {
         hint: 'use it as it is, or choose another --repo',
@@ -105,62 +110,139 @@ export class Repository {
         hint: 'the config was lost: restore it from a copy of the repository; init would make the existing data unreadable',
       });
     }
+    const identity = options.identity ?? processIdentity();
     const keys = newMasterKeys();
     const repository = idToHex(randomId());
     const config: RepositoryConfig = {
       version: formatVersion,
       repository,
-      created: new Date().toISOString(),
+      created: new Date((options.now ?? Date.now)()).toISOString(),
       chunker: options.chunker ?? defaultChunkerParams,
       compressionLevel: options.compressionLevel ?? 1,
       packSize: options.packSize ?? 16 * 1024 * 1024,
     };
     // Key first, config last: an interrupted init leaves no config, so it is not a repository yet.
-    const keyFile = await addKey(storage, repository, keys, password, options.kdf);
+    const keyFile = await addKey(storage, repository, keys, password, identity, options.kdf);
     if ((await storage.put(configKey, [encodeConfig(keys.encryption, config)])) === 'exists') {
       throw new TenderError('TENDER_REPO_EXISTS', `a repository was created at ${storage.location} at the same time`);
     }
-    return new Repository(storage, keys, config, keyFile);
+    return new Repository(storage, keys, config, keyFile, { ...options, identity });
   }
 
-  static async open(storage: Storage, password: string, options: WriteOptions = {}): Promise<Repository> {
+  static async open(storage: Storage, password: string, options: OpenOptions = {}): Promise<Repository> {
     const envelope = await readConfigEnvelope(storage);
     const { keys, keyFile } = await unlock(storage, envelope.repository, password);
     const config = openConfig(storage, keys.encryption, envelope);
     return new Repository(storage, keys, config, keyFile, options);
   }
 
-  async addKey(password: string, kdf?: KdfParams): Promise<string> {
-    return addKey(this.storage, this.config.repository, this.keys, password, kdf);
+  /** Where it is stored, for messages ("/srv/repo", "s3://bucket/prefix"). */
+  get location(): string {
+    return this.storage.location;
+  }
+
+  /** The worker pool every operation of this process shares (created on first use). */
+  executor(): CodecExecutor {
+    this.codecExecutor ??= createExecutor(this.keys, this.config.compressionLevel, this.workers ?? defaultWorkerCount());
+    return this.codecExecutor;
+  }
+
+  /** Worker threads the shared pool runs (an operation splits its work into this many parts). */
+  get parallelism(): number {
+    return Math.max(1, this.workers ?? defaultWorkerCount());
+  }
+
+  // ---- writers -------------------------------------------------------------------------
+
+  /**
+   * A writer for one operation. Each open writer adds one data pack buffer and two metadata pack
+   * buffers to the shared pools (the packs it fills), so writers never wait on each other's
+   * open packs; the packs uploading stay bounded by the backend's concurrentPuts in all.
+   */
+  openWriter(options: WriterOptions = {}): RepositoryWriter {
+    const writer = new RepositoryWriter(this, { data: this.dataPackBuffers, metadata: this.metadataPackBuffers }, options, (w) => {
+      this.writers.delete(w);
+      this.resizePackPools();
+    });
+    this.writers.add(writer);
+    this.resizePackPools();
+    return writer;
+  }
+
+  private resizePackPools(): void {
+    this.dataPackBuffers.resize(this.storage.concurrentPuts + this.writers.size);
+    this.metadataPackBuffers.resize(1 + 2 * this.writers.size);
+  }
+
+  /** @internal A writer stores a finished pack. */
+  async storePack(key: string, parts: readonly Uint8Array[], partsReleased: () => void): Promise<void> {
+    await this.storage.put(key, parts, { partsReleased });
+  }
+
+  /** @internal Index refreshes and writers' index-file writes run one at a time. */
+  withIndexLock<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.indexLock.then(fn);
+    this.indexLock = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return run;
   }
 
   // ---- index ---------------------------------------------------------------------------
 
-  /**
-   * Loads every index file. Damaged ones are an error naming the object (see `check`, `repair`).
-   * Packs in `excludedPacks` (doomed by a pending deletion plan) are left out, so nothing new
-   * comes to depend on them.
-   */
-  async loadIndex(excludedPacks: ReadonlySet<string> = new Set()): Promise<void> {
-    this.excludedPacks = excludedPacks;
-    await this.loadIndexFiles(new Set());
+  /** The shared index (what backups deduplicate against and restores read through). */
+  get index(): IndexView {
+    return this.shared;
   }
 
   /**
-   * Adds each index file's packs as soon as it is decoded, so only one file's entries are ever
-   * held as objects (a million-blob index is otherwise hundreds of MB of them). A file is
-   * skipped when a file read before it supersedes it. Rarely (during a prune's sweep) a file
-   * read earlier turns out superseded by one read later; its entries may name deleted packs,
-   * so the table is rebuilt, skipping every file known to be superseded.
+   * Reloads the shared index from storage, without the packs pending deletion plans doom, so
+   * nothing new comes to depend on them, and with what open writers stored but have not indexed
+   * yet. Call it when an operation starts: a long-running process sees what other processes
+   * stored, and stops using what a prune has since doomed.
    */
-  private async loadIndexFiles(knownSuperseded: ReadonlySet<string>, round = 1): Promise<void> {
+  async refreshIndex(): Promise<void> {
+    await this.withIndexLock(async () => {
+      const next = await this.loadIndex();
+      for (const writer of this.writers) next.addPacks(writer.packsAwaitingIndex);
+      this.shared = next;
+    });
+  }
+
+  /**
+   * A new index view from every index file. Each file's packs are added as soon as it is
+   * decoded, so only one file's entries are ever held as objects (a million-blob index is
+   * otherwise hundreds of MB of them). A file is skipped when a file read before it supersedes
+   * it. Rarely (during a prune's sweep) a file read earlier turns out superseded by one read
+   * later; its entries may name deleted packs, so the view is rebuilt, skipping every file known
+   * to be superseded.
+   */
+  async loadIndex(options: LoadIndexOptions = {}): Promise<IndexView> {
+    const excluded = options.includeDoomed ? new Set<string>() : await this.doomedPacks();
+    let superseded = new Set<string>();
+    for (let round = 1; ; round++) {
+      const view = new IndexView();
+      const found = await this.loadIndexFilesInto(view, superseded, excluded, options.onDamaged);
+      if (![...view.indexFiles].some((key) => found.has(key))) return view;
+      if (round >= 5) throw corrupt('index/', 'keeps changing while it is read (index files superseding each other)', 'run the command again once prune has finished');
+      superseded = found;
+    }
+  }
+
+  /** Loads index files into `view`; returns every file some file read names as superseded. */
+  private async loadIndexFilesInto(
+    view: IndexView,
+    knownSuperseded: ReadonlySet<string>,
+    excluded: ReadonlySet<string>,
+    onDamaged: LoadIndexOptions['onDamaged'],
+  ): Promise<Set<string>> {
     const superseded = new Set(knownSuperseded);
-    const added = new Set<string>();
+    const read = new Set<string>();
     // A prune's sweep may delete index files between the listing and the reads; it stores their
     // replacement first, so listing again finds it.
     for (let attempt = 1; ; attempt++) {
-      const keys: string[] = [];
-      for await (const { key } of this.storage.list('index/')) if (!this.indexFileIds.has(key)) keys.push(key);
+      const keys = (await this.listIndexFiles()).filter((key) => !read.has(key));
       const limit = pLimit(8);
       let vanished = 0;
       await Promise.all(
@@ -170,32 +252,33 @@ export class Repository {
             try {
               file = await this.readIndexFile(key);
             } catch (err) {
-              if (!(err instanceof TenderError && err.code === 'TENDER_NOT_FOUND') || attempt >= 5) throw err;
-              vanished++;
-              return;
+              if (err instanceof TenderError && err.code === 'TENDER_NOT_FOUND' && attempt < 5) {
+                vanished++;
+                return;
+              }
+              if (onDamaged && err instanceof TenderError && err.code === 'TENDER_CORRUPT') {
+                read.add(key);
+                onDamaged(key, err);
+                return;
+              }
+              throw err;
             }
-            this.indexFileIds.add(key);
+            read.add(key);
             for (const id of file.superseded) superseded.add(`index/${idToHex(id)}`);
             if (superseded.has(key)) return;
-            this.addIndexedPacks(file.packs.filter((p) => !this.excludedPacks.has(idToHex(p.packId))));
-            added.add(key);
+            view.addPacks(file.packs.filter((p) => !excluded.has(idToHex(p.packId))));
+            view.indexFiles.add(key);
           }),
         ),
       );
-      if (vanished === 0) break;
+      if (vanished === 0) return superseded;
     }
-    if (![...added].some((key) => superseded.has(key))) return;
-    if (round >= 5) throw corrupt('index/', 'keeps changing while it is read (index files superseding each other)', 'run the command again once prune has finished');
-    this.clearIndex();
-    await this.loadIndexFiles(superseded, round + 1);
   }
 
-  private clearIndex(): void {
-    this.index = new IdTable();
-    this.packIds.length = 0;
-    this.packSizes.length = 0;
-    this.packIndexByHex.clear();
-    this.indexFileIds.clear();
+  async listIndexFiles(): Promise<string[]> {
+    const keys: string[] = [];
+    for await (const { key } of this.storage.list('index/')) keys.push(key);
+    return keys;
   }
 
   async readIndexFile(key: string): Promise<IndexFile> {
@@ -210,72 +293,76 @@ export class Repository {
     }
   }
 
-  get indexFiles(): ReadonlySet<string> {
-    return this.indexFileIds;
+  async saveIndexFile(file: IndexFile): Promise<string> {
+    const bytes = encodeIndex(this.keys.encryption, file);
+    const key = `index/${idToHex(storedObjectId([bytes]))}`;
+    await this.storage.put(key, [bytes]);
+    this.shared.indexFiles.add(key);
+    return key;
   }
 
-  addIndexedPacks(packs: readonly IndexedPack[]): void {
-    for (const pack of packs) {
-      const packIndex = this.packIndexOf(pack.packId, pack.packSize);
-      for (const b of pack.blobs) {
-        this.index.add(b.id, { packIndex, offset: b.offset, storedLength: b.storedLength, rawLength: b.rawLength, type: b.type, flags: b.flags });
-      }
-    }
-  }
-
-  private packIndexOf(packId: Buffer, size: number): number {
-    const hex = idToHex(packId);
-    let i = this.packIndexByHex.get(hex);
-    if (i === undefined) {
-      i = this.packIds.length;
-      this.packIds.push(packId);
-      this.packSizes.push(size);
-      this.packIndexByHex.set(hex, i);
-    }
-    return i;
+  async deleteIndexFile(key: string): Promise<void> {
+    await this.storage.delete(key);
   }
 
   has(id: Uint8Array): boolean {
-    return this.index.has(id) || (this.unindexed.size > 0 && this.unindexed.has(idToHex(id)));
+    return this.shared.has(id);
   }
 
-  private readonly hexScratch = Buffer.alloc(idLength);
-
-  /** has() for an ID in hex (from a tree), without allocating; false for a malformed ID. */
   hasHex(hex: string): boolean {
-    if (hex.length !== 2 * idLength || this.hexScratch.write(hex, 'hex') !== idLength) return false;
-    return this.index.has(this.hexScratch) || (this.unindexed.size > 0 && this.unindexed.has(hex));
+    return this.shared.hasHex(hex);
   }
 
   lookup(id: Uint8Array): BlobLocation | undefined {
-    return this.index.get(id);
+    return this.shared.lookup(id);
   }
 
-  get blobCount(): number {
-    return this.index.size;
-  }
+  // ---- packs ---------------------------------------------------------------------------
 
-  packIdAt(packIndex: number): Buffer {
-    return this.packIds[packIndex]!;
-  }
-
-  forEachBlob(visit: (id: Uint8Array, loc: BlobLocation) => void): void {
-    this.index.forEach(visit);
-  }
-
-  // ---- packs outside the index (resume, repair) ------------------------------------------
-
-  /**
-   * Packs in storage that no loaded index lists (and no deletion plan dooms): left by an
-   * interrupted run, or just stored by another writer.
-   */
-  async listUnindexedPacks(): Promise<Array<{ packId: Buffer; size: number }>> {
+  /** Every pack in storage, indexed or not. */
+  async listPacks(): Promise<Array<{ packId: Buffer; size: number }>> {
     const found: Array<{ packId: Buffer; size: number }> = [];
     for await (const { key, size } of this.storage.list('data/')) {
       const hex = packIdFromKey(key);
-      if (hex && !this.packIndexByHex.has(hex) && !this.excludedPacks.has(hex)) found.push({ packId: Buffer.from(hex, 'hex'), size });
+      if (hex) found.push({ packId: Buffer.from(hex, 'hex'), size });
     }
     return found;
+  }
+
+  /**
+   * Packs in storage that `view` does not list (and no deletion plan dooms): left by an
+   * interrupted run, or just stored by another writer.
+   */
+  async listUnindexedPacks(view: IndexView = this.shared, excluded?: ReadonlySet<string>): Promise<Array<{ packId: Buffer; size: number }>> {
+    const doomed = excluded ?? (await this.doomedPacks());
+    return (await this.listPacks()).filter((p) => {
+      const hex = idToHex(p.packId);
+      return !view.hasPack(hex) && !doomed.has(hex);
+    });
+  }
+
+  async packSize(packId: Uint8Array | string): Promise<number | undefined> {
+    return (await this.storage.stat(packKey(packId)))?.size;
+  }
+
+  /** A whole pack file (repack, check --read-data), into `into` when given. */
+  async readPack(packId: Uint8Array | string, into?: Uint8Array): Promise<Buffer> {
+    return this.storage.get(packKey(packId), undefined, into);
+  }
+
+  /** Bytes of a pack (restore's ranged reads), into `into` when given. */
+  async readPackRange(packId: Uint8Array | string, offset: number, length: number, into?: Uint8Array): Promise<Buffer> {
+    const key = packKey(packId);
+    const bytes = await this.storage.get(key, { offset, length }, into).catch((err) => {
+      if (err instanceof TenderError && err.code === 'TENDER_NOT_FOUND') throw corrupt(key, 'is missing', 'run `tender check`; the index lists a pack that is gone');
+      throw err;
+    });
+    if (bytes.length !== length) throw corrupt(key, `is truncated (${length} bytes at ${offset} are cut short)`);
+    return bytes;
+  }
+
+  async deletePack(packId: Uint8Array | string): Promise<void> {
+    await this.storage.delete(packKey(packId));
   }
 
   /** The blobs a pack's own header lists (one ranged read of its tail, two if the header is large). */
@@ -317,183 +404,20 @@ export class Repository {
     );
     if (indexed.length === 0 && superseded.length === 0) return { indexed: 0, damaged };
     const indexFile = await this.saveIndexFile({ superseded, packs: indexed });
-    this.addIndexedPacks(indexed);
+    this.shared.addPacks(indexed);
     return { indexed: indexed.length, damaged, indexFile };
-  }
-
-  // ---- writing blobs -------------------------------------------------------------------
-
-  /**
-   * Sets aside `capacity` bytes in the open pack for `type` for one sealed blob. Waits
-   * (backpressure) while every pack buffer is in use: open packs and packs being uploaded.
-   * The caller fills the region and then commits or abandons it.
-   */
-  async reserve(type: BlobType, capacity: number): Promise<Reservation> {
-    const now = this.tryReserve(type, capacity);
-    if (now) return now;
-    for (;;) {
-      const open = this.openPacks.get(type);
-      const reservation = open?.reserve(capacity);
-      if (reservation) return reservation;
-      if (open) this.closePack(type, open);
-      const pool = this.packBuffersFor(type);
-      const buffer = capacity <= pool.bufferSize ? await pool.acquire() : sharedBuffer(capacity);
-      this.throwIfUploadFailed();
-      // Another caller may have opened a pack for this type while this one waited.
-      const raced = this.openPacks.get(type);
-      if (raced) {
-        this.releasePackBuffer(buffer);
-        continue;
-      }
-      this.openPacks.set(type, new PackBuilder(buffer));
-    }
-  }
-
-  /** reserve() without waiting: undefined when it would have to wait for a pack buffer. */
-  tryReserve(type: BlobType, capacity: number): Reservation | undefined {
-    this.throwIfUploadFailed();
-    const open = this.openPacks.get(type);
-    const reservation = open?.reserve(capacity);
-    const pool = this.packBuffersFor(type);
-    if (reservation || capacity > pool.bufferSize) return reservation;
-    const buffer = pool.tryAcquire();
-    if (!buffer) return undefined;
-    if (open) this.closePack(type, open);
-    const pack = new PackBuilder(buffer);
-    this.openPacks.set(type, pack);
-    return pack.reserve(capacity);
-  }
-
-  /** Records the sealed blob written into `r`. The blob counts as stored (`has`) from now on. */
-  commit(r: Reservation, type: BlobType, id: Uint8Array, rawLength: number, storedLength: number, flags: number): void {
-    const idCopy = Buffer.from(id);
-    r.pack.commit(r, { id: idCopy, type, flags, rawLength }, storedLength);
-    this.unindexed.add(idToHex(idCopy));
-    if (r.pack.complete) this.startUpload(r.pack);
-  }
-
-  abandon(r: Reservation): void {
-    r.pack.abandon(r);
-    if (r.pack.complete) this.startUpload(r.pack);
-  }
-
-  /** Seals and saves a blob on this thread (trees and lists: small and few). Returns its ID. */
-  async saveBlob(type: BlobType, plaintext: Buffer): Promise<Buffer> {
-    const id = this.codec.id(plaintext);
-    if (this.has(id)) return id;
-    const r = await this.reserve(type, plaintext.length + sealOverhead);
-    const { storedLength, flags } = this.codec.sealInto(type, id, plaintext, new Uint8Array(r.buffer, r.offset, r.capacity));
-    this.commit(r, type, id, plaintext.length, storedLength, flags);
-    return id;
-  }
-
-  /** Saves an already sealed blob (repack copies sealed bytes between packs unchanged). */
-  async saveSealed(type: BlobType, id: Uint8Array, rawLength: number, sealed: Uint8Array, flags: number): Promise<void> {
-    const r = await this.reserve(type, sealed.length);
-    new Uint8Array(r.buffer, r.offset, sealed.length).set(sealed);
-    this.commit(r, type, id, rawLength, sealed.length, flags);
-  }
-
-  async saveTree(tree: Tree): Promise<string> {
-    return idToHex(await this.saveBlob(BlobType.tree, encodeTree(tree)));
-  }
-
-  private closePack(type: BlobType, pack: PackBuilder): void {
-    if (this.openPacks.get(type) === pack) this.openPacks.delete(type);
-    pack.closed = true;
-    if (pack.complete) this.startUpload(pack);
-  }
-
-  private packBuffersFor(type: BlobType): BufferPool {
-    return type === BlobType.data ? this.dataPackBuffers : this.metadataPackBuffers;
-  }
-
-  private releasePackBuffer(buffer: PooledBuffer): void {
-    buffer.pool?.release(buffer);
-  }
-
-  /** Stores a complete pack; its buffer returns to the pool when the upload ends. */
-  private startUpload(pack: PackBuilder): void {
-    if (pack.isEmpty) {
-      this.releasePackBuffer(pack.buffer);
-      return;
-    }
-    const { key, parts, size, entries } = pack.finish(this.keys.encryption);
-    let released = false;
-    const release = () => {
-      if (!released) this.releasePackBuffer(pack.buffer);
-      released = true;
-    };
-    const upload = (async () => {
-      try {
-        await this.storage.put(key, parts, { partsReleased: release });
-      } finally {
-        release();
-      }
-      const packIndex = this.packIndexOf(pack.id, size);
-      for (const e of entries) {
-        this.index.add(e.id, { packIndex, offset: e.offset, storedLength: e.storedLength, rawLength: e.rawLength, type: e.type, flags: e.flags });
-        this.unindexed.delete(idToHex(e.id));
-      }
-      this.pendingIndex.push({ packId: pack.id, packSize: size, blobs: entries });
-      this.pendingIndexBlobs += entries.length;
-      // Packs of tiny files hold tens of thousands of blobs: bound the entries waiting in memory too.
-      if (this.pendingIndex.length >= this.packsPerIndex || this.pendingIndexBlobs >= blobsPerIndex) await this.writePendingIndex();
-    })().catch((err) => {
-      this.uploadError ??= err;
-    });
-    const tracked = upload.finally(() => this.uploads.delete(tracked));
-    this.uploads.add(tracked);
-  }
-
-  private throwIfUploadFailed(): void {
-    if (this.uploadError !== undefined) throw this.uploadError;
-  }
-
-  private async writePendingIndex(): Promise<void> {
-    if (this.pendingIndex.length === 0) return;
-    const packs = this.pendingIndex;
-    this.pendingIndex = [];
-    this.pendingIndexBlobs = 0;
-    await this.saveIndexFile({ superseded: [], packs });
-  }
-
-  async saveIndexFile(file: IndexFile): Promise<string> {
-    const bytes = encodeIndex(this.keys.encryption, file);
-    const key = `index/${idToHex(storedObjectId([bytes]))}`;
-    await this.storage.put(key, [bytes]);
-    this.indexFileIds.add(key);
-    return key;
-  }
-
-  /**
-   * After a failure or an interrupt: waits for the uploads under way and indexes the packs that
-   * were stored, so the next run deduplicates against them instead of uploading them again.
-   * Open packs are dropped. Best effort: errors here are not reported over the original one.
-   */
-  async indexStoredPacks(): Promise<void> {
-    while (this.uploads.size > 0) await Promise.allSettled([...this.uploads]);
-    await this.writePendingIndex().catch(() => undefined);
-  }
-
-  /** Stores every open pack, waits for all uploads, and writes the index for them. */
-  async flush(): Promise<void> {
-    for (const [type, pack] of [...this.openPacks]) this.closePack(type, pack);
-    while (this.uploads.size > 0) await Promise.race(this.uploads);
-    this.throwIfUploadFailed();
-    if (this.unindexed.size > 0) throw new Error(`flush: ${this.unindexed.size} committed blobs are in no stored pack`);
-    await this.writePendingIndex();
   }
 
   // ---- reading blobs -------------------------------------------------------------------
 
   /** The sealed bytes of a blob, straight from its pack. */
-  async readSealed(id: Uint8Array, loc: BlobLocation): Promise<Buffer> {
-    const key = packKey(this.packIds[loc.packIndex]!);
+  async readSealed(id: Uint8Array, loc: BlobLocation, view: IndexView = this.shared): Promise<Buffer> {
+    const packId = view.packIdAt(loc.packIndex);
+    const key = packKey(packId);
     // Metadata blobs (trees, lists) sit together in their own packs and are read in bursts:
     // one request for the whole pack serves all of them.
     if (loc.type !== BlobType.data) {
-      const pack = await this.metadataPack(loc.packIndex);
+      const pack = await this.metadataPack(packId, view.packSizeAt(loc.packIndex));
       if (pack) {
         if (loc.offset + loc.storedLength > pack.length) throw corrupt(key, `is truncated (blob ${idToHex(id)} lies past its end)`);
         return pack.subarray(loc.offset, loc.offset + loc.storedLength);
@@ -510,57 +434,60 @@ export class Repository {
   }
 
   /** A whole metadata pack from a small LRU cache, or undefined if it is too large to cache. */
-  private metadataPack(packIndex: number): Promise<Buffer> | undefined {
-    const size = this.packSizes[packIndex]!;
+  private metadataPack(packId: Buffer, size: number): Promise<Buffer> | undefined {
     if (size === 0 || size > metadataCacheBytes / 4) return undefined;
-    let cached = this.metadataPacks.get(packIndex);
+    const hex = idToHex(packId);
+    let cached = this.metadataPacks.get(hex);
     if (cached) {
       // Refresh its place in the LRU order.
-      this.metadataPacks.delete(packIndex);
+      this.metadataPacks.delete(hex);
     } else {
-      const key = packKey(this.packIds[packIndex]!);
-      const loading: Promise<Buffer> = this.storage.get(key).catch((err) => {
-        if (this.metadataPacks.get(packIndex) === loading) {
-          this.metadataPacks.delete(packIndex);
-          this.metadataPackBytes -= size;
-        }
-        if (err instanceof TenderError && err.code === 'TENDER_NOT_FOUND') throw corrupt(key, 'is missing', 'run `tender check`; the index lists a pack that is gone');
-        throw err;
-      });
-      cached = loading;
+      const key = packKey(packId);
+      const entry = {
+        size,
+        bytes: this.storage.get(key).catch((err) => {
+          if (this.metadataPacks.get(hex) === entry) {
+            this.metadataPacks.delete(hex);
+            this.metadataPackBytes -= size;
+          }
+          if (err instanceof TenderError && err.code === 'TENDER_NOT_FOUND') throw corrupt(key, 'is missing', 'run `tender check`; the index lists a pack that is gone');
+          throw err;
+        }),
+      };
+      cached = entry;
       this.metadataPackBytes += size;
     }
-    this.metadataPacks.set(packIndex, cached);
-    for (const [oldest] of this.metadataPacks) {
+    this.metadataPacks.set(hex, cached);
+    for (const [oldest, { size: oldSize }] of this.metadataPacks) {
       if (this.metadataPackBytes <= metadataCacheBytes) break;
       this.metadataPacks.delete(oldest);
-      this.metadataPackBytes -= this.packSizes[oldest]!;
+      this.metadataPackBytes -= oldSize;
     }
-    return cached;
+    return cached.bytes;
   }
 
   /** Loads, decrypts and verifies one blob on this thread. */
-  async loadBlob(id: Uint8Array, expectedType?: BlobType): Promise<Buffer> {
-    const loc = this.index.get(id);
+  async loadBlob(id: Uint8Array, expectedType?: BlobType, view: IndexView = this.shared): Promise<Buffer> {
+    const loc = view.lookup(id);
     if (!loc) {
       throw new TenderError('TENDER_CORRUPT', `blob ${idToHex(id)} is not in the index`, {
-        hint: 'run `tender check`; if packs are intact, `tender repair` rebuilds the index',
+        hint: 'run `tender check`; if packs are intact, `tender repair index` rebuilds the index',
       });
     }
     if (expectedType !== undefined && loc.type !== expectedType) throw corrupt(`blob ${idToHex(id)}`, 'has the wrong type');
-    const sealed = await this.readSealed(id, loc);
+    const sealed = await this.readSealed(id, loc, view);
     try {
       return this.codec.open(loc.type, id, loc.flags, loc.rawLength, sealed);
     } catch (err) {
       if (err instanceof BlobCorruptError) {
-        throw corrupt(packKey(this.packIds[loc.packIndex]!), `is damaged: ${err.message}`);
+        throw corrupt(packKey(view.packIdAt(loc.packIndex)), `is damaged: ${err.message}`);
       }
       throw err;
     }
   }
 
-  async loadTree(hexId: string): Promise<Tree> {
-    const bytes = await this.loadBlob(Buffer.from(hexId, 'hex'), BlobType.tree);
+  async loadTree(hexId: string, view: IndexView = this.shared): Promise<Tree> {
+    const bytes = await this.loadBlob(Buffer.from(hexId, 'hex'), BlobType.tree, view);
     try {
       return decodeTree(bytes);
     } catch (err) {
@@ -568,17 +495,17 @@ export class Repository {
     }
   }
 
-  // ---- small sealed JSON objects (plans, sessions) ------------------------------------------
+  // ---- small sealed JSON objects (plans) ---------------------------------------------------
 
   /** Stores `value` as sealed JSON under `<prefix>/<sha256 of the stored bytes>`; returns the key. */
-  async saveSealedJson(prefix: string, value: unknown): Promise<string> {
+  private async saveSealedJson(prefix: string, value: unknown): Promise<string> {
     const bytes = seal(this.keys.encryption, Buffer.from(JSON.stringify(value)), aadLabel(prefix));
     const key = `${prefix}/${idToHex(storedObjectId([bytes]))}`;
     await this.storage.put(key, [bytes]);
     return key;
   }
 
-  async loadSealedJson<T>(key: string): Promise<T> {
+  private async loadSealedJson<T>(key: string): Promise<T> {
     const prefix = key.slice(0, key.indexOf('/'));
     const bytes = await this.storage.get(key);
     if (idToHex(storedObjectId([bytes])) !== key.slice(prefix.length + 1)) throw corrupt(key, 'does not match its name (damaged)');
@@ -589,9 +516,82 @@ export class Repository {
     }
   }
 
+  // ---- deletion plans (docs/design.md, "Garbage collection") --------------------------------
+
+  async listDeletionPlans(): Promise<Array<{ key: string; plan: DeletionPlan }>> {
+    const plans: Array<{ key: string; plan: DeletionPlan }> = [];
+    for await (const { key } of this.storage.list('plans/')) {
+      try {
+        plans.push({ key, plan: await this.loadSealedJson<DeletionPlan>(key) });
+      } catch (err) {
+        // A plan swept (deleted) between the listing and the read is simply done.
+        if (!(err instanceof TenderError && err.code === 'TENDER_NOT_FOUND')) throw err;
+      }
+    }
+    return plans.sort((a, b) => a.plan.createdMs - b.plan.createdMs);
+  }
+
+  /** Hex IDs of every pack some pending plan will delete: writers must not come to depend on them. */
+  async doomedPacks(): Promise<Set<string>> {
+    const doomed = new Set<string>();
+    for (const { plan } of await this.listDeletionPlans()) for (const p of plan.packs) doomed.add(p);
+    return doomed;
+  }
+
+  async saveDeletionPlan(plan: DeletionPlan): Promise<string> {
+    return this.saveSealedJson('plans', plan);
+  }
+
+  async deleteDeletionPlan(key: string): Promise<void> {
+    if (!key.startsWith('plans/')) throw new Error(`not a deletion plan: ${key}`);
+    await this.storage.delete(key);
+  }
+
+  // ---- sessions ----------------------------------------------------------------------------
+
+  /** Registers a writer session; start it before refreshing the index (see sessions.ts). */
+  startSession(): Promise<WriterSession> {
+    return WriterSession.start(this);
+  }
+
+  listSessions(): Promise<SessionInfo[]> {
+    return listSessions(this);
+  }
+
+  async removeSession(session: SessionInfo): Promise<void> {
+    await this.storage.delete(sessionKey(session));
+  }
+
+  // ---- keys --------------------------------------------------------------------------------
+
+  async addKey(password: string, kdf?: KdfParams): Promise<string> {
+    return addKey(this.storage, this.config.repository, this.keys, password, this.identity, kdf);
+  }
+
+  /** Removes a key file; refuses the last one (the repository could never be opened again). */
+  async removeKey(keyFile: string): Promise<void> {
+    const all = await this.listKeyFiles();
+    if (!all.includes(keyFile)) throw new TenderError('TENDER_NOT_FOUND', `no key file ${keyFile}`);
+    if (all.length <= 1) throw new TenderError('TENDER_USAGE', `${keyFile} is the last key: removing it would lock the repository for good`);
+    await this.storage.delete(keyFile);
+  }
+
+  async listKeyFiles(): Promise<string[]> {
+    const keys: string[] = [];
+    for await (const { key } of this.storage.list('keys/')) keys.push(key);
+    return keys;
+  }
+
+  /** Whether a key file's bytes still match its name. */
+  async keyFileIntact(key: string): Promise<boolean> {
+    const bytes = await this.storage.get(key);
+    return idToHex(storedObjectId([bytes])) === key.slice('keys/'.length);
+  }
+
   // ---- snapshots -----------------------------------------------------------------------
 
-  async saveSnapshot(snapshot: Snapshot): Promise<string> {
+  /** @internal Sessions store snapshots (WriterSession.commit), so none lands outside a live session. */
+  async storeSnapshot(snapshot: Snapshot): Promise<string> {
     const bytes = encodeSnapshot(this.keys.encryption, snapshot);
     const id = idToHex(storedObjectId([bytes]));
     await this.storage.put(`snapshots/${id}`, [bytes]);
@@ -625,7 +625,15 @@ export class Repository {
     }
   }
 
+  /** Forget a snapshot (its data stays until a prune finds it unused). */
+  async deleteSnapshot(id: string): Promise<void> {
+    await this.storage.delete(`snapshots/${id}`);
+  }
+
+  /** Ends the shared worker pool and closes the storage; open writers are closed first. */
   async close(): Promise<void> {
+    for (const writer of [...this.writers]) await writer.close().catch(() => undefined);
+    await this.codecExecutor?.close();
     await this.storage.close();
   }
 }
@@ -641,3 +649,5 @@ function wrapDecodeError(object: string, err: unknown): unknown {
 }
 
 export type { BlobEntry };
+export type { IndexView } from './index/index-view.js';
+export type { RepositoryWriter } from './writer.js';

@@ -1,7 +1,7 @@
-import os from 'node:os';
 import { TenderError } from '../errors/errors.js';
 import { randomId, idToHex } from './ids.js';
 import type { Repository } from './repository.js';
+import type { Snapshot } from './snapshot/snapshot.js';
 
 /**
  * Writer sessions: how prune knows which backups may still depend on data it plans to delete
@@ -56,9 +56,9 @@ export class WriterSession {
 
   /** Registers a session; call before loading the index or the deletion plans. */
   static async start(repo: Repository): Promise<WriterSession> {
-    const now = Date.now();
+    const now = repo.now();
     const session = new WriterSession(repo, { id: idToHex(randomId()).slice(0, 32), startedMs: now, beatMs: now });
-    await repo.storage.put(sessionKey(session.current), [Buffer.from(JSON.stringify({ host: os.hostname(), pid: process.pid }))]);
+    await repo.storage.put(sessionKey(session.current), [Buffer.from(JSON.stringify({ host: repo.identity.hostname, pid: process.pid }))]);
     session.timer = setInterval(() => {
       session.beating = session.beating.then(() => session.beat()).catch(() => undefined);
     }, heartbeatMs);
@@ -67,7 +67,7 @@ export class WriterSession {
   }
 
   private async beat(): Promise<void> {
-    const now = Date.now();
+    const now = this.repo.now();
     // A beat that comes too late (the process was suspended, or storage unreachable) cannot
     // revive the session: a prune may already have taken it for dead and swept data it uses.
     if (now - this.current.beatMs > maxBeatAgeMs) this.lapsed = true;
@@ -87,19 +87,19 @@ export class WriterSession {
   }
 
   /**
-   * Runs `write` (the snapshot) only while this session is alive, and keeps the session alive until
-   * it is done: an `end()` called meanwhile (Ctrl-C) waits for it before removing the marker. A
+   * Stores the snapshot only while this session is alive, and keeps the session alive until it is
+   * stored: an `end()` called meanwhile (Ctrl-C) waits for it before removing the marker. A
    * snapshot stored after the marker is gone would be covered by no session, and a prune sweeping
-   * then could delete packs it uses.
+   * then could delete packs it uses. Returns the snapshot's ID.
    */
-  async commit<T>(write: () => Promise<T>): Promise<T> {
+  async commit(snapshot: Snapshot): Promise<string> {
     if (this.ending) {
       throw new TenderError('TENDER_INTERRUPTED', 'the backup was interrupted before its snapshot was stored', {
         hint: 'the data stored so far is kept and indexed; run the backup again to finish it',
       });
     }
     this.assertAlive();
-    const written = write();
+    const written = this.repo.storeSnapshot(snapshot);
     this.committing = written.catch(() => undefined);
     return written;
   }
@@ -109,7 +109,7 @@ export class WriterSession {
    * may have been declared dead by a prune that then deleted data this run relies on.
    */
   private assertAlive(): void {
-    const age = Date.now() - this.current.beatMs;
+    const age = this.repo.now() - this.current.beatMs;
     if (this.lapsed || age > maxBeatAgeMs) {
       throw new TenderError('TENDER_STORAGE', `this backup could not refresh its session marker in time (it was suspended or cut off)`, {
         hint: 'a concurrent prune may have removed data this run deduplicated against; run the backup again',

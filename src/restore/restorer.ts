@@ -11,11 +11,12 @@ import { TenderError, systemErrorCode } from '../errors/errors.js';
 import { BlobType } from '../repo/blob.js';
 import { hexToId, idToHex } from '../repo/ids.js';
 import { packKey } from '../repo/pack/pack.js';
-import { corrupt, type Repository } from '../repo/repository.js';
+import { corrupt, type IndexView, type Repository } from '../repo/repository.js';
 import type { Snapshot } from '../repo/snapshot/snapshot.js';
 import { type TreeNode, isSafeName } from '../repo/snapshot/tree.js';
 import { BufferPool, type PooledBuffer } from '../util/buffer-pool.js';
-import { createExecutor, defaultWorkerCount, type CodecExecutor } from '../workers/pool.js';
+import { type OperationContext, cancelledError, throwIfCancelled } from '../util/operation.js';
+import type { CodecExecutor } from '../workers/pool.js';
 import { type ChunkRef, type PackRead, planReads } from './plan.js';
 
 export interface RestoreOptions {
@@ -24,8 +25,11 @@ export interface RestoreOptions {
   include?: string[];
   /** Restore into a non-empty target, replacing entries that are in the way. */
   overwrite?: boolean;
-  workers?: number;
-  onProgress?: (p: RestoreProgress) => void;
+  /**
+   * A directory inside the snapshot ("ckpt", "ckpt/step-100"): its contents go straight into the
+   * target (restic's snapshot:subfolder), e.g. one volume's files into a fresh PVC.
+   */
+  subpath?: string;
 }
 
 export interface RestoreProgress {
@@ -65,8 +69,13 @@ function isAllZero(buf: Uint8Array): boolean {
  * directories (with --overwrite, a symlink in the way is removed, never followed), so a hostile
  * snapshot (names with "/" or "..", duplicate names, symlink tricks) cannot write outside the target.
  */
-export async function restore(repo: Repository, snapshot: Snapshot, options: RestoreOptions): Promise<RestoreResult> {
+export async function restore(repo: Repository, snapshot: Snapshot, options: RestoreOptions, ctx: OperationContext): Promise<RestoreResult> {
   const target = path.resolve(options.target);
+  throwIfCancelled(ctx.signal);
+  await repo.refreshIndex();
+  // Every lookup of this restore goes through one view: pack numbers are the view's own.
+  const src: RestoreSource = { repo, view: repo.index };
+  const rootTree = await subpathTree(src, snapshot.tree, options.subpath);
   await prepareTarget(target, options.overwrite ?? false);
   /** Creates an entry; with overwrite, whatever is in its place (never followed if a symlink) goes first. */
   const create = async (full: string, make: () => Promise<unknown>, keepDirectory = false): Promise<void> => {
@@ -80,7 +89,7 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
       await make();
     }
   };
-  const executor = createExecutor(repo.keys, repo.config.compressionLevel, options.workers ?? defaultWorkerCount());
+  const executor = repo.executor();
   // A read must hold at least one whole blob: the repository's largest chunk, stored raw.
   const largeBufferSize = Math.max(largeReadSize, repo.config.chunker.maxSize) + sealOverhead;
   const buffers: RestoreBuffers = {
@@ -100,9 +109,11 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
   const matches = (rel: string) => !include || include.some((g) => minimatch(rel, g, { dot: true }));
   const couldContainMatch = (rel: string) => !include || include.some((g) => minimatch(rel, g, { dot: true, partial: true }));
 
-  const report = () => options.onProgress?.(progress);
-  /** The first error that ends the restore (damaged repository, full disk); later work is skipped. */
+  const report = () => ctx.events.emit('progress', progress);
+  /** The first error that ends the restore (damaged repository, full disk, cancel); later work is skipped. */
   let fatal: unknown;
+  const onAbort = () => (fatal ??= cancelledError(ctx.signal));
+  ctx.signal.addEventListener('abort', onAbort, { once: true });
   /** Records a per-entry failure, or the fatal one. Never throws, so pending work cannot go unobserved. */
   const fail = (p: string, err: unknown): void => {
     const code = systemErrorCode(err);
@@ -159,7 +170,7 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
       fd = openSync(full, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW, 0o600);
     });
     try {
-      const written = await writeContent(repo, executor, buffers, fd, await chunkRefs(repo, node), (n) => {
+      const written = await writeContent(src, executor, buffers, fd, await chunkRefs(src, node), (n) => {
         progress.bytesDone += n;
         report();
       });
@@ -196,7 +207,7 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
       const hex = file.node.content![0]!;
       let blob = byBlob.get(hex);
       if (!blob) {
-        const [ref] = await chunkRefs(repo, file.node).catch((err) => {
+        const [ref] = await chunkRefs(src, file.node).catch((err) => {
           fail(file.rel, err);
           return [];
         });
@@ -246,7 +257,7 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
       reads.map((read) =>
         smallReads(async () => {
           if (fatal) return;
-          await readAndOpen(repo, executor, buffersFor(buffers, read), read, (ref, chunk) => writeFiles(chunk, filesOf.get(ref)!));
+          await readAndOpen(src, executor, buffersFor(buffers, read), read, (ref, chunk) => writeFiles(chunk, filesOf.get(ref)!));
         }).catch((err) => fail(filesOf.get(read.refs[0]!)![0]!.rel, err)),
       ),
     );
@@ -254,7 +265,7 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
 
   /** Restores the children of a directory; returns how many entries it restored there. */
   const restoreDir = async (dirFull: string, dirRel: string, subtree: string, wholeDir: boolean): Promise<number> => {
-    const tree = await repo.loadTree(subtree);
+    const tree = await repo.loadTree(subtree, src.view);
     const seen = new Set<string>();
     const pendingFiles: Promise<void>[] = [];
     const dirsToFinish: Array<[string, TreeNode]> = [];
@@ -267,6 +278,11 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
     let restored = 0;
     for (const node of tree.nodes) {
       if (fatal) break;
+      if (dirRel === '' && dirFull === target && node.name === '/' && node.type === 'dir' && tree.nodes.length === 1) {
+        // A snapshot of `/`: its root directory is the target itself.
+        restored += await restoreDir(target, '', node.subtree!, wholeDir);
+        continue;
+      }
       const rel = dirRel === '' ? node.name : `${dirRel}/${node.name}`;
       if (!isSafeName(node.name) || seen.has(node.name)) {
         fail(rel, new TenderError('TENDER_UNSAFE_PATH', `refusing unsafe or duplicate name ${JSON.stringify(node.name)} in the snapshot`));
@@ -351,14 +367,42 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
   };
 
   try {
-    await restoreDir(target, '', snapshot.tree, false);
+    await restoreDir(target, '', rootTree, false);
   } catch (err) {
     fail('', err);
   } finally {
-    await executor.close();
+    ctx.signal.removeEventListener('abort', onAbort);
   }
   if (fatal) throw fatal;
   return result;
+}
+
+/** The repository as one restore sees it: lookups and pack numbers from one index view. */
+interface RestoreSource {
+  repo: Repository;
+  view: IndexView;
+}
+
+/** The tree to restore: the snapshot's root, or the directory `subpath` names in it. */
+async function subpathTree(src: RestoreSource, rootTree: string, subpath: string | undefined): Promise<string> {
+  let tree = rootTree;
+  const names = (subpath ?? '').split('/').filter((n) => n !== '' && n !== '.');
+  for (const [i, name] of names.entries()) {
+    const nodes = (await src.repo.loadTree(tree, src.view)).nodes;
+    // A snapshot of `/` keeps everything under one root named "/": look through it.
+    const node = nodes.find((n) => n.name === name) ?? (i === 0 && nodes.length === 1 && nodes[0]!.name === '/' ? await childOfRoot(src, nodes[0]!, name) : undefined);
+    if (!node || node.type !== 'dir' || !node.subtree) {
+      throw new TenderError('TENDER_USAGE', `${JSON.stringify(names.slice(0, i + 1).join('/'))} is not a directory in the snapshot`, {
+        hint: 'list the snapshot with `tender ls SNAPSHOT` and give a directory after the colon',
+      });
+    }
+    tree = node.subtree;
+  }
+  return tree;
+}
+
+async function childOfRoot(src: RestoreSource, root: TreeNode, name: string): Promise<TreeNode | undefined> {
+  return root.subtree ? (await src.repo.loadTree(root.subtree, src.view)).nodes.find((n) => n.name === name) : undefined;
 }
 
 /** A file restored in a batch with others: one data blob, no other links to it. */
@@ -388,17 +432,17 @@ async function prepareTarget(target: string, overwrite: boolean): Promise<void> 
 }
 
 /** The ordered data blobs of a file, resolving list blobs. */
-async function chunkRefs(repo: Repository, node: TreeNode): Promise<ChunkRef[]> {
+async function chunkRefs(src: RestoreSource, node: TreeNode): Promise<ChunkRef[]> {
   const ids: Buffer[] = [];
   if (node.content) for (const hex of node.content) ids.push(hexToId(hex));
   for (const hex of node.contentLists ?? []) {
-    const list = await repo.loadBlob(hexToId(hex), BlobType.list);
+    const list = await src.repo.loadBlob(hexToId(hex), BlobType.list, src.view);
     if (list.length % 32 !== 0) throw corrupt(`list blob ${hex}`, 'has a length that is not a multiple of 32');
     for (let i = 0; i < list.length; i += 32) ids.push(list.subarray(i, i + 32));
   }
   let offset = 0;
   return ids.map((id) => {
-    const loc = repo.lookup(id);
+    const loc = src.view.lookup(id);
     if (!loc) {
       throw new TenderError('TENDER_CORRUPT', `data blob ${idToHex(id)} is not in the index`, {
         hint: 'run `tender check`; the snapshot refers to data the repository lacks',
@@ -435,7 +479,7 @@ const smallReadSize = 1024 * 1024;
  * buffer pools.
  */
 async function writeContent(
-  repo: Repository,
+  src: RestoreSource,
   executor: CodecExecutor,
   buffers: RestoreBuffers,
   fd: number,
@@ -449,7 +493,7 @@ async function writeContent(
   await Promise.all(
     reads.map((read) =>
       fetches(() => {
-        return readAndOpen(repo, executor, buffersFor(buffers, read), read, async (ref, chunk) => {
+        return readAndOpen(src, executor, buffersFor(buffers, read), read, async (ref, chunk) => {
           if (!isAllZero(chunk)) {
             let done = 0;
             while (done < chunk.length) {
@@ -476,21 +520,18 @@ function buffersFor(buffers: RestoreBuffers, read: PackRead): BufferPair {
  * returns). Throws naming the pack when it is missing, short or damaged.
  */
 async function readAndOpen(
-  repo: Repository,
+  src: RestoreSource,
   executor: CodecExecutor,
   pools: BufferPair,
   read: PackRead,
   use: (ref: ChunkRef, plaintext: Uint8Array) => Promise<void>,
 ): Promise<void> {
-  const key = packKey(repo.packIdAt(read.packIndex));
+  const packId = src.view.packIdAt(read.packIndex);
+  const key = packKey(packId);
   let sealed: PooledBuffer | undefined = await pools.reads.acquire();
   let plain: PooledBuffer | undefined;
   try {
-    const bytes = await repo.storage.get(key, { offset: read.offset, length: read.length }, sealed.view).catch((err) => {
-      if (err instanceof TenderError && err.code === 'TENDER_NOT_FOUND') throw corrupt(key, 'is missing');
-      throw err;
-    });
-    if (bytes.length !== read.length) throw corrupt(key, 'is truncated');
+    await src.repo.readPackRange(packId, read.offset, read.length, sealed.view);
     plain = await pools.plaintext.acquire();
     let at = 0;
     const requests = read.refs.map((ref) => {

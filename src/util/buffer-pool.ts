@@ -20,7 +20,7 @@ export class BufferPool {
 
   constructor(
     readonly bufferSize: number,
-    readonly maxBuffers: number,
+    private maxBuffers: number,
   ) {}
 
   acquire(): Promise<PooledBuffer> {
@@ -41,9 +41,28 @@ export class BufferPool {
   }
 
   release(buffer: PooledBuffer): void {
+    if (this.created > this.maxBuffers) {
+      // The pool shrank while this buffer was out: let it go.
+      this.created--;
+      return;
+    }
     const waiter = this.waiters.shift();
     if (waiter) waiter(buffer);
     else this.free.push(buffer);
+  }
+
+  /** Changes how many buffers may exist; growing wakes waiters, shrinking takes effect as buffers return. */
+  resize(maxBuffers: number): void {
+    this.maxBuffers = maxBuffers;
+    while (this.created > this.maxBuffers && this.free.length > 0) {
+      this.free.pop();
+      this.created--;
+    }
+    while (this.waiters.length > 0) {
+      const buffer = this.tryAcquire();
+      if (!buffer) break;
+      this.waiters.shift()!(buffer);
+    }
   }
 }
 

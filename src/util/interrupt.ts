@@ -1,16 +1,19 @@
 /**
- * Cleanup that must run when the user interrupts a command (Ctrl-C): e.g. a backup removes its
- * session marker so a prune does not wait a grace period for it. Handlers are bounded in time.
+ * Ctrl-C or a pod's SIGTERM: every operation running in this process is cancelled through its
+ * AbortSignal and unwinds by itself (a backup stores and indexes what it has, then ends its
+ * session); the process exits once the command returns, or at the deadline bin/tender.js sets.
  */
-const handlers = new Set<() => Promise<void>>();
+const running = new Set<AbortController>();
 
-/** Registers `cleanup`; returns a function that unregisters it. */
-export function onInterrupt(cleanup: () => Promise<void>): () => void {
-  handlers.add(cleanup);
-  return () => handlers.delete(cleanup);
+/** Registers an operation's controller; returns a function that unregisters it. */
+export function cancelOnInterrupt(controller: AbortController): () => void {
+  running.add(controller);
+  return () => running.delete(controller);
 }
 
-export async function runInterruptHandlers(timeoutMs: number): Promise<void> {
-  const all = Promise.allSettled([...handlers].map((h) => h()));
-  await Promise.race([all, new Promise((resolve) => setTimeout(resolve, timeoutMs).unref())]);
+/** Cancels every registered operation; false when none was running. */
+export function interruptRunningOperations(signalName: string): boolean {
+  if (running.size === 0) return false;
+  for (const controller of running) controller.abort(new Error(`interrupted by ${signalName}`));
+  return true;
 }

@@ -1,13 +1,12 @@
 import type { Command } from 'commander';
-import { backup } from '../../backup/archiver.js';
+import { type BackupProgress, backup } from '../../backup/archiver.js';
 import { ExitCode } from '../../errors/errors.js';
 import { collect } from '../args.js';
 import { globalOptions, print, printJson, withRepository } from '../context.js';
 import { formatBytes, formatRate } from '../format.js';
 import { createProgress, progressMode } from '../progress.js';
-import { listSnapshots, selectSnapshot } from '../select.js';
+import { listSnapshots, selectSnapshot } from '../../snapshots/select.js';
 import path from 'node:path';
-import os from 'node:os';
 
 interface BackupCliOptions {
   tag: string[];
@@ -29,9 +28,9 @@ export function registerBackup(program: Command): void {
     .option('--cache-neutral', "leave the page cache as it was: evict what this backup's reads bring in (Linux)")
     .action(async (paths: string[], opts: BackupCliOptions, command: Command) => {
       const g = globalOptions(command);
-      await withRepository(g, false, async (repo) => {
+      await withRepository(g, async (repo, ctx) => {
         const absolute = paths.map((p) => path.resolve(p));
-        const host = opts.host ?? os.hostname();
+        const host = opts.host ?? ctx.identity.hostname;
         const parent = opts.force
           ? undefined
           : opts.parent
@@ -40,24 +39,27 @@ export function registerBackup(program: Command): void {
         const progress = createProgress(progressMode(!!g.json, !!g.quiet), 'backup');
         let result;
         try {
-          result = await backup(repo, {
-            paths: absolute,
-            tags: opts.tag,
-            hostname: host,
-            ...(parent ? { parent } : {}),
-            ...(g.workers !== undefined ? { workers: g.workers } : {}),
-            scan: !g.quiet,
-            cacheNeutral: opts.cacheNeutral === true,
-            onProgress: (p) => progress.update(p),
-            onResume: ({ packs, damaged }) => {
-              if (!g.quiet && !g.json) process.stderr.write(`resuming: indexed ${packs} packs left by an interrupted backup\n`);
-              for (const key of damaged) process.stderr.write(`warning: ${key} is damaged and was not indexed; run \`tender check --read-data\`\n`);
-            },
-            onError: (e) => {
-              if (g.json) printJson({ message_type: 'error', path: e.path, error: e.message });
-              else process.stderr.write(`warning: skipped ${e.path}: ${e.message}\n`);
-            },
+          ctx.events.on('progress', (p) => progress.update(p as BackupProgress));
+          ctx.events.on('resume', ({ packs, damaged }) => {
+            if (!g.quiet && !g.json) process.stderr.write(`resuming: indexed ${packs} packs left by an interrupted backup\n`);
+            for (const key of damaged) process.stderr.write(`warning: ${key} is damaged and was not indexed; run \`tender check --read-data\`\n`);
           });
+          ctx.events.on('warning', (e) => {
+            if (g.json) printJson({ message_type: 'error', path: e.path, error: e.message });
+            else process.stderr.write(`warning: skipped ${e.path}: ${e.message}\n`);
+          });
+          result = await backup(
+            repo,
+            {
+              paths: absolute,
+              tags: opts.tag,
+              hostname: host,
+              ...(parent ? { parent } : {}),
+              scan: !g.quiet,
+              cacheNeutral: opts.cacheNeutral === true,
+            },
+            ctx,
+          );
         } finally {
           progress.stop();
         }

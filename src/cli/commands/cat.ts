@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { TenderError } from '../../errors/errors.js';
 import { globalOptions, printJson, withRepository } from '../context.js';
-import { selectSnapshot } from '../select.js';
+import { selectSnapshot } from '../../snapshots/select.js';
 
 export function registerCat(program: Command): void {
   program
@@ -11,7 +11,7 @@ export function registerCat(program: Command): void {
     .argument('[id]', 'snapshot ID')
     .action(async (type: string, ref: string | undefined, _opts: unknown, command: Command) => {
       const g = globalOptions(command);
-      await withRepository(g, false, async (repo) => {
+      await withRepository(g, async (repo) => {
         if (type === 'config') printJson(repo.config);
         else if (type === 'snapshot' && ref) printJson((await selectSnapshot(repo, ref)).snapshot);
         else throw new TenderError('TENDER_USAGE', `cannot cat ${JSON.stringify(type)}`, { hint: 'use `tender cat config` or `tender cat snapshot ID`' });

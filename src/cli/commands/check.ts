@@ -11,13 +11,13 @@ export function registerCheck(program: Command): void {
     .option('--read-data-subset <subset>', 'read and verify a subset of the packs: N% (random) or n/t (group n of t)')
     .action(async (opts: { readData?: boolean; readDataSubset?: string }, command: Command) => {
       const g = globalOptions(command);
-      await withRepository(g, false, async (repo) => {
-        const report = await check(repo, {
-          readData: !!opts.readData,
-          ...(opts.readDataSubset ? { readDataSubset: parseSubset(opts.readDataSubset) } : {}),
-          ...(g.workers !== undefined ? { workers: g.workers } : {}),
-          onProgress: (m) => !g.json && !g.quiet && process.stderr.write(`${m}\n`),
-        });
+      await withRepository(g, async (repo, ctx) => {
+        if (!g.json && !g.quiet) ctx.events.on('progress', (p) => process.stderr.write(`${(p as { message: string }).message}\n`));
+        const report = await check(
+          repo,
+          { readData: !!opts.readData, ...(opts.readDataSubset ? { readDataSubset: parseSubset(opts.readDataSubset) } : {}) },
+          ctx,
+        );
         if (g.json) printJson({ message_type: 'check', ...report });
         else {
           for (const w of report.warnings) print(`warning: ${w}`);

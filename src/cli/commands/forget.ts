@@ -3,10 +3,11 @@ import { TenderError } from '../../errors/errors.js';
 import { type GroupKey, type RetentionPolicy, applyPolicy, isEmptyPolicy, parseDuration } from '../../policy/retention.js';
 import { type PruneOptions, defaultGraceMs, prune, validateGrace } from '../../prune/prune.js';
 import type { Repository } from '../../repo/repository.js';
+import type { OperationContext } from '../../util/operation.js';
 import { collect, positiveInt } from '../args.js';
 import { type GlobalOptions, globalOptions, print, printJson, withRepository } from '../context.js';
 import { formatBytes } from '../format.js';
-import { listSnapshots, selectSnapshot } from '../select.js';
+import { listSnapshots, selectSnapshot } from '../../snapshots/select.js';
 
 interface ForgetCliOptions {
   keepLast?: number;
@@ -55,7 +56,7 @@ export function registerForget(program: Command): void {
       const g = globalOptions(command);
       // Prune options are checked before anything is removed.
       const pruneOptions = opts.prune ? pruneSettings({ grace: opts.grace, ...(opts.dryRun ? { dryRun: true } : {}) }) : undefined;
-      await withRepository(g, false, async (repo) => {
+      await withRepository(g, async (repo, ctx) => {
         const policy: RetentionPolicy = {
           ...(opts.keepLast !== undefined ? { last: opts.keepLast } : {}),
           ...(opts.keepHourly !== undefined ? { hourly: opts.keepHourly } : {}),
@@ -89,9 +90,9 @@ export function registerForget(program: Command): void {
             remove.push(...d.remove.map((r) => r.id));
           }
         }
-        if (!opts.dryRun) for (const id of remove) await repo.storage.delete(`snapshots/${id}`);
+        if (!opts.dryRun) for (const id of remove) await repo.deleteSnapshot(id);
         if (!g.json) print(`${opts.dryRun ? 'would remove' : 'removed'} ${remove.length} snapshots`);
-        if (pruneOptions) await runPrune(repo, g, pruneOptions);
+        if (pruneOptions) await runPrune(repo, g, pruneOptions, ctx);
       });
     });
 
@@ -103,7 +104,7 @@ export function registerForget(program: Command): void {
     .action(async (opts: PruneCliOptions, command: Command) => {
       const g = globalOptions(command);
       const pruneOptions = pruneSettings(opts);
-      await withRepository(g, false, (repo) => runPrune(repo, g, pruneOptions));
+      await withRepository(g, (repo, ctx) => runPrune(repo, g, pruneOptions, ctx));
     });
 }
 
@@ -113,8 +114,9 @@ function pruneSettings(opts: PruneCliOptions): PruneOptions {
   return { graceMs, ...(opts.dryRun ? { dryRun: true } : {}) };
 }
 
-async function runPrune(repo: Repository, g: GlobalOptions, options: PruneOptions): Promise<void> {
-  const report = await prune(repo, { ...options, log: (m) => !g.json && !g.quiet && process.stderr.write(`${m}\n`) });
+async function runPrune(repo: Repository, g: GlobalOptions, options: PruneOptions, ctx: OperationContext): Promise<void> {
+  if (!g.json && !g.quiet) ctx.events.on('progress', (p) => process.stderr.write(`${(p as { message: string }).message}\n`));
+  const report = await prune(repo, options, ctx);
   if (g.json) {
     printJson({ message_type: 'prune', ...report });
     return;

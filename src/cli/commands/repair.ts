@@ -8,15 +8,14 @@ export function registerRepair(program: Command): void {
     .description('rebuild the index from the headers of all packs (replaces every index file)')
     .action(async (_opts: unknown, command: Command) => {
       const g = globalOptions(command);
-      await withRepository(g, false, async (repo) => {
-        const oldIndexFiles: string[] = [];
-        for await (const { key } of repo.storage.list('index/')) oldIndexFiles.push(key);
-        // Nothing is loaded, so every pack counts as unindexed: all headers are read.
-        const packs = await repo.listUnindexedPacks();
+      await withRepository(g, async (repo) => {
+        const oldIndexFiles = await repo.listIndexFiles();
+        // Every pack's header is read, whatever the index says.
+        const packs = await repo.listPacks();
         const superseded = oldIndexFiles.map((k) => Buffer.from(k.slice('index/'.length), 'hex'));
         // The new index is stored, naming the old files as superseded, before any old one is deleted.
         const result = await repo.indexPacksFromHeaders(packs, superseded);
-        for (const key of oldIndexFiles) if (key !== result.indexFile) await repo.storage.delete(key);
+        for (const key of oldIndexFiles) if (key !== result.indexFile) await repo.deleteIndexFile(key);
         if (g.json) {
           printJson({ message_type: 'repair', packs: result.indexed, damaged: result.damaged, removed_index_files: oldIndexFiles.length });
           return;

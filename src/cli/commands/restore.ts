@@ -4,8 +4,8 @@ import { restore } from '../../restore/restorer.js';
 import { collect } from '../args.js';
 import { globalOptions, print, printJson, withRepository } from '../context.js';
 import { formatBytes, formatRate } from '../format.js';
-import { createProgress, progressMode } from '../progress.js';
-import { selectSnapshot } from '../select.js';
+import { type ProgressSample, createProgress, progressMode } from '../progress.js';
+import { selectSnapshot } from '../../snapshots/select.js';
 
 interface RestoreCliOptions {
   target?: string;
@@ -20,7 +20,7 @@ export function registerRestore(program: Command): void {
   program
     .command('restore')
     .description('restore a snapshot into a directory (the manual restore path)')
-    .argument('<snapshot>', 'snapshot ID or "latest"')
+    .argument('<snapshot>', 'snapshot ID or "latest", optionally with :DIR to restore only the contents of that directory (latest:ckpt)')
     .option('-t, --target <dir>', 'directory to restore into (must be new or empty)')
     .option('--overwrite', 'restore into a non-empty target, replacing entries that are in the way')
     .option('--include <glob>', 'restore only paths matching this glob, relative to the snapshot root (repeatable)', collect, [])
@@ -31,19 +31,30 @@ export function registerRestore(program: Command): void {
       const g = globalOptions(command);
       if (!opts.target) throw new TenderError('TENDER_USAGE', 'restore needs --target DIR');
       const target = opts.target;
-      await withRepository(g, true, async (repo) => {
-        const { id, snapshot } = await selectSnapshot(repo, ref, { ...(opts.host ? { host: opts.host } : {}), tags: opts.tag, paths: opts.path });
+      await withRepository(g, async (repo, ctx) => {
+        const colon = ref.indexOf(':');
+        const subpath = colon >= 0 ? ref.slice(colon + 1) : undefined;
+        const { id, snapshot } = await selectSnapshot(repo, colon >= 0 ? ref.slice(0, colon) : ref, {
+          ...(opts.host ? { host: opts.host } : {}),
+          tags: opts.tag,
+          paths: opts.path,
+        });
         const progress = createProgress(progressMode(!!g.json, !!g.quiet), 'restore');
         const started = Date.now();
         let result;
         try {
-          result = await restore(repo, snapshot, {
-            target,
-            ...(opts.include.length ? { include: opts.include } : {}),
-            ...(opts.overwrite ? { overwrite: true } : {}),
-            ...(g.workers !== undefined ? { workers: g.workers } : {}),
-            onProgress: (p) => progress.update({ ...p, ...(snapshot.summary ? { totalBytes: snapshot.summary.totalBytes } : {}) }),
-          });
+          ctx.events.on('progress', (p) => progress.update({ ...(p as ProgressSample), ...(snapshot.summary && !subpath ? { totalBytes: snapshot.summary.totalBytes } : {}) }));
+          result = await restore(
+            repo,
+            snapshot,
+            {
+              target,
+              ...(opts.include.length ? { include: opts.include } : {}),
+              ...(opts.overwrite ? { overwrite: true } : {}),
+              ...(subpath ? { subpath } : {}),
+            },
+            ctx,
+          );
         } finally {
           progress.stop();
         }

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { globalOptions, print, printJson, withRepository } from '../context.js';
 import { formatBytes } from '../format.js';
-import { listSnapshots } from '../select.js';
+import { listSnapshots } from '../../snapshots/select.js';
 import { collect } from '../args.js';
 
 export function registerSnapshots(program: Command): void {
@@ -13,7 +13,7 @@ export function registerSnapshots(program: Command): void {
     .option('--path <path>', 'only snapshots of this path (repeatable)', collect, [])
     .action(async (opts: { host?: string; tag: string[]; path: string[] }, command: Command) => {
       const g = globalOptions(command);
-      await withRepository(g, false, async (repo) => {
+      await withRepository(g, async (repo) => {
         const entries = await listSnapshots(repo, { ...(opts.host ? { host: opts.host } : {}), tags: opts.tag, paths: opts.path });
         if (g.json) {
           printJson(entries.map((e) => ({ id: e.id, short_id: e.id.slice(0, 8), ...e.snapshot })));
