@@ -66,7 +66,7 @@ describe.each(backends)('dedup ($name)', ({ name, makeRepoUrl }) => {
     const s = await backupJson(repo, [dir]);
     const r = await openRepository(repo);
     try {
-      await r.loadIndex();
+      await r.refreshIndex();
       const snapshot = await r.loadSnapshot(s.snapshot_id);
       const top = await r.loadTree(snapshot.tree);
       const file = (await r.loadTree(top.nodes[0]!.subtree!)).nodes.find((n) => n.name === 'big.bin')!;

@@ -5,28 +5,20 @@ import path from 'node:path';
 import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type EntryStat, lstatEntries, nodeType, readDirSorted } from '../src/backup/walk.js';
+import { GearChunker, chunkerMasks, gearTable } from '../src/backup/chunk/fastcdc.js';
+import { type ChunkerParams, defaultChunkerParams } from '../src/repo/chunker-params.js';
 import {
-  type ChunkerParams,
-  GearChunker,
-  chunkerMasks,
-  defaultChunkerParams,
-  gearTable,
-} from '../src/backup/chunk/fastcdc.js';
-import {
-  type NativeAddon,
-  type NativeCutVariant,
   NativeGearChunker,
   byteShuffle,
   byteUnshuffle,
   createBoundaryFinder,
   cutAll,
-  loadNative,
   nativeShuffle,
-  nativeUnavailableReason,
   nativeUnshuffle,
   shuffleBytes,
   unshuffleBytes,
 } from '../src/backup/chunk/native.js';
+import { type NativeAddon, type NativeCutVariant, loadNative, nativeUnavailableReason } from '../src/util/native.js';
 
 // The native addon must be built for this suite: a missing or broken addon FAILS the tests
 // (it is not skipped), unless TENDER_NATIVE=0 explicitly selects the TS-only code paths.

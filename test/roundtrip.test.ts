@@ -370,8 +370,8 @@ describe('chunks larger than a restore read (local)', () => {
     const opened = await Repository.open(new FsStorage(repoDir), testPassword);
     let largest = 0;
     try {
-      await opened.loadIndex();
-      opened.forEachBlob((_id, loc) => (largest = Math.max(largest, loc.rawLength)));
+      const view = await opened.loadIndex();
+      view.forEachBlob((_id, loc) => (largest = Math.max(largest, loc.rawLength)));
     } finally {
       await opened.close();
     }

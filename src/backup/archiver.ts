@@ -7,7 +7,6 @@ import type { Repository, RepositoryWriter } from '../repo/repository.js';
 import type { WriterSession } from '../repo/sessions.js';
 import type { Snapshot, SnapshotSummary } from '../repo/snapshot/snapshot.js';
 import { type Tree, type TreeNode, sameNode } from '../repo/snapshot/tree.js';
-import { BufferPool } from '../util/buffer-pool.js';
 import { type OperationContext, cancelledError, throwIfCancelled } from '../util/operation.js';
 import { Permits } from '../util/permits.js';
 import { gearTable } from './chunk/fastcdc.js';
@@ -164,7 +163,8 @@ async function runBackup(
   const writer = repo.openWriter();
   const fileConcurrency = options.fileConcurrency ?? 2;
   // A slot holds the tail of the previous read (< maxSize) plus at least maxSize/2 new bytes.
-  const slots = new BufferPool(params.maxSize + params.maxSize / 2, fileConcurrency + 1);
+  const slotLease = repo.leaseBuffers('read-slots', params.maxSize + params.maxSize / 2, fileConcurrency + 1);
+  const slots = slotLease.pool;
   const progress: BackupProgress = { filesDone: 0, bytesDone: 0, errors: 0 };
   const counters = { bytesRead: 0, blobsAdded: 0, bytesAdded: 0, bytesStored: 0 };
   const summary: SnapshotSummary = {
@@ -400,6 +400,7 @@ async function runBackup(
   } finally {
     signal.removeEventListener('abort', onAbort);
     await writer.close();
+    slotLease.release();
     await scan;
     await session.end().catch(() => undefined);
   }

@@ -203,10 +203,11 @@ export class FileSaver {
    */
   private async processSlot(slot: Slot, spans: Uint32Array): Promise<Uint8Array> {
     const sealing: Promise<void>[] = [];
+    /** Reserved and not yet handed to the workers: abandoned if this slot fails. */
+    let reserved: PendingSeal[] = [];
     try {
       const chunks = spans.length / 2;
       const ids = new Uint8Array(chunks * 32);
-      let reserved: PendingSeal[] = [];
       for (let i = 0; i < chunks; i++) {
         const offset = spans[2 * i]!;
         const length = spans[2 * i + 1]!;
@@ -216,23 +217,34 @@ export class FileSaver {
         const hex = idToHex(id);
         if (this.inflight.has(hex)) continue;
         this.inflight.add(hex);
-        let r = this.repo.tryReserve(BlobType.data, length + sealOverhead);
-        if (!r) {
-          // Dispatch what is reserved before waiting: the pack buffers this wait needs are
-          // freed only when the regions reserved in them are sealed and committed.
-          sealing.push(...this.dispatch(slot, reserved));
-          reserved = [];
-          r = await this.repo.reserve(BlobType.data, length + sealOverhead).catch((err) => {
-            this.inflight.delete(hex);
-            throw err;
-          });
+        let r: Reservation | undefined;
+        try {
+          r = this.repo.tryReserve(BlobType.data, length + sealOverhead);
+          if (!r) {
+            // Dispatch what is reserved before waiting: the pack buffers this wait needs are
+            // freed only when the regions reserved in them are sealed and committed.
+            sealing.push(...this.dispatch(slot, reserved));
+            reserved = [];
+            r = await this.repo.reserve(BlobType.data, length + sealOverhead);
+          }
+        } catch (err) {
+          this.inflight.delete(hex);
+          throw err;
         }
         reserved.push({ id, hex, offset, length, r });
       }
       sealing.push(...this.dispatch(slot, reserved));
+      reserved = [];
       await Promise.all(sealing);
       return ids;
     } catch (err) {
+      // A region left reserved would keep its pack from ever being stored, and the pack's
+      // buffer from returning to the pool that every later operation draws from.
+      for (const p of reserved) {
+        this.repo.abandon(p.r);
+        this.inflight.delete(p.hex);
+      }
+      reserved = [];
       // Other files may already count these chunks as stored (deduplicated against them):
       // a failure here must end the whole backup, never just skip this file.
       throw err instanceof TenderError ? err : new TenderError('TENDER_INTERNAL', `storing chunks failed: ${(err as Error).message}`, { cause: err });

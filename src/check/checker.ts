@@ -8,7 +8,7 @@ import { IndexView } from '../repo/index/index-view.js';
 import { walkTree } from '../repo/snapshot/tree-walk.js';
 import { decodePackHeader, packKey } from '../repo/pack/pack.js';
 import type { Repository } from '../repo/repository.js';
-import { BufferPool, sharedBuffer } from '../util/buffer-pool.js';
+import { sharedBuffer } from '../util/buffer-pool.js';
 import { type OperationContext, throwIfCancelled } from '../util/operation.js';
 
 export interface CheckOptions {
@@ -106,7 +106,8 @@ export async function check(repo: Repository, options: CheckOptions, ctx: Operat
     const executor = repo.executor();
     const readers = pLimit(2);
     // Packs are read into reused shared buffers that the workers verify in place.
-    const buffers = new BufferPool(repo.config.packSize + 1024 * 1024, 2);
+    const lease = repo.leaseBuffers('check-reads', repo.config.packSize + 1024 * 1024, 2);
+    const buffers = lease.pool;
     const verifyPack = async (id: string, pack: IndexedPack) => {
       const key = packKey(id);
       const pooled = pack.packSize <= buffers.bufferSize ? await buffers.acquire() : sharedBuffer(pack.packSize);
@@ -135,7 +136,11 @@ export async function check(repo: Repository, options: CheckOptions, ctx: Operat
       }
     };
     const toRead = [...indexedPacks].filter(([id, p]) => stored.get(id) === p.packSize && selected(id));
-    await Promise.all(toRead.map(([id, pack]) => readers(() => verifyPack(id, pack))));
+    try {
+      await Promise.all(toRead.map(([id, pack]) => readers(() => verifyPack(id, pack))));
+    } finally {
+      lease.release();
+    }
   }
 
   say('checking snapshots');

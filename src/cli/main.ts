@@ -1,6 +1,7 @@
 import { Command, CommanderError, Option } from 'commander';
 import { ExitCode, TenderError, exitCodeFor } from '../errors/errors.js';
 import { positiveInt } from './args.js';
+import { registerAgent } from './commands/agent.js';
 import { registerBackup } from './commands/backup.js';
 import { registerCat } from './commands/cat.js';
 import { registerCheck } from './commands/check.js';
@@ -39,6 +40,7 @@ export function buildProgram(): Command {
   registerKey(program);
   registerRepair(program);
   registerForget(program);
+  registerAgent(program);
   return program;
 }
 

@@ -49,6 +49,12 @@ export interface OpenOptions {
   now?: () => number;
 }
 
+/** A share of a process-wide buffer pool (Repository.leaseBuffers); release it when the operation ends. */
+export interface BufferLease {
+  readonly pool: BufferPool;
+  release(): void;
+}
+
 export interface LoadIndexOptions {
   /** Keep the packs pending deletion plans doom (prune and check need them; writers must not). */
   includeDoomed?: boolean;
@@ -74,6 +80,8 @@ export class Repository {
   private readonly dataPackBuffers: BufferPool;
   private readonly metadataPackBuffers: BufferPool;
   private readonly writers = new Set<RepositoryWriter>();
+  /** Read slots and restore buffers, by kind and size, shared by the operations (see leaseBuffers). */
+  private readonly sharedPools = new Map<string, { pool: BufferPool; leased: number; floor: number }>();
   /** Index refreshes and writers' index-file writes take turns (see withIndexLock). */
   private indexLock: Promise<void> = Promise.resolve();
   private codecExecutor: CodecExecutor | undefined;
@@ -172,6 +180,32 @@ export class Repository {
   private resizePackPools(): void {
     this.dataPackBuffers.resize(this.storage.concurrentPuts + this.writers.size);
     this.metadataPackBuffers.resize(1 + 2 * this.writers.size);
+  }
+
+  /**
+   * Buffers for one operation from a pool the whole process shares: the pool holds `count` more
+   * while the lease lasts, so concurrent operations never wait on each other's buffers; when it
+   * ends the pool keeps one operation's worth for the next (memory is reused, not allocated and
+   * freed again per operation: freed large buffers stay in the C heap, and RSS only grows).
+   */
+  leaseBuffers(kind: string, bufferSize: number, count: number): BufferLease {
+    const key = `${kind}:${bufferSize}`;
+    let entry = this.sharedPools.get(key);
+    if (!entry) this.sharedPools.set(key, (entry = { pool: new BufferPool(bufferSize, 0), leased: 0, floor: 0 }));
+    const shared = entry;
+    shared.leased += count;
+    shared.floor = Math.max(shared.floor, count);
+    shared.pool.resize(Math.max(shared.leased, shared.floor));
+    let released = false;
+    return {
+      pool: shared.pool,
+      release: () => {
+        if (released) return;
+        released = true;
+        shared.leased -= count;
+        shared.pool.resize(Math.max(shared.leased, shared.floor));
+      },
+    };
   }
 
   /** @internal A writer stores a finished pack. */

@@ -1,6 +1,7 @@
 import { TenderError } from '../errors/errors.js';
 import { randomId, idToHex } from './ids.js';
-import type { Repository } from './repository.js';
+import type { Storage } from '../storage/storage.js';
+import type { Identity } from '../util/operation.js';
 import type { Snapshot } from './snapshot/snapshot.js';
 
 /**
@@ -27,7 +28,15 @@ export function sessionKey(s: SessionInfo): string {
 }
 
 /** Live and stale sessions, newest beat per session. */
-export async function listSessions(repo: Repository): Promise<SessionInfo[]> {
+/** What sessions need of the repository (the Repository, narrowed). */
+export interface SessionRepository {
+  readonly storage: Storage;
+  readonly identity: Identity;
+  now(): number;
+  storeSnapshot(snapshot: Snapshot): Promise<string>;
+}
+
+export async function listSessions(repo: Pick<SessionRepository, 'storage'>): Promise<SessionInfo[]> {
   const byId = new Map<string, SessionInfo>();
   for await (const { key } of repo.storage.list('sessions/')) {
     const m = sessionKeyPattern.exec(key);
@@ -48,14 +57,14 @@ export class WriterSession {
   private committing: Promise<unknown> = Promise.resolve();
 
   private constructor(
-    private readonly repo: Repository,
+    private readonly repo: SessionRepository,
     info: SessionInfo,
   ) {
     this.current = info;
   }
 
   /** Registers a session; call before loading the index or the deletion plans. */
-  static async start(repo: Repository): Promise<WriterSession> {
+  static async start(repo: SessionRepository): Promise<WriterSession> {
     const now = repo.now();
     const session = new WriterSession(repo, { id: idToHex(randomId()).slice(0, 32), startedMs: now, beatMs: now });
     await repo.storage.put(sessionKey(session.current), [Buffer.from(JSON.stringify({ host: repo.identity.hostname, pid: process.pid }))]);

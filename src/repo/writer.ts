@@ -1,13 +1,26 @@
 import { sealOverhead } from '../crypto/aead.js';
 import type { BlobCodec } from '../transform/blob-codec.js';
+import type { MasterKeys } from '../transform/keys.js';
 import { type BufferPool, type PooledBuffer, sharedBuffer } from '../util/buffer-pool.js';
 import { BlobType } from './blob.js';
 import { idToHex } from './ids.js';
-import type { IndexedPack } from './index/index-file.js';
+import type { IndexFile, IndexedPack } from './index/index-file.js';
+import type { IndexView } from './index/index-view.js';
 import { PackBuilder, type Reservation } from './pack/pack.js';
-import type { Repository } from './repository.js';
 import type { Tree } from './snapshot/tree.js';
 import { encodeTree } from './snapshot/tree.js';
+
+/** What a writer needs of the repository it writes into (the Repository, narrowed). */
+export interface WriterRepository {
+  readonly codec: BlobCodec;
+  readonly keys: MasterKeys;
+  readonly index: IndexView;
+  has(id: Uint8Array): boolean;
+  hasHex(hex: string): boolean;
+  storePack(key: string, parts: readonly Uint8Array[], partsReleased: () => void): Promise<void>;
+  saveIndexFile(file: IndexFile): Promise<string>;
+  withIndexLock<T>(fn: () => Promise<T>): Promise<T>;
+}
 
 export interface WriterOptions {
   /** Write an index file after this many packs are stored, so a crashed run keeps its work. */
@@ -40,7 +53,7 @@ export class RepositoryWriter {
 
   /** Use Repository.openWriter. */
   constructor(
-    private readonly repo: Repository,
+    private readonly repo: WriterRepository,
     private readonly pools: { data: BufferPool; metadata: BufferPool },
     options: WriterOptions,
     private readonly onClose: (writer: RepositoryWriter) => void,
@@ -81,10 +94,11 @@ export class RepositoryWriter {
       if (open) this.closePack(type, open);
       const pool = this.poolFor(type);
       const buffer = capacity <= pool.bufferSize ? await pool.acquire() : sharedBuffer(capacity);
-      this.throwIfFailed();
-      // Another caller may have opened a pack for this type while this one waited.
-      if (this.openPacks.get(type)) {
+      // Failed or closed while this one waited, or another caller opened a pack for this type
+      // meanwhile: the buffer goes back (the pools are shared by every writer of the process).
+      if (this.uploadError !== undefined || this.closed || this.openPacks.get(type)) {
         release(buffer);
+        this.throwIfFailed();
         continue;
       }
       this.openPacks.set(type, new PackBuilder(buffer));

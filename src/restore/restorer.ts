@@ -92,9 +92,15 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
   const executor = repo.executor();
   // A read must hold at least one whole blob: the repository's largest chunk, stored raw.
   const largeBufferSize = Math.max(largeReadSize, repo.config.chunker.maxSize) + sealOverhead;
+  const leases = [
+    repo.leaseBuffers('restore-reads', largeBufferSize, 3),
+    repo.leaseBuffers('restore-plaintext', largeBufferSize, 3),
+    repo.leaseBuffers('restore-reads', smallReadSize, 16),
+    repo.leaseBuffers('restore-plaintext', smallReadSize, 16),
+  ] as const;
   const buffers: RestoreBuffers = {
-    large: { reads: new BufferPool(largeBufferSize, 3), plaintext: new BufferPool(largeBufferSize, 3) },
-    small: { reads: new BufferPool(smallReadSize, 16), plaintext: new BufferPool(smallReadSize, 16) },
+    large: { reads: leases[0].pool, plaintext: leases[1].pool },
+    small: { reads: leases[2].pool, plaintext: leases[3].pool },
   };
   const result: RestoreResult = { files: 0, dirs: 0, bytes: 0, errors: [] };
   const progress: RestoreProgress = { filesDone: 0, bytesDone: 0 };
@@ -372,6 +378,7 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
     fail('', err);
   } finally {
     ctx.signal.removeEventListener('abort', onAbort);
+    for (const lease of leases) lease.release();
   }
   if (fatal) throw fatal;
   return result;

@@ -4,10 +4,13 @@ import { link, mkdir, open, readdir, rm, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { TenderError, systemErrorCode } from '../errors/errors.js';
 import { Permits } from '../util/permits.js';
-import { type ByteRange, type ObjectInfo, type PutOptions, type PutResult, type Storage, viewOf } from './storage.js';
+import { type ByteRange, type ObjectInfo, type PutOptions, type PutResult, type Storage, markPermanent, viewOf } from './storage.js';
 
 /** Objects written but not yet fsynced, at most: bounds the dirty data a backup leaves to the disk. */
 const maxUnsyncedPuts = 4;
+
+/** Errors that may go away by themselves (busy, out of descriptors, a network filesystem's hiccup): the retry wrapper tries them again. */
+const transientCodes = new Set(['EAGAIN', 'EBUSY', 'EINTR', 'EIO', 'EMFILE', 'ENFILE', 'ENOMEM', 'ESTALE', 'ETIMEDOUT', 'ECONNRESET', 'ENOTCONN']);
 
 /**
  * A repository in a local directory. Each key is a file below the root.
@@ -15,6 +18,10 @@ const maxUnsyncedPuts = 4;
  * Atomic, non-overwriting put: the bytes go to a temporary file in `tmp/`, are fsynced, then
  * `link(2)`ed to the final name. link fails with EEXIST instead of replacing, so an existing
  * object is never touched, and a crash leaves at most an orphan in `tmp/` (never a torn object).
+ *
+ * Durable once put returns 'stored': the directory that holds the new name is fsynced after the
+ * link (and the parent of a directory made for it after the mkdir), so a published object
+ * survives a power cut, not only its bytes.
  */
 export class FsStorage implements Storage {
   readonly location: string;
@@ -31,7 +38,7 @@ export class FsStorage implements Storage {
 
   private pathOf(key: string): string {
     if (key.includes('..') || key.startsWith('/') || key.includes('\\')) {
-      throw new TenderError('TENDER_STORAGE', `refusing storage key ${JSON.stringify(key)}`);
+      throw markPermanent(new TenderError('TENDER_STORAGE', `refusing storage key ${JSON.stringify(key)}`));
     }
     return path.join(this.root, key);
   }
@@ -103,8 +110,8 @@ export class FsStorage implements Storage {
 
   async put(key: string, parts: readonly Uint8Array[], options: PutOptions = {}): Promise<PutResult> {
     const final = this.pathOf(key);
-    await this.ensureDir(path.dirname(final));
-    await this.ensureDir(this.tmpDir);
+    await this.ensureDir(path.dirname(final), true);
+    await this.ensureDir(this.tmpDir, false);
     const tmp = path.join(this.tmpDir, `${randomBytes(12).toString('hex')}.tmp`);
     await this.unsynced.acquire();
     try {
@@ -119,11 +126,12 @@ export class FsStorage implements Storage {
       }
       try {
         await link(tmp, final);
-        return 'stored';
       } catch (err) {
         if (systemErrorCode(err) === 'EEXIST') return 'exists';
         throw err;
       }
+      await syncDir(path.dirname(final));
+      return 'stored';
     } catch (err) {
       throw this.wrap(err, 'put', key);
     } finally {
@@ -142,10 +150,22 @@ export class FsStorage implements Storage {
 
   async close(): Promise<void> {}
 
-  private async ensureDir(dir: string): Promise<void> {
+  /**
+   * Makes `dir` if it is missing (once per process); with `durable`, the entries of `dir` and of
+   * every directory made for it are fsynced into their parents.
+   */
+  private async ensureDir(dir: string, durable: boolean): Promise<void> {
     if (this.madeDirs.has(dir)) return;
     try {
-      await mkdir(dir, { recursive: true, mode: 0o700 });
+      // The first directory it created, if any: it and everything below it up to `dir` are new.
+      const first = await mkdir(dir, { recursive: true, mode: 0o700 });
+      if (durable) {
+        // Made by another process, which may have crashed before its fsync: sync the parent once anyway.
+        for (let d = dir; ; d = path.dirname(d)) {
+          await syncDir(path.dirname(d));
+          if (first === undefined || d === first || path.dirname(d) === d) break;
+        }
+      }
     } catch (err) {
       throw this.wrap(err, 'mkdir', path.relative(this.root, dir));
     }
@@ -167,8 +187,22 @@ export class FsStorage implements Storage {
         cause: err,
       });
     }
-    return new TenderError('TENDER_STORAGE', `${op} ${key} in ${this.location} failed: ${(err as Error).message}`, {
+    const wrapped = new TenderError('TENDER_STORAGE', `${op} ${key} in ${this.location} failed: ${(err as Error).message}`, {
       cause: err,
     });
+    return code !== undefined && transientCodes.has(code) ? wrapped : markPermanent(wrapped);
+  }
+}
+
+/** fsync a directory, so the names linked into it (or made in it) are on disk. */
+async function syncDir(dir: string): Promise<void> {
+  const handle = await open(dir, fsConstants.O_RDONLY | fsConstants.O_DIRECTORY);
+  try {
+    await handle.sync();
+  } catch (err) {
+    // Some filesystems cannot fsync a directory (EINVAL); there is nothing more to do there.
+    if (systemErrorCode(err) !== 'EINVAL' && systemErrorCode(err) !== 'ENOTSUP') throw err;
+  } finally {
+    await handle.close();
   }
 }

@@ -1,19 +1,25 @@
 import path from 'node:path';
 import { TenderError } from '../errors/errors.js';
 import { FsStorage } from './fs.js';
+import type { StorageOptions } from './options.js';
+import { type StackOptions, stackStorage } from './stack.js';
 import type { Storage } from './storage.js';
 
-export interface StorageOptions {
-  /** S3 endpoint URL override (else AWS_ENDPOINT_URL / AWS defaults). */
-  s3Endpoint?: string;
-  /** CA bundle for TLS to the S3 endpoint. */
-  caBundle?: string;
-}
+export type { StorageOptions } from './options.js';
+
+/** What openStorage takes: the backend's settings, and the wrappers to put around it (stack.ts). */
+export type OpenStorageOptions = StorageOptions & StackOptions;
 
 /**
- * Open the storage a repository URL names: `s3://BUCKET/PREFIX`, `local:/path` or a plain path.
+ * Open the storage a repository URL names: `s3://BUCKET/PREFIX`, `local:/path` or a plain path,
+ * wrapped as stack.ts does (retry by default; metrics and limits when `options` has them).
  */
-export async function openStorage(url: string, options: StorageOptions = {}): Promise<Storage> {
+export async function openStorage(url: string, options: OpenStorageOptions = {}): Promise<Storage> {
+  return stackStorage(await openBackend(url, options), options);
+}
+
+/** The bare backend a repository URL names, without wrappers. */
+export async function openBackend(url: string, options: StorageOptions = {}): Promise<Storage> {
   if (url.startsWith('s3:')) {
     const { openS3Storage } = await import('./s3.js');
     return openS3Storage(url, options);

@@ -53,8 +53,8 @@ import {
 } from '@aws-sdk/client-s3';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { TenderError, type ErrorCode } from '../errors/errors.js';
-import type { StorageOptions } from './open.js';
-import { totalLength, viewOf, type ByteRange, type ObjectInfo, type PutResult, type Storage } from './storage.js';
+import type { StorageOptions } from './options.js';
+import { markPermanent, totalLength, viewOf, type ByteRange, type ObjectInfo, type PutResult, type Storage } from './storage.js';
 
 /** Request and byte counters; PUT-class and GET-class requests are what S3 bills for. */
 export interface S3Stats {
@@ -310,7 +310,7 @@ export class S3Storage implements Storage {
 
   private keyOf(key: string): string {
     if (key === '' || key.startsWith('/') || key.split('/').includes('..')) {
-      throw new TenderError('TENDER_STORAGE', `refusing storage key ${JSON.stringify(key)}`);
+      throw markPermanent(new TenderError('TENDER_STORAGE', `refusing storage key ${JSON.stringify(key)}`));
     }
     return this.prefix + key;
   }
@@ -354,7 +354,7 @@ export class S3Storage implements Storage {
   async get(key: string, range?: ByteRange, into?: Uint8Array): Promise<Buffer> {
     const k = this.keyOf(key);
     if (range && (range.offset < 0 || range.length < 0 || !Number.isSafeInteger(range.offset + range.length))) {
-      throw new TenderError('TENDER_STORAGE', `get ${key}: invalid byte range ${range.offset}+${range.length}`);
+      throw markPermanent(new TenderError('TENDER_STORAGE', `get ${key}: invalid byte range ${range.offset}+${range.length}`));
     }
     if (range && range.length === 0) {
       // HTTP cannot ask for zero bytes; still report a missing object as missing.
@@ -577,7 +577,7 @@ export class S3Storage implements Storage {
     const { maxAttempts, retryBudgetMs, baseDelayMs, maxDelayMs } = this.tuning;
     let firstFailure: number | undefined;
     for (let attempt = 1; ; attempt++) {
-      if (this.closed) throw new TenderError('TENDER_STORAGE', `${op} ${key}: storage ${this.location} is closed`);
+      if (this.closed) throw markPermanent(new TenderError('TENDER_STORAGE', `${op} ${key}: storage ${this.location} is closed`));
       this.count(kind, attempt > 1);
       const controller = new AbortController();
       this.inflight.add(controller);
@@ -591,7 +591,8 @@ export class S3Storage implements Storage {
           if (verdict.retry) {
             verdict.error.message += ` (gave up after ${attempt} attempts in ${Math.round(elapsed / 1000)} s)`;
           }
-          throw verdict.error;
+          // Retried here as long as the tuning allows: a retry wrapper above must not multiply it.
+          throw markPermanent(verdict.error);
         }
         const cap = Math.min(maxDelayMs, baseDelayMs * 2 ** (Math.min(attempt, 30) - 1));
         await sleep(cap / 2 + (Math.random() * cap) / 2);

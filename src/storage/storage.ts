@@ -2,7 +2,8 @@
  * The blob storage layer: a flat namespace of immutable objects addressed by key
  * ("data/ab/abcd...", "index/...", "snapshots/...", "keys/...", "config").
  *
- * Guarantees every backend must give (checked by src/storage/conformance.ts):
+ * Guarantees every backend must give (checked by test/storage/conformance.ts, run against every
+ * backend and every wrapper in src/storage/wrap/):
  * - `put` is atomic: a reader sees the whole object or nothing; never a partial object,
  *   even if the writer crashes mid-put.
  * - `put` never overwrites: if the key exists it returns 'exists' and leaves the object alone.
@@ -10,8 +11,11 @@
  * - `get` of a missing key throws a TenderError with code TENDER_NOT_FOUND.
  * - `list` returns every object whose put completed before the list started.
  * - Nothing is ever renamed or rewritten, so S3 and local directories behave alike.
- * Transient failures (timeouts, 5xx, resets) are retried inside the backend; what escapes is
- * a TenderError with code TENDER_STORAGE (or TENDER_STORAGE_AUTH / _CONFIG for settings to fix).
+ * Failures are TenderErrors with code TENDER_STORAGE (or TENDER_STORAGE_AUTH / _CONFIG for
+ * settings to fix, TENDER_DISK_FULL). A TENDER_STORAGE error may be transient (a timeout, a reset);
+ * the retry wrapper (wrap/retry.ts) tries those again unless the backend marked them permanent
+ * (markPermanent): retrying them is pointless, because of what failed or because the backend
+ * already retried as long as it should (the S3 backend retries inside, with its own budget).
  */
 export interface ObjectInfo {
   key: string;
@@ -70,4 +74,17 @@ export function totalLength(parts: readonly Uint8Array[]): number {
 export function viewOf(into: Uint8Array, length: number): Buffer {
   if (into.byteLength < length) throw new RangeError(`read buffer of ${into.byteLength} bytes is too small for ${length}`);
   return Buffer.from(into.buffer, into.byteOffset, length);
+}
+
+const permanentMark = Symbol.for('tender.storage.permanent');
+
+/** Marks `err` as not worth retrying (see isPermanent); returns it. */
+export function markPermanent<E extends Error>(err: E): E {
+  Object.defineProperty(err, permanentMark, { value: true, enumerable: false, configurable: true });
+  return err;
+}
+
+/** Whether a backend said that retrying `err` is pointless. */
+export function isPermanent(err: unknown): boolean {
+  return typeof err === 'object' && err !== null && (err as Record<symbol, unknown>)[permanentMark] === true;
 }

@@ -23,7 +23,8 @@
  */
 import { type ChildProcess, execFile, execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, open, rm } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, open, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -53,7 +54,7 @@ const credentials = { user: 'tender', password: 'tender-secret-key' };
 const bucket = 'faults';
 /** Inside the namespace nothing else listens: fixed ports. */
 const port = 9000;
-/** tbf rate that paces the fault tests' backups (~25 MB/s: >= 4 s of uploads). */
+/** tbf rate that paces the fault tests' backups (~25 MB/s), so the uploads after the fault take seconds, as on a real link. */
 const paceRate = '200mbit';
 /** Source files (MiB): several files, ~105 MB of random (incompressible) data. */
 const fileSizes = [28, 24, 20, 16, 8, 4];
@@ -235,26 +236,34 @@ describe.skipIf(skipReason !== undefined)('network faults between tender and Min
     return { child, done, exited: () => ended };
   }
 
-  /** Waits until the running backup has stored `packs` packs; returns what the repository holds then. */
-  async function waitForPacks(prefix: string, backup: Backup, packs: number): Promise<Listing> {
+  /**
+   * A barrier instead of a race with the clock: the backup runs with TENDER_TEST_HOLD_AFTER_PUTS=1
+   * and TENDER_TEST_HOLD_GATE=`gate` (src/storage/stack.ts), so it stores its first pack and then
+   * holds every further pack upload until the file `gate` exists; once it is held there it creates
+   * `gate`.held. This waits for that file and returns what the repository holds then.
+   */
+  async function waitUntilHeld(prefix: string, backup: Backup, gate: string): Promise<Listing> {
     const deadline = Date.now() + 60_000;
     for (;;) {
-      const l = await list(prefix);
-      if (under(l, 'data/').length >= packs) return l;
+      if (existsSync(`${gate}.held`)) {
+        const l = await list(prefix);
+        expect(under(l, 'data/').length, 'packs stored when the backup is held').toBe(1);
+        return l;
+      }
       if (backup.exited()) {
         const r = await backup.done;
-        throw new Error(`the backup ended before it stored ${packs} packs: ${describeRun(['backup'], r)}`);
+        throw new Error(`the backup ended before it was held after its first pack: ${describeRun(['backup'], r)}`);
       }
-      if (Date.now() > deadline) throw new Error(`the backup stored no ${packs} packs within 60 s`);
-      await sleep(50);
+      if (Date.now() > deadline) throw new Error('the backup was not held after a first pack within 60 s');
+      await sleep(20);
     }
   }
 
   /**
-   * Runs a backup, applies `fault` once the first pack is stored, holds it for `holdMs` (or until
-   * the backup ends: 'until-exit'), then clears it (always). The backup runs under a pacing cap
-   * (tbf at `paceRate`) so that on a fast machine it is still uploading when the fault is in
-   * place (setting a rule takes a few hundred ms); the cap is lifted when the backup ends.
+   * Runs a backup that stops after its first pack (waitUntilHeld), applies `fault`, lets the
+   * backup go on, holds the fault for `holdMs` (or until the backup ends: 'until-exit'), then
+   * clears it (always). Whatever the load on the machine, the fault is in place before the second
+   * pack upload starts. The backup runs under a pacing cap (tbf at `paceRate`), lifted when it ends.
    */
   async function backupWithFault(
     url: string,
@@ -264,15 +273,18 @@ describe.skipIf(skipReason !== undefined)('network faults between tender and Min
     env: Record<string, string | undefined> = {},
   ): Promise<{ result: RunResult & { wallMs: number }; before: Listing; runningAtClear: boolean }> {
     await netns('shape', name, paceRate);
-    const backup = startBackup(url, env);
+    const gate = path.join(tmp, `gate-${randomBytes(4).toString('hex')}`);
+    const backup = startBackup(url, { TENDER_TEST_HOLD_AFTER_PUTS: '1', TENDER_TEST_HOLD_GATE: gate, ...env });
     const timeline: string[] = [];
     let runningAtClear = false;
     try {
-      const before = await waitForPacks(prefix, backup, 1);
+      const before = await waitUntilHeld(prefix, backup, gate);
       const t0 = Date.now();
       try {
         await fault.apply();
-        timeline.push(`fault applied ${Date.now() - t0} ms after ${under(before, 'data/').length} packs were seen`);
+        // Let the backup go on: its next pack upload meets the fault.
+        await writeFile(gate, '');
+        timeline.push(`fault applied ${Date.now() - t0} ms after the backup was held with ${under(before, 'data/').length} pack stored`);
         if (backup.exited() && (await backup.done).code === 0) {
           throw new Error(`test precondition: the backup completed before the fault was in place (${timeline.join('; ')})`);
         }

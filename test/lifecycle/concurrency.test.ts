@@ -12,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backup as backupInProcess } from '../../src/backup/archiver.js';
 import { prune as pruneInProcess } from '../../src/prune/prune.js';
 import { Repository } from '../../src/repo/repository.js';
+import { createOperationContext } from '../../src/util/operation.js';
 import type { ByteRange, ObjectInfo, PutOptions, PutResult, Storage } from '../../src/storage/storage.js';
 import { backends } from '../helpers/backends.js';
 import { type TreeDigest, backupSummary, randomBuffer, testPassword, treeDigest, writeRandomFile } from '../helpers/cli.js';
@@ -230,9 +231,9 @@ class HookedStorage implements Storage {
     return this.inner.stat(key);
   }
 
-  async get(key: string, range?: ByteRange): Promise<Buffer> {
+  async get(key: string, range?: ByteRange, into?: Uint8Array): Promise<Buffer> {
     await this.hooks.beforeGet?.(key);
-    return this.inner.get(key, range);
+    return this.inner.get(key, range, into);
   }
 
   put(key: string, parts: readonly Uint8Array[], options?: PutOptions): Promise<PutResult> {
@@ -286,7 +287,7 @@ describe.each(backends)('prune and backup interleaved at exact points ($name)', 
     const r = await Repository.open(storage, testPassword);
     try {
       // (In this process the heartbeat is the default 5 min, so the grace must exceed 10 min.)
-      const report = await pruneInProcess(r, { graceMs: 11 * 60_000 });
+      const report = await pruneInProcess(r, { graceMs: 11 * 60_000 }, createOperationContext());
       expect(report.packsDeleted).toBe(0);
     } finally {
       await r.close();
@@ -323,7 +324,7 @@ describe.each(backends)('prune and backup interleaved at exact points ($name)', 
     });
     const r = await Repository.open(storage, testPassword);
     try {
-      const report = await pruneInProcess(r, { graceMs: 11 * 60_000 });
+      const report = await pruneInProcess(r, { graceMs: 11 * 60_000 }, createOperationContext());
       expect(report.plansWaiting).toBe(1);
       expect(report.planned.packs).toBeGreaterThanOrEqual(1);
     } finally {
@@ -353,7 +354,7 @@ describe.each(backends)('prune and backup interleaved at exact points ($name)', 
     // A pending plan old enough that no running backup blocks it (nothing doomed: a sweep of it
     // only replaces every index file by one new index file, and deletes the old ones).
     const r0 = await openRepository(repo);
-    await r0.saveSealedJson('plans', { version: 1, createdMs: Date.now() - 10 * 60_000, packs: [], snapshots: [firstSnapshot] });
+    await r0.saveDeletionPlan({ version: 1, createdMs: Date.now() - 10 * 60_000, packs: [], snapshots: [firstSnapshot] });
     await r0.close();
 
     let swept = false;
@@ -366,7 +367,7 @@ describe.each(backends)('prune and backup interleaved at exact points ($name)', 
         expect(p.plansSwept).toBe(1);
       },
     });
-    const r = await Repository.open(storage, testPassword);
+    const r = await Repository.open(storage, testPassword, { workers: 1 });
     const data = path.join(tmp, 'during-sweep');
     await mkdir(data);
     await writeRandomFile(path.join(data, 'c.bin'), 3 * MiB);
@@ -374,7 +375,7 @@ describe.each(backends)('prune and backup interleaved at exact points ($name)', 
     try {
       // docs/design.md: "A restore or check that runs during a sweep may find a pack gone ...
       // Backups are never affected."
-      const result = await backupInProcess(r, { paths: [data], hostname: 'during-sweep', workers: 1 });
+      const result = await backupInProcess(r, { paths: [data], hostname: 'during-sweep' }, createOperationContext());
       snapshotId = result.snapshotId;
     } finally {
       await r.close();
@@ -388,9 +389,9 @@ describe.each(backends)('prune and backup interleaved at exact points ($name)', 
     const { repo } = await repoWithOneBackup('superseded-late');
     // A file that supersedes every index file and lists no pack: a reader must end with nothing.
     const r0 = await openRepository(repo);
-    await r0.loadIndex();
-    expect(r0.blobCount).toBeGreaterThan(0);
-    const superseding = await r0.saveIndexFile({ superseded: [...r0.indexFiles].map((k) => Buffer.from(k.slice('index/'.length), 'hex')), packs: [] });
+    const before = await r0.loadIndex();
+    expect(before.blobCount).toBeGreaterThan(0);
+    const superseding = await r0.saveIndexFile({ superseded: [...before.indexFiles].map((k) => Buffer.from(k.slice('index/'.length), 'hex')), packs: [] });
     await r0.close();
     // In either read order: the superseding file delayed (so the others are added first), or not.
     for (const delayMs of [300, 0]) {
@@ -401,9 +402,9 @@ describe.each(backends)('prune and backup interleaved at exact points ($name)', 
       });
       const r = await Repository.open(storage, testPassword);
       try {
-        await r.loadIndex();
-        expect(r.blobCount, `delay ${delayMs} ms`).toBe(0);
-        expect(r.indexFiles.has(superseding)).toBe(true);
+        await r.refreshIndex();
+        expect(r.index.blobCount, `delay ${delayMs} ms`).toBe(0);
+        expect(r.index.indexFiles.has(superseding)).toBe(true);
       } finally {
         await r.close();
       }

@@ -16,10 +16,11 @@ import { mkdir, mkdtemp, readdir, rename, rm, writeFile } from 'node:fs/promises
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { WriterSession } from '../../src/repo/sessions.js';
-import type { Storage } from '../../src/storage/storage.js';
+import { Repository } from '../../src/repo/repository.js';
+import type { Snapshot } from '../../src/repo/snapshot/snapshot.js';
+import type { ByteRange, ObjectInfo, PutOptions, PutResult, Storage } from '../../src/storage/storage.js';
 import { type Backend, backends, localRepoDir } from '../helpers/backends.js';
-import { type TreeDigest, backupSummary, treeDigest, writeRandomFile } from '../helpers/cli.js';
+import { type TreeDigest, backupSummary, testPassword, treeDigest, writeRandomFile } from '../helpers/cli.js';
 import {
   MiB,
   checkRepo,
@@ -29,12 +30,12 @@ import {
   initRepo,
   listKeys,
   openRepoStorage,
-  openRepository,
   packSize,
   rng,
   sleep,
   startTenderProcess,
   tender,
+  waitFor,
 } from './helpers.js';
 
 const killTargets: Record<string, number> = { local: 30, s3: 20 };
@@ -318,6 +319,55 @@ async function storagePackBytes(storage: Storage, beforePacks: Set<string>): Pro
   return n;
 }
 
+/** A Storage whose snapshot puts wait until release() (counts the snapshot puts started). */
+class SnapshotGate implements Storage {
+  started = 0;
+  private open!: () => void;
+  private readonly opened = new Promise<void>((resolve) => (this.open = resolve));
+
+  constructor(private readonly inner: Storage) {}
+
+  get location(): string {
+    return this.inner.location;
+  }
+
+  get concurrentPuts(): number {
+    return this.inner.concurrentPuts;
+  }
+
+  release(): void {
+    this.open();
+  }
+
+  list(prefix: string): AsyncIterable<ObjectInfo> {
+    return this.inner.list(prefix);
+  }
+
+  stat(key: string): Promise<ObjectInfo | undefined> {
+    return this.inner.stat(key);
+  }
+
+  get(key: string, range?: ByteRange, into?: Uint8Array): Promise<Buffer> {
+    return this.inner.get(key, range, into);
+  }
+
+  async put(key: string, parts: readonly Uint8Array[], options?: PutOptions): Promise<PutResult> {
+    if (key.startsWith('snapshots/')) {
+      this.started++;
+      await this.opened;
+    }
+    return this.inner.put(key, parts, options);
+  }
+
+  delete(key: string): Promise<void> {
+    return this.inner.delete(key);
+  }
+
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
+
 describe('a backup interrupted with SIGINT (local)', () => {
   let tmp: string;
 
@@ -390,25 +440,37 @@ describe('a backup interrupted with SIGINT (local)', () => {
     const repoUrl = local.makeRepoUrl(path.join(tmp, 'commit-order'));
     await mkdir(path.dirname(repoUrl), { recursive: true });
     await initRepo(repoUrl);
-    const repo = await openRepository(repoUrl);
+    // Snapshot writes are held at the storage until released: the write is "under way".
+    const gate = new SnapshotGate(await openRepoStorage(repoUrl));
+    const repo = await Repository.open(gate, testPassword);
     try {
-      const session = await WriterSession.start(repo);
+      const session = await repo.startSession();
       const markers = async () => (await listKeys(repo.storage, 'sessions/')).size;
-      let finishWrite!: () => void;
-      const write = new Promise<void>((resolve) => (finishWrite = resolve));
-      const committed = session.commit(() => write);
+      const snapshot: Snapshot = {
+        version: 1,
+        time: new Date().toISOString(),
+        hostname: 'h',
+        username: 'u',
+        paths: ['/p'],
+        tags: [],
+        tree: '00'.repeat(32),
+        program: 'crash-many-test',
+      };
+      const committed = session.commit(snapshot);
+      await waitFor(() => gate.started > 0, 5000, 'the snapshot write to start');
       // Ctrl-C while the snapshot is being written: the marker stays until the write is done.
       const ended = session.end();
       await sleep(200);
       expect(await markers(), 'session markers while the snapshot write is under way').toBe(1);
-      finishWrite();
-      await committed;
+      gate.release();
+      const id = await committed;
       await ended;
       expect(await markers(), 'session markers after the write and end()').toBe(0);
+      expect(await repo.listSnapshotIds()).toEqual([id]);
       // After end() (the interrupt came first), no snapshot write starts.
-      let started = false;
-      await expect(session.commit(async () => void (started = true))).rejects.toMatchObject({ code: 'TENDER_INTERRUPTED' });
-      expect(started).toBe(false);
+      await expect(session.commit({ ...snapshot, time: new Date(Date.now() + 1000).toISOString() })).rejects.toMatchObject({ code: 'TENDER_INTERRUPTED' });
+      expect(gate.started, 'snapshot writes started').toBe(1);
+      expect(await repo.listSnapshotIds()).toEqual([id]);
     } finally {
       await repo.close();
     }

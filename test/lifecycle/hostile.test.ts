@@ -10,7 +10,8 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlobType } from '../../src/repo/blob.js';
 import { idToHex } from '../../src/repo/ids.js';
-import type { Repository } from '../../src/repo/repository.js';
+import type { RepositoryWriter } from '../../src/repo/repository.js';
+import type { WriterSession } from '../../src/repo/sessions.js';
 import type { TreeNode } from '../../src/repo/snapshot/tree.js';
 import { backends } from '../helpers/backends.js';
 import { errorLine, jsonLines, makeTree, sha256File, treeDigest } from '../helpers/cli.js';
@@ -23,18 +24,24 @@ function node(name: string, type: TreeNode['type'], extra: Partial<TreeNode> = {
   return { name, type, mode: type === 'dir' ? 0o755 : 0o644, uid: 0, gid: 0, mtime, ctime: mtime, inode: ++inode, device: 42, links: 1, ...extra };
 }
 
-/** Builds a snapshot from a tree description with the library API: blobs → trees → flush → snapshot. */
+/**
+ * Builds a snapshot from a tree description with the library API: blobs → trees → flush → snapshot,
+ * through a writer, the snapshot stored inside a writer session.
+ */
 class Crafter {
-  constructor(private readonly repo: Repository) {}
+  constructor(
+    private readonly writer: RepositoryWriter,
+    private readonly session: WriterSession,
+  ) {}
 
   async file(name: string, content: string, extra: Partial<TreeNode> = {}): Promise<TreeNode> {
     const buf = Buffer.from(content);
-    const id = await this.repo.saveBlob(BlobType.data, buf);
+    const id = await this.writer.saveBlob(BlobType.data, buf);
     return node(name, 'file', { size: buf.length, content: buf.length ? [idToHex(id)] : [], ...extra });
   }
 
   async dir(name: string, children: TreeNode[]): Promise<TreeNode> {
-    return node(name, 'dir', { subtree: await this.repo.saveTree({ nodes: children }) });
+    return node(name, 'dir', { subtree: await this.writer.saveTree({ nodes: children }) });
   }
 
   link(name: string, target: string): TreeNode {
@@ -42,9 +49,9 @@ class Crafter {
   }
 
   async snapshot(nodes: TreeNode[]): Promise<string> {
-    const tree = await this.repo.saveTree({ nodes });
-    await this.repo.flush();
-    return this.repo.saveSnapshot({
+    const tree = await this.writer.saveTree({ nodes });
+    await this.writer.flush();
+    return this.session.commit({
       version: 1,
       time: new Date().toISOString(),
       hostname: 'mallory',
@@ -60,9 +67,20 @@ class Crafter {
 async function craft(repoUrl: string, build: (c: Crafter) => Promise<TreeNode[]>): Promise<string> {
   const repo = await openRepository(repoUrl);
   try {
-    await repo.loadIndex();
-    const c = new Crafter(repo);
-    return await c.snapshot(await build(c));
+    // As a backup does: the session first, then the index, then the writes.
+    const session = await repo.startSession();
+    try {
+      await repo.refreshIndex();
+      const writer = repo.openWriter();
+      try {
+        const c = new Crafter(writer, session);
+        return await c.snapshot(await build(c));
+      } finally {
+        await writer.close();
+      }
+    } finally {
+      await session.end();
+    }
   } finally {
     await repo.close();
   }

@@ -437,8 +437,7 @@ describe('prune: writers that stop and resume, interrupted backups, repeated pru
 
       // In which order does a reader meet the index files of the doomed pack and of the copy?
       const r = await openRepository(repo);
-      const order: string[] = [];
-      for await (const { key } of r.storage.list('index/')) order.push(key);
+      const order = await r.listIndexFiles();
       const listsPack = async (key: string, pack: string) => (await r.readIndexFile(key)).packs.some((p) => packKey(p.packId) === pack);
       let doomedAt = -1;
       let copyAt = -1;

@@ -316,7 +316,13 @@ describe('forget (CLI) and the retention policy', () => {
         { host: 'beta', time: '2021-01-01T00:00:00.000Z' },
         { host: 'beta', time: '2021-01-02T00:00:00.000Z' },
       ];
-      for (const s of specs) crafted[await r.saveSnapshot({ ...base, hostname: s.host, time: s.time })] = s;
+      // Snapshots are stored only inside a writer session.
+      const session = await r.startSession();
+      try {
+        for (const s of specs) crafted[await session.commit({ ...base, hostname: s.host, time: s.time })] = s;
+      } finally {
+        await session.end();
+      }
     } finally {
       await r.close();
     }

@@ -391,10 +391,11 @@ beforeAll(async () => {
   // Classify every object, and find the packs the latest snapshot needs (library calls).
   const repo = await Repository.open(new FsStorage(pristine), testPassword);
   try {
-    await repo.loadIndex();
+    // One index view for every lookup: pack numbers are the view's own.
+    const view = await repo.loadIndex();
     const packTypes = new Map<string, Set<number>>();
-    repo.forEachBlob((_id, loc) => {
-      const key = packKey(repo.packIdAt(loc.packIndex));
+    view.forEachBlob((_id, loc) => {
+      const key = packKey(view.packIdAt(loc.packIndex));
       const set = packTypes.get(key) ?? new Set<number>();
       set.add(loc.type);
       packTypes.set(key, set);
@@ -413,13 +414,13 @@ beforeAll(async () => {
       objects.set(key, type);
     }
     const useBlob = (id: Buffer) => {
-      const loc = repo.lookup(id);
+      const loc = view.lookup(id);
       if (!loc) throw new Error(`blob ${idToHex(id)} is not indexed`);
-      neededPacks.add(packKey(repo.packIdAt(loc.packIndex)));
+      neededPacks.add(packKey(view.packIdAt(loc.packIndex)));
     };
     const walk = async (treeHex: string): Promise<void> => {
       useBlob(hexToId(treeHex));
-      for (const node of (await repo.loadTree(treeHex)).nodes) {
+      for (const node of (await repo.loadTree(treeHex, view)).nodes) {
         if (node.subtree) await walk(node.subtree);
         for (const hex of node.content ?? []) useBlob(hexToId(hex));
         for (const hex of node.contentLists ?? []) useBlob(hexToId(hex));

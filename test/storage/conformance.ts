@@ -1,15 +1,16 @@
 /**
- * The conformance suite every Storage backend runs (see the guarantees in storage.ts).
+ * The conformance suite every Storage backend and every wrapper runs (see the guarantees in
+ * src/storage/storage.ts); test/storage/conformance.test.ts runs it.
  *
  *   describeStorageConformance('fs', async () => new FsStorage(await mkdtemp(...)));
  *
  * `makeStorage` is called once per test and must return an empty storage each time (a fresh
- * directory, a fresh S3 prefix); the suite closes it after the test. Test-only: imports vitest.
+ * directory, a fresh S3 prefix); the suite closes it after the test.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
-import { isTenderError } from '../errors/errors.js';
-import type { ObjectInfo, Storage } from './storage.js';
+import { isTenderError } from '../../src/errors/errors.js';
+import type { ObjectInfo, Storage } from '../../src/storage/storage.js';
 
 const MiB = 1024 * 1024;
 
@@ -93,6 +94,28 @@ export function describeStorageConformance(name: string, makeStorage: () => Prom
         expect(got.length, `range ${range.offset}+${range.length}`).toBe(range.length);
         expect(got.equals(whole.subarray(range.offset, range.offset + range.length))).toBe(true);
       }
+    });
+
+    it('reads into a caller\'s buffer: the result is a view of it', async () => {
+      const s = await fresh();
+      const whole = randomBytes(50_000);
+      const key = randomKey();
+      await s.put(key, [whole]);
+      const cases = [
+        { range: undefined, into: 50_000 },
+        { range: undefined, into: 60_000 },
+        { range: { offset: 1000, length: 2000 }, into: 2000 },
+        { range: { offset: 49_000, length: 1000 }, into: 4096 },
+      ];
+      for (const { range, into } of cases) {
+        const buf = new Uint8Array(new ArrayBuffer(into + 16), 16, into);
+        const got = await s.get(key, range, buf);
+        const want = range ? whole.subarray(range.offset, range.offset + range.length) : whole;
+        expect(got.equals(want), `range ${JSON.stringify(range)} into ${into}`).toBe(true);
+        expect(got.buffer, 'the result lies in the given buffer').toBe(buf.buffer);
+        expect(got.byteOffset).toBe(buf.byteOffset);
+      }
+      await expectCode(s.get(randomKey(), undefined, new Uint8Array(10)), 'TENDER_NOT_FOUND');
     });
 
     it('reports a missing object as TENDER_NOT_FOUND', async () => {

@@ -1,0 +1,163 @@
+/**
+ * The agent's Prometheus metrics (prom-client, on a registry of its own, with the default
+ * process metrics: CPU, RSS, heap, event loop lag, open fds).
+ *
+ * Label sets are bounded: per-volume series exist only for the volumes currently protected on
+ * this node (they are rebuilt at each scrape), so a churn of pods does not grow the registry.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { RunRecord } from './state.js';
+
+export interface MetricsVolume {
+  namespace: string;
+  pod: string;
+  volume: string;
+  identity: string;
+  /** Why it cannot be backed up now (not mounted, PVC unbound, ...). */
+  problem?: string;
+}
+
+export interface MetricsSources {
+  queueDepth: () => number;
+  running: () => number;
+  volumes: () => MetricsVolume[];
+  /** Last success of a volume identity (ms since the epoch). */
+  lastSuccess: (identity: string) => number | undefined;
+  repositoryReady: () => boolean;
+}
+
+/** Failure kinds outside runs: `auth` (missing or wrong token), `state_write`, `repository_open`, `discovery`, `volume`. */
+export type ErrorKind = 'auth' | 'state_write' | 'repository_open' | 'discovery' | 'volume';
+
+/** Why a run failed, for the `reason` label (bounded set). */
+export type FailureReason = 'volume_unavailable' | 'pod_deleted' | 'repository' | 'storage' | 'io' | 'other';
+
+/** The `reason` label of a failed run, from its error code. */
+export function failureReason(run: Pick<RunRecord, 'errorCode'>): FailureReason {
+  const code = run.errorCode ?? '';
+  if (code === 'POD_DELETED') return 'pod_deleted';
+  if (code === 'VOLUME_UNAVAILABLE' || code === 'TENDER_USAGE') return 'volume_unavailable';
+  if (code === 'TENDER_IO') return 'io';
+  if (code.startsWith('TENDER_STORAGE')) return 'storage';
+  if (['TENDER_REPO_NOT_FOUND', 'TENDER_REPO_VERSION', 'TENDER_WRONG_PASSWORD', 'TENDER_CORRUPT', 'TENDER_NO_PASSWORD'].includes(code)) return 'repository';
+  return 'other';
+}
+
+export class AgentMetrics {
+  readonly registry = new Registry();
+  private readonly bytesRead: Counter;
+  private readonly bytesNew: Counter;
+  private readonly bytesStored: Counter;
+  private readonly filesFailed: Counter;
+  private readonly throughput: Gauge;
+  private readonly duration: Histogram<'outcome'>;
+  private readonly runs: Counter<'trigger' | 'outcome'>;
+  private readonly failures: Counter<'reason'>;
+  private readonly errors: Counter<'kind'>;
+
+  constructor(sources: MetricsSources, options: { defaultMetrics?: boolean } = {}) {
+    if (options.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry });
+    const registers = [this.registry];
+    this.bytesRead = new Counter({ name: 'tender_backup_bytes_read_total', help: 'Bytes read from volumes by finished backups', registers });
+    this.bytesNew = new Counter({ name: 'tender_backup_bytes_new_total', help: 'Bytes of new (not deduplicated) chunks added by finished backups, before compression', registers });
+    this.bytesStored = new Counter({ name: 'tender_backup_bytes_stored_total', help: 'Bytes stored in the repository by finished backups (compressed, encrypted)', registers });
+    this.filesFailed = new Counter({ name: 'tender_backup_unreadable_files_total', help: 'Files and directories left out of snapshots because they could not be read', registers });
+    this.throughput = new Gauge({ name: 'tender_backup_throughput_bytes_per_second', help: 'Read throughput of the last successful backup', registers });
+    this.duration = new Histogram({
+      name: 'tender_run_duration_seconds',
+      help: 'Duration of backup runs, by outcome',
+      labelNames: ['outcome'],
+      buckets: [1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600],
+      registers,
+    });
+    this.runs = new Counter({ name: 'tender_runs_total', help: 'Backup runs finished, by trigger and outcome', labelNames: ['trigger', 'outcome'], registers });
+    this.failures = new Counter({ name: 'tender_run_failures_total', help: 'Backup runs that failed, by reason', labelNames: ['reason'], registers });
+    this.errors = new Counter({
+      name: 'tender_agent_errors_total',
+      help: 'Errors outside backup runs: auth (missing or wrong API token), state_write, repository_open, discovery, volume',
+      labelNames: ['kind'],
+      registers,
+    });
+    new Gauge({
+      name: 'tender_run_queue_depth',
+      help: 'Backup runs waiting to start',
+      registers,
+      collect() {
+        this.set(sources.queueDepth());
+      },
+    });
+    new Gauge({
+      name: 'tender_runs_running',
+      help: 'Backup runs in progress',
+      registers,
+      collect() {
+        this.set(sources.running());
+      },
+    });
+    new Gauge({
+      name: 'tender_protected_volumes',
+      help: 'Volumes this agent protects on its node',
+      registers,
+      collect() {
+        this.set(sources.volumes().length);
+      },
+    });
+    new Gauge({
+      name: 'tender_volumes_unavailable',
+      help: 'Protected volumes that cannot be backed up now (not mounted, claim unbound, unreadable; see the agent log)',
+      registers,
+      collect() {
+        this.set(sources.volumes().filter((v) => v.problem !== undefined).length);
+      },
+    });
+    new Gauge({
+      name: 'tender_repository_ready',
+      help: '1 when the repository is open, 0 while the agent waits for it',
+      registers,
+      collect() {
+        this.set(sources.repositoryReady() ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'tender_volume_last_success_timestamp_seconds',
+      help: 'End time of the last successful backup of each protected volume (unix seconds)',
+      labelNames: ['namespace', 'pod', 'volume'],
+      registers,
+      collect() {
+        this.reset();
+        for (const v of sources.volumes()) {
+          const t = sources.lastSuccess(v.identity);
+          if (t !== undefined) this.set({ namespace: v.namespace, pod: v.pod, volume: v.volume }, t / 1000);
+        }
+      },
+    });
+    for (const kind of ['auth', 'state_write', 'repository_open', 'discovery', 'volume'] as const) this.errors.inc({ kind }, 0);
+  }
+
+  runFinished(run: RunRecord): void {
+    const outcome = run.state;
+    this.runs.inc({ trigger: run.trigger, outcome });
+    if (run.startedAt && run.endedAt) this.duration.observe({ outcome }, Math.max(0, Date.parse(run.endedAt) - Date.parse(run.startedAt)) / 1000);
+    if (outcome === 'failed') this.failures.inc({ reason: failureReason(run) });
+    const s = run.summary;
+    if (outcome === 'succeeded' && s) {
+      this.bytesRead.inc(s.bytesRead);
+      this.bytesNew.inc(s.bytesAdded);
+      this.bytesStored.inc(s.bytesStored);
+      this.filesFailed.inc(s.errors);
+      if (s.durationMs > 0) this.throughput.set((s.bytesRead * 1000) / s.durationMs);
+    }
+  }
+
+  error(kind: ErrorKind): void {
+    this.errors.inc({ kind });
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  text(): Promise<string> {
+    return this.registry.metrics();
+  }
+}

@@ -1,0 +1,122 @@
+import type { KubeConfig } from '@kubernetes/client-node';
+import { type Command, Option } from 'commander';
+import { pino } from 'pino';
+import { TenderError } from '../../errors/errors.js';
+import { cancelOnInterrupt } from '../../util/interrupt.js';
+import { positiveInt } from '../args.js';
+import { globalOptions } from '../context.js';
+import { readPassword, repositoryPassword } from '../password.js';
+
+interface AgentCliOptions {
+  nodeName?: string;
+  podsDir: string;
+  kubeconfig?: string;
+  listen: string;
+  config?: string;
+  stateDir: string;
+  tokenFile?: string;
+  maxConcurrentRuns?: number;
+  maxFinishedRuns: number;
+}
+
+/**
+ * `tender agent`: the node agent (one per node, a DaemonSet). It runs until SIGTERM; then
+ * running backups stop and are queued again for the next start, and it exits with 143.
+ */
+export function registerAgent(program: Command): void {
+  program
+    .command('agent')
+    .description("protect the annotated volumes of this node's pods: scheduled and on-demand backups, an HTTP API and Prometheus metrics")
+    .option('--node-name <name>', 'the node this agent runs on (env NODE_NAME; in a DaemonSet: fieldRef spec.nodeName)')
+    .option('--pods-dir <dir>', "the kubelet's pods directory (/var/lib/kubelet/pods on the host) as mounted here", '/host_pods')
+    .option('--kubeconfig <file>', 'kubeconfig to reach the API server (env KUBECONFIG; default: in-cluster service account)')
+    .option('--listen <addr>', 'HTTP API and metrics address: HOST:PORT or :PORT', ':8085')
+    .option('--config <file>', 'policy file (YAML, e.g. a mounted ConfigMap), reloaded when it changes')
+    .option('--state-dir <dir>', 'where run records are kept across restarts', '/var/lib/tender')
+    .option('--token-file <file>', 'bearer token required by POST and DELETE (env TENDER_AGENT_TOKEN_FILE; e.g. a mounted Secret)')
+    .addOption(new Option('--max-concurrent-runs <n>', 'backups running at once on this node (default: the policy file, else 1)').argParser(positiveInt))
+    .addOption(new Option('--max-finished-runs <n>', 'finished runs kept in the state directory').argParser(positiveInt).default(100))
+    .action(async (opts: AgentCliOptions, command: Command) => {
+      const g = globalOptions(command);
+      const nodeName = opts.nodeName ?? process.env.NODE_NAME;
+      if (!nodeName) {
+        throw new TenderError('TENDER_USAGE', 'the agent needs the name of its node', {
+          hint: 'pass --node-name or set NODE_NAME (in a DaemonSet: env NODE_NAME with valueFrom.fieldRef.fieldPath: spec.nodeName)',
+        });
+      }
+      const url = g.repo ?? process.env.TENDER_REPOSITORY;
+      if (!url) throw new TenderError('TENDER_USAGE', 'no repository given', { hint: 'pass --repo or set TENDER_REPOSITORY' });
+      const passwordSource = repositoryPassword(g.passwordFile);
+      if (!passwordSource.file && !process.env.TENDER_PASSWORD_FILE && !process.env.TENDER_PASSWORD) {
+        throw new TenderError('TENDER_NO_PASSWORD', 'the agent needs the repository password, and there is no terminal to ask', {
+          hint: 'pass --password-file or set TENDER_PASSWORD_FILE (e.g. a mounted Secret)',
+        });
+      }
+      if (opts.maxConcurrentRuns === 0) throw new TenderError('TENDER_USAGE', '--max-concurrent-runs must be at least 1');
+      if (opts.maxFinishedRuns === 0) throw new TenderError('TENDER_USAGE', '--max-finished-runs must be at least 1');
+      // Loaded here, not at the top: the Kubernetes client and the agent cost every other command
+      // half a second of startup.
+      const { Agent } = await import('../../agent/agent.js');
+      const kubeConfig = await loadKubeConfig(opts.kubeconfig ?? process.env.KUBECONFIG);
+      const logger = pino({ level: process.env.TENDER_LOG_LEVEL ?? 'info', base: { pid: process.pid, node: nodeName } });
+      // One bad promise somewhere must not take every volume's protection down with it.
+      process.on('unhandledRejection', (err) => logger.error({ err: (err as Error)?.stack ?? String(err) }, 'internal error (unhandled rejection); the agent goes on'));
+
+      const tokenFile = opts.tokenFile ?? process.env.TENDER_AGENT_TOKEN_FILE;
+      const agent = new Agent({
+        nodeName,
+        podsDir: opts.podsDir,
+        kubeConfig,
+        listen: opts.listen,
+        ...(opts.config ? { configFile: opts.config } : {}),
+        stateDir: opts.stateDir,
+        ...(tokenFile ? { tokenFile } : {}),
+        ...(opts.maxConcurrentRuns !== undefined ? { maxConcurrentRuns: opts.maxConcurrentRuns } : {}),
+        maxFinishedRuns: opts.maxFinishedRuns,
+        repository: {
+          url,
+          storage: {
+            ...(g.s3Endpoint ? { s3Endpoint: g.s3Endpoint } : {}),
+            ...(g.caBundle ? { caBundle: g.caBundle } : {}),
+          },
+          password: () => readPassword(passwordSource, 'open'),
+          ...(g.workers !== undefined ? { workers: g.workers } : {}),
+        },
+        logger,
+      });
+      // SIGTERM / Ctrl-C (bin/tender.js) aborts this controller: the agent stops and the command returns.
+      const lifetime = new AbortController();
+      const unregister = cancelOnInterrupt(lifetime);
+      const stopped = new Promise<void>((resolve) => lifetime.signal.addEventListener('abort', () => resolve(), { once: true }));
+      try {
+        await agent.start();
+      } catch (err) {
+        await agent.stop().catch(() => undefined);
+        unregister();
+        throw err;
+      }
+      await stopped;
+      await agent.stop();
+      unregister();
+    });
+}
+
+async function loadKubeConfig(file: string | undefined): Promise<KubeConfig> {
+  const { KubeConfig } = await import('@kubernetes/client-node');
+  const kc = new KubeConfig();
+  if (file) {
+    try {
+      kc.loadFromFile(file);
+    } catch (err) {
+      throw new TenderError('TENDER_USAGE', `cannot load the kubeconfig ${file}: ${(err as Error).message}`, { hint: 'fix --kubeconfig or KUBECONFIG' });
+    }
+    return kc;
+  }
+  if (!process.env.KUBERNETES_SERVICE_HOST) {
+    throw new TenderError('TENDER_USAGE', 'not running in a Kubernetes pod, and no kubeconfig given', {
+      hint: 'pass --kubeconfig or set KUBECONFIG (outside a cluster)',
+    });
+  }
+  kc.loadFromCluster();
+  return kc;
+}
