@@ -316,6 +316,9 @@ export class Agent {
       repo,
       {
         paths: [volume.path],
+        // The root is named after the volume, so `tender restore latest:<volume>` finds it
+        // whatever the plugin calls the directory (a CSI volume's is `mount`).
+        rootNames: [volume.volume],
         tags: volume.tags,
         hostname: volume.identity,
         ...(parent ? { parent } : {}),

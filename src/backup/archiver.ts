@@ -32,6 +32,12 @@ export interface BackupError {
 
 export interface BackupOptions {
   paths: string[];
+  /**
+   * The names the paths get in the snapshot's root (default: each path's last component). The
+   * agent names a volume's root after the volume, whatever its directory on the node is called
+   * (`…/kubernetes.io~csi/<pv>/mount`), so `restore latest:<volume>` finds it.
+   */
+  rootNames?: string[];
   tags?: string[];
   /** The snapshot's host: default the context's identity (the agent passes a volume's stable identity). */
   hostname?: string;
@@ -97,7 +103,12 @@ export async function prepareBackup(repo: Repository, options: BackupOptions, ct
       });
     }
   }
-  const names = roots.map(rootName);
+  const names = options.rootNames ?? roots.map(rootName);
+  if (names.length !== roots.length || names.some((n) => n === '' || n === '.' || n === '..' || (n.includes('/') && n !== '/'))) {
+    throw new TenderError('TENDER_USAGE', `root names ${JSON.stringify(names)} do not fit the paths ${JSON.stringify(roots)}`, {
+      hint: 'give one plain name (no "/") per backup path',
+    });
+  }
   const duplicate = names.find((n, i) => names.indexOf(n) !== i);
   if (duplicate !== undefined) {
     throw new TenderError('TENDER_USAGE', `two backup paths have the same name ${JSON.stringify(duplicate)}`, {
