@@ -227,7 +227,7 @@ export class Agent {
         const storage = await openStorage(url, storageOptions ?? {});
         let repo: Repository;
         try {
-          repo = await Repository.open(storage, await password(), { identity: this.identity, ...(workers !== undefined ? { workers } : {}) });
+          repo = await Repository.open(storage, password, { identity: this.identity, ...(workers !== undefined ? { workers } : {}) });
         } catch (err) {
           await storage.close().catch(() => undefined);
           throw err;

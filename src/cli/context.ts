@@ -37,7 +37,7 @@ export async function openRepoStorage(opts: GlobalOptions): Promise<Storage> {
 export async function openRepository(opts: GlobalOptions): Promise<Repository> {
   const storage = await openRepoStorage(opts);
   try {
-    return await Repository.open(storage, await readPassword(repositoryPassword(opts.passwordFile), 'open'), {
+    return await Repository.open(storage, () => readPassword(repositoryPassword(opts.passwordFile), 'open'), {
       ...(opts.workers !== undefined ? { workers: opts.workers } : {}),
     });
   } catch (err) {

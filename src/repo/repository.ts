@@ -137,9 +137,13 @@ export class Repository {
     return new Repository(storage, keys, config, keyFile, { ...options, identity });
   }
 
-  static async open(storage: Storage, password: string, options: OpenOptions = {}): Promise<Repository> {
+  /**
+   * Opens the repository. The config's format version is checked before the password is asked
+   * for (`password` may be a function that prompts): a newer format stops at once.
+   */
+  static async open(storage: Storage, password: string | (() => Promise<string>), options: OpenOptions = {}): Promise<Repository> {
     const envelope = await readConfigEnvelope(storage);
-    const { keys, keyFile } = await unlock(storage, envelope.repository, password);
+    const { keys, keyFile } = await unlock(storage, envelope.repository, typeof password === 'string' ? password : await password());
     const config = openConfig(storage, keys.encryption, envelope);
     return new Repository(storage, keys, config, keyFile, options);
   }

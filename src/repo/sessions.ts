@@ -67,7 +67,7 @@ export class WriterSession {
   static async start(repo: SessionRepository): Promise<WriterSession> {
     const now = repo.now();
     const session = new WriterSession(repo, { id: idToHex(randomId()).slice(0, 32), startedMs: now, beatMs: now });
-    await repo.storage.put(sessionKey(session.current), [Buffer.from(JSON.stringify({ host: repo.identity.hostname, pid: process.pid }))]);
+    await repo.storage.put(sessionKey(session.current), [session.markerBody()]);
     session.timer = setInterval(() => {
       session.beating = session.beating.then(() => session.beat()).catch(() => undefined);
     }, heartbeatMs);
@@ -81,10 +81,15 @@ export class WriterSession {
     // revive the session: a prune may already have taken it for dead and swept data it uses.
     if (now - this.current.beatMs > maxBeatAgeMs) this.lapsed = true;
     const next = { ...this.current, beatMs: now };
-    await this.repo.storage.put(sessionKey(next), [Buffer.from('{}')]);
+    await this.repo.storage.put(sessionKey(next), [this.markerBody()]);
     const previous = this.current;
     this.current = next;
     await this.repo.storage.delete(sessionKey(previous));
+  }
+
+  /** Who is writing, for a person looking at a marker that blocks a prune. */
+  private markerBody(): Buffer {
+    return Buffer.from(JSON.stringify({ host: this.repo.identity.hostname, pid: process.pid }));
   }
 
   get id(): string {

@@ -14,7 +14,8 @@ import { Repository } from '../../src/repo/repository.js';
 import { restore } from '../../src/restore/restorer.js';
 import { MemStorage } from '../../src/storage/mem.js';
 import { createOperationContext } from '../../src/util/operation.js';
-import { assertSameTree } from '../helpers/cli.js';
+import { readFile } from 'node:fs/promises';
+import { assertSameTree, runTender, tenderOk } from '../helpers/cli.js';
 
 const cheapKdf = { N: 1024, r: 8, p: 1 };
 const scratch: string[] = [];
@@ -105,5 +106,21 @@ describe('one writer failing', () => {
     await restore(repo, next.snapshot, { target, subpath: 'v' }, createOperationContext());
     await assertSameTree(source, target, { ignore: (rel) => rel === '' });
     await repo.close();
+  });
+});
+
+describe('opening a repository of a newer format', () => {
+  it('stops with "newer format" before asking for a password', async () => {
+    const dir = await tempDir();
+    const repo = path.join(dir, 'repo');
+    await tenderOk(['--repo', repo, 'init']);
+    const config = JSON.parse(await readFile(path.join(repo, 'config'), 'utf8')) as { version: number };
+    config.version = 99;
+    await rm(path.join(repo, 'config'));
+    await writeFile(path.join(repo, 'config'), JSON.stringify(config));
+    // No password anywhere, and no terminal to ask on: asking first would fail with "no password".
+    const r = await runTender(['--repo', repo, '--json', 'snapshots'], { env: { TENDER_PASSWORD: undefined } });
+    expect(r.code).not.toBe(0);
+    expect(JSON.parse(r.stderr.trim().split('\n').at(-1)!)).toMatchObject({ code: 'TENDER_REPO_VERSION' });
   });
 });

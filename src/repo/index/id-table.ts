@@ -28,8 +28,8 @@ interface EntryBlock {
 
 /**
  * A compact hash table from 32-byte blob ID to BlobLocation. Entries live in typed-array blocks
- * (46 bytes each, appended in insertion order); the open-addressing table holds only entry
- * numbers (4 bytes a slot, 0 for empty). About 52 bytes per blob in all, instead of about 200 for
+ * (50 bytes each, appended in insertion order); the open-addressing table holds only entry
+ * numbers (4 bytes a slot, 0 for empty). About 56–62 bytes per blob in all, instead of about 200 for
  * a Map of hex strings, and growing reallocates only the table: a million-blob index needs
  * about 56 MB at its peak. IDs are uniformly random (keyed hashes), so their first four bytes
  * are a good hash.
