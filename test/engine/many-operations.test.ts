@@ -26,6 +26,7 @@ import { createOperationContext } from '../../src/util/operation.js';
 import { backends } from '../helpers/backends.js';
 import { type TreeDigest, treeDigest, writeRandomFile } from '../helpers/cli.js';
 import { s3TestOptions } from '../helpers/s3.js';
+import { rng } from '../lifecycle/helpers.js';
 
 setFlagsFromString('--expose-gc');
 /** V8's last-resort collection compacts the heap and gives unused pages back, as a memory reducer would. */
@@ -35,18 +36,6 @@ const KiB = 1024;
 const MiB = 1024 * KiB;
 const cheapKdf = { N: 1024, r: 8, p: 1 };
 const password = 'many operations';
-
-/** A small deterministic generator, so a failing sequence can be replayed from its seed. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 const openFds = () => readdirSync('/proc/self/fd').length;
 /** Memory after a full collection: what the process holds, and what the engine's objects and buffers take of it. */
