@@ -271,18 +271,7 @@ export class Runner extends EventEmitter {
     const waiting = this.queue.find((r) => r.identity === volume.identity);
     if (waiting) return { outcome: 'existing', run: waiting };
     if (this.queue.size >= this.maxQueued) return { outcome: 'full', queued: this.queue.size };
-    const now = this.now();
-    const run: RunRecord = {
-      id: newRunId(now),
-      namespace: volume.namespace,
-      pod: volume.pod,
-      volume: volume.volume,
-      identity: volume.identity,
-      state: 'queued',
-      trigger,
-      queuedAt: new Date(now).toISOString(),
-      progress: { bytesDone: 0, filesDone: 0 },
-    };
+    const run = this.queuedRecord(volume, trigger);
     this.queue.push(run);
     const vs = this.volumeStateFor(run);
     vs.lastQueuedAt = run.queuedAt;
@@ -364,19 +353,23 @@ export class Runner extends EventEmitter {
   private finishInterrupted(run: RunRecord, message: string): void {
     this.finish(run, 'interrupted', { error: message });
     // Queued again, for the next agent.
+    if (!this.queue.find((r) => r.identity === run.identity)) this.queue.push(this.queuedRecord(run, 'startup'));
+  }
+
+  /** A new run of the volume, waiting in the queue. */
+  private queuedRecord(volume: RunVolume, trigger: RunTrigger): RunRecord {
     const now = this.now();
-    const again: RunRecord = {
+    return {
       id: newRunId(now),
-      namespace: run.namespace,
-      pod: run.pod,
-      volume: run.volume,
-      identity: run.identity,
+      namespace: volume.namespace,
+      pod: volume.pod,
+      volume: volume.volume,
+      identity: volume.identity,
       state: 'queued',
-      trigger: 'startup',
+      trigger,
       queuedAt: new Date(now).toISOString(),
       progress: { bytesDone: 0, filesDone: 0 },
     };
-    if (!this.queue.find((r) => r.identity === run.identity)) this.queue.push(again);
   }
 
   private pump(): void {
