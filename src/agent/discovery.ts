@@ -113,21 +113,28 @@ class TimedWatch extends Watch {
     super(config);
   }
 
-  override watch(
+  override async watch(
     path: string,
     queryParams: Record<string, string | number | boolean | undefined>,
     callback: (phase: string, apiObj: unknown, watchObj?: unknown) => void,
     done: (err: unknown) => void,
   ): Promise<AbortController> {
-    return super.watch(
-      path,
-      { ...queryParams, timeoutSeconds: this.timeoutSeconds, allowWatchBookmarks: true },
-      (phase, obj, w) => {
-        this.onActivity();
-        callback(phase, obj, w);
-      },
-      done,
-    );
+    try {
+      return await super.watch(
+        path,
+        { ...queryParams, timeoutSeconds: this.timeoutSeconds, allowWatchBookmarks: true },
+        (phase, obj, w) => {
+          this.onActivity();
+          callback(phase, obj, w);
+        },
+        done,
+      );
+    } catch (err) {
+      // Watch.watch rejects (instead of calling done) when the credentials cannot be applied, e.g.
+      // an unreadable token file; ListWatch would let that rejection go unhandled.
+      done(err);
+      return new AbortController();
+    }
   }
 }
 

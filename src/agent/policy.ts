@@ -76,7 +76,7 @@ export interface AgentPolicy {
 export const DEFAULT_POLICY: Readonly<AgentPolicy> = Object.freeze({
   defaultVolumes: 'none',
   schedule: Object.freeze({ intervalMs: 3_600_000 }),
-  excludeNamespaces: [],
+  excludeNamespaces: Object.freeze([]) as unknown as string[],
   maxConcurrentRuns: 1,
   cacheNeutral: true,
 }) as AgentPolicy;

@@ -93,9 +93,9 @@ export function openConfig(storage: Storage, encryptionKey: Uint8Array, envelope
     throw corruptConfig(storage, 'envelope does not match its sealed body');
   }
   const level = config.compressionLevel;
-  if (!Number.isInteger(level) || level < 0 || level > 22) throw corruptConfig(storage, `has an invalid compression level ${String(level)}`);
+  if (!Number.isInteger(level) || level < 0 || level > 22) throw corruptConfig(storage, `has an invalid compression level ${JSON.stringify(level)}`);
   if (!Number.isInteger(config.packSize) || config.packSize < 1024 * 1024 || config.packSize > 1024 * 1024 * 1024) {
-    throw corruptConfig(storage, `has an invalid pack size ${String(config.packSize)}`);
+    throw corruptConfig(storage, `has an invalid pack size ${JSON.stringify(config.packSize)}`);
   }
   try {
     if (!config.chunker || typeof config.chunker !== 'object') throw new Error('has no chunker parameters');
