@@ -260,7 +260,7 @@ export class Repository {
     const excluded = options.includeDoomed ? new Set<string>() : await this.doomedPacks();
     let superseded = new Set<string>();
     for (let round = 1; ; round++) {
-      const view = new IndexView();
+      const view = new IndexView(excluded);
       const found = await this.loadIndexFilesInto(view, superseded, excluded, options.onDamaged);
       if (![...view.indexFiles].some((key) => found.has(key))) return view;
       if (round >= 5) throw corrupt('index/', 'keeps changing while it is read (index files superseding each other)', 'run the command again once prune has finished');
@@ -368,14 +368,14 @@ export class Repository {
   }
 
   /**
-   * Packs in storage that `view` does not list (and no deletion plan dooms): left by an
-   * interrupted run, or just stored by another writer.
+   * Packs in storage that `view` does not list and `excluded` does not name (by default the packs
+   * the view left out as doomed, read once when it was loaded): left by an interrupted run, or
+   * just stored by another writer.
    */
-  async listUnindexedPacks(view: IndexView = this.shared, excluded?: ReadonlySet<string>): Promise<Array<{ packId: Buffer; size: number }>> {
-    const doomed = excluded ?? (await this.doomedPacks());
+  async listUnindexedPacks(view: IndexView = this.shared, excluded: ReadonlySet<string> = view.excludedPacks): Promise<Array<{ packId: Buffer; size: number }>> {
     return (await this.listPacks()).filter((p) => {
       const hex = idToHex(p.packId);
-      return !view.hasPack(hex) && !doomed.has(hex);
+      return !view.hasPack(hex) && !excluded.has(hex);
     });
   }
 

@@ -18,6 +18,9 @@ export class IndexView {
   readonly indexFiles = new Set<string>();
   private readonly hexScratch = Buffer.alloc(idLength);
 
+  /** `excludedPacks`: the packs left out of this view (doomed by pending deletion plans). */
+  constructor(readonly excludedPacks: ReadonlySet<string> = new Set()) {}
+
   addPacks(packs: readonly IndexedPack[]): void {
     for (const pack of packs) this.addPack(pack.packId, pack.packSize, pack.blobs);
   }
