@@ -37,6 +37,7 @@ if (!opts.dist) {
       '--module', 'NodeNext', '--moduleResolution', 'NodeNext', '--target', 'ES2022',
       '--strict', '--skipLibCheck', '--types', 'node',
       join(root, 'src', 'backup', 'chunk', 'native.ts'),
+      join(root, 'src', 'transform', 'shuffle.ts'),
     ],
     { stdio: 'inherit' },
   );
@@ -44,7 +45,8 @@ if (!opts.dist) {
 }
 const { GearChunker, gearTable } = await import(pathToFileURL(join(modDir, 'fastcdc.js')).href);
 const { defaultChunkerParams } = await import(pathToFileURL(join(modDir, '..', '..', 'repo', 'chunker-params.js')).href);
-const { NativeGearChunker, shuffleBytes, unshuffleBytes } = await import(pathToFileURL(join(modDir, 'native.js')).href);
+const { NativeGearChunker } = await import(pathToFileURL(join(modDir, 'native.js')).href);
+const { shuffleBytes, unshuffleBytes } = await import(pathToFileURL(join(modDir, '..', '..', 'transform', 'shuffle.js')).href);
 const { loadNative, nativeUnavailableReason } = await import(pathToFileURL(join(modDir, '..', '..', 'util', 'native.js')).href);
 
 const addon = loadNative();

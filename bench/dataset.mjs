@@ -10,11 +10,13 @@
 // and renames it, so an interrupted run never leaves a half version that looks complete.
 //
 // Each version holds:
-//   full/model.pt, full/optim.pt        fp32 ~N(0, 0.02) weights, Adam moments; all new each version
+//   full/model.pt, full/optim.pt        torch.save archives (ckpt-formats.mjs): fp32 ~N(0, 0.02)
+//                                       weights, Adam moments; all new each version
 //   frozen/model.safetensors            bf16 safetensors; the backbone (~75% of the bytes) is the same
 //                                       in every version, adapters and the head change
-//   dcp/__0_0.distcp, dcp/__1_0.distcp  a two-rank torch.distributed.checkpoint; ~85% changes
-//   dcp/.metadata                       small, changes
+//   dcp/__0_0.distcp, dcp/__1_0.distcp  a two-rank torch.distributed.checkpoint (each tensor a
+//                                       torch.save archive in its rank's file); ~85% changes
+//   dcp/.metadata                       the pickled Metadata (written last); changes
 //   misc/                               ~2000 files of 1–16 KiB (configs, logs, tokenizer pieces);
 //                                       ~3% change per version, the rest are hard links to the
 //                                       previous version's file (same inode, same mtime)
@@ -29,12 +31,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { Pickler, dcpMetadata, orderedDict, tensorBytes, tensorRef, writeTorchArchive } from './ckpt-formats.mjs';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 const BLOCK = 16 * MiB;
 /** Bumped whenever the generator's output changes, so old caches are not reused. */
-const GENERATOR_VERSION = 3;
+const GENERATOR_VERSION = 4;
 export const DEFAULT_DATA_DIR = path.join(path.dirname(fileURLToPath(import.meta.url)), '.data');
 
 // ---------------------------------------------------------------- random streams
@@ -168,20 +171,22 @@ class Writer {
     }
     this.size += bytes.length;
   }
-  /** Write n bytes of tensor data from its own stream. */
-  tensor(seed, label, dtype, kind, n) {
+  /** Write n bytes of tensor data from its own stream (through `write`, default this.write). */
+  tensor(seed, label, dtype, kind, n, write = (b) => this.write(b)) {
     const s = new Stream(seed, label);
     for (let left = n; left > 0; ) {
       const k = Math.min(left, BLOCK);
       const b = s.next(k);
       shape(b, dtype, kind);
-      this.write(b);
+      write(b);
       left -= k;
     }
   }
-  pad(align) {
-    const r = this.size % align;
-    if (r) this.write(Buffer.alloc(align - r));
+  /** Overwrites bytes already written at file offset `offset` (a header field known only after its data). */
+  patch(offset, bytes) {
+    const buffered = this.size - this.n;
+    if (offset >= buffered) bytes.copy(this.buf, offset - buffered);
+    else fs.writeSync(this.fd, bytes, 0, bytes.length, offset);
   }
   flush() {
     let off = 0;
@@ -220,27 +225,17 @@ function transformer(bytes, elemSize, prefix = '') {
 
 const numel = (shape) => shape.reduce((a, b) => a * b, 1);
 
-/** A torch.save-like file: a zip-ish archive of a pickle and 64-byte aligned tensor records. */
-function writeTorchFile(file, seed, version, tensors, kindOf, changes) {
+/**
+ * A torch.save of a state dict of fp32 tensors (an OrderedDict name → tensor, as model.state_dict()
+ * pickles), each tensor's storage an entry of its own.
+ */
+function writeTorchFile(file, seed, version, tensors, kindOf) {
   const w = new Writer(file);
-  const pkl = JSON.stringify({ format: 'torch-like', version: 3, tensors: tensors.map((t) => [t.name, t.shape, 'float32']) });
-  const header = (name, len) => {
-    const h = Buffer.alloc(64);
-    h.write('PK\x03\x04', 0, 'latin1');
-    h.writeUInt32LE(len, 18);
-    h.write(name.slice(0, 34), 30, 'latin1');
-    return h;
-  };
-  w.write(header('archive/data.pkl', pkl.length));
-  w.write(Buffer.from(pkl));
-  w.pad(64);
-  tensors.forEach((t, i) => {
-    const n = numel(t.shape) * 4;
-    w.write(header(`archive/data/${i}`, n));
-    const v = changes(t) ? version : 0;
-    w.tensor(seed, `${file.split(path.sep).slice(-2).join('/')}:${t.name}:v${v}`, 'F32', kindOf(t), n);
-    w.pad(64);
-  });
+  const pickler = new Pickler();
+  pickler.value(orderedDict(tensors.map((t, i) => [t.name, tensorRef(i, 'F32', t.shape)])));
+  const storages = tensors.map((t, i) => ({ key: String(i), bytes: tensorBytes('F32', t.shape), tensor: t }));
+  const label = file.split(path.sep).slice(-2).join('/');
+  writeTorchArchive(w, pickler.bytes(), storages, (s, write) => w.tensor(seed, `${label}:${s.tensor.name}:v${version}`, 'F32', kindOf(s.tensor), s.bytes, write));
   w.close();
 }
 
@@ -249,13 +244,13 @@ function writeTorchFile(file, seed, version, tensors, kindOf, changes) {
 function writeFull(dir, seed, version, bytes) {
   fs.mkdirSync(path.join(dir, 'full'), { recursive: true });
   const { tensors } = transformer(bytes / 3, 4, 'model.');
-  writeTorchFile(path.join(dir, 'full', 'model.pt'), seed, version, tensors, () => 'weight', () => true);
+  writeTorchFile(path.join(dir, 'full', 'model.pt'), seed, version, tensors, () => 'weight');
   const optim = [];
   for (const t of tensors) {
     optim.push({ name: `state.${t.name}.exp_avg`, shape: t.shape, kind: 'adam_m' });
     optim.push({ name: `state.${t.name}.exp_avg_sq`, shape: t.shape, kind: 'adam_sq' });
   }
-  writeTorchFile(path.join(dir, 'full', 'optim.pt'), seed, version, optim, (t) => t.kind, () => true);
+  writeTorchFile(path.join(dir, 'full', 'optim.pt'), seed, version, optim, (t) => t.kind);
 }
 
 function writeFrozen(dir, seed, version, bytes) {
@@ -298,22 +293,29 @@ function writeDcp(dir, seed, version, bytes) {
   fs.mkdirSync(path.join(dir, 'dcp'), { recursive: true });
   // Each rank holds half of the model and its Adam state; ~15% of it (embeddings, frozen layers)
   // does not change between versions.
-  const meta = [];
+  // FileSystemWriter: each tensor item is a whole torch.save archive of that tensor, appended to
+  // its rank's file; the coordinator pickles the Metadata last.
+  const items = [];
   for (const rank of [0, 1]) {
     const { tensors } = transformer(bytes / 2 / 3, 4, `rank${rank}.`);
-    const w = new Writer(path.join(dir, 'dcp', `__${rank}_0.distcp`));
+    const relativePath = `__${rank}_0.distcp`;
+    const w = new Writer(path.join(dir, 'dcp', relativePath));
     const rnd = splitmix32(seedInt(seed, 'dcp-frozen', rank));
     for (const t of tensors) {
       const frozen = rnd() < 0.15;
       for (const [suffix, kind] of [['', 'weight'], ['.exp_avg', 'adam_m'], ['.exp_avg_sq', 'adam_sq']]) {
-        const n = numel(t.shape) * 4;
-        meta.push({ fqn: `${t.name}${suffix}`, rank, offset: w.size, length: n, shape: t.shape });
-        w.tensor(seed, `dcp:${t.name}${suffix}:v${frozen ? 0 : version}`, 'F32', kind, n);
+        const fqn = `${t.name}${suffix}`;
+        const offset = w.size;
+        const pickler = new Pickler();
+        pickler.value(tensorRef(0, 'F32', t.shape));
+        const storage = { key: '0', bytes: tensorBytes('F32', t.shape) };
+        writeTorchArchive(w, pickler.bytes(), [storage], (s, write) => w.tensor(seed, `dcp:${fqn}:v${frozen ? 0 : version}`, 'F32', kind, s.bytes, write));
+        items.push({ fqn, dtype: 'F32', shape: t.shape, relativePath, offset, length: w.size - offset });
       }
     }
     w.close();
   }
-  fs.writeFileSync(path.join(dir, 'dcp', '.metadata'), JSON.stringify({ step: version * 1000, storage_data: meta }));
+  fs.writeFileSync(path.join(dir, 'dcp', '.metadata'), dcpMetadata(items));
 }
 
 const WORDS = (

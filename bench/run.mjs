@@ -265,6 +265,53 @@ async function smallFilesScenario(tool, backend, data) {
 }
 
 const pick = (m) => ({ seconds: m.seconds, rssKB: m.rssKB });
+
+/**
+ * tender's own figures (the `transforms` object of its snapshot summaries, docs/design.md
+ * "Checkpoint-aware storage"), summed over its backups of the series: per layout and dtype what
+ * was read, deduplicated, stored and saved by each transform, and seconds per pipeline stage.
+ */
+function tenderProfile(all) {
+  const lines = [];
+  for (const r of all.filter((x) => (x.tool === 'tender' || x.tool === 'tender-flat') && !x.error)) {
+    const kinds = new Map();
+    const stages = { read: 0, chunk: 0, hash: 0, seal: 0 };
+    let wall = 0;
+    for (const b of r.backups) {
+      const t = b.summary?.transforms;
+      if (!t) continue;
+      wall += b.seconds;
+      for (const s of Object.keys(stages)) stages[s] += t.stageMs[s] / 1000;
+      for (const k of t.kinds) {
+        const key = `${k.layout} ${k.dtype}`;
+        const sum = kinds.get(key) ?? { in: 0, dedup: 0, planes: [0, 0], zstd: [0, 0], raw: [0, 0] };
+        sum.in += k.bytesIn;
+        sum.dedup += k.bytesDeduplicated;
+        for (const name of ['planes', 'zstd', 'raw']) {
+          sum[name][0] += k.transforms[name].bytes;
+          sum[name][1] += k.transforms[name].stored;
+        }
+        kinds.set(key, sum);
+      }
+    }
+    if (kinds.size === 0) continue;
+    const m = (n) => (n / MiB).toFixed(0);
+    lines.push(`${r.tool} (${r.backend}), versions 1..N: per layout and dtype (MiB; "saved" = plaintext − stored of the blobs that transform stored)`);
+    lines.push('');
+    lines.push('| layout dtype | read | dedup | planes in → stored | zstd in → stored | raw | stored/new |');
+    lines.push('|---|--:|--:|--:|--:|--:|--:|');
+    for (const [key, s] of [...kinds].sort()) {
+      const newBytes = s.planes[0] + s.zstd[0] + s.raw[0];
+      const stored = s.planes[1] + s.zstd[1] + s.raw[1];
+      lines.push(`| ${key} | ${m(s.in)} | ${m(s.dedup)} | ${m(s.planes[0])} → ${m(s.planes[1])} | ${m(s.zstd[0])} → ${m(s.zstd[1])} | ${m(s.raw[0])} | ${newBytes ? (stored / newBytes).toFixed(3) : '–'} |`);
+    }
+    lines.push('');
+    const f = (x) => x.toFixed(1);
+    lines.push(`${r.tool} (${r.backend}) stage seconds over the backups (wall ${f(wall)} s): read ${f(stages.read)}, chunk ${f(stages.chunk)}, hash ${f(stages.hash)} (main thread); seal ${f(stages.seal)} (summed over worker threads).`);
+    lines.push('');
+  }
+  return lines;
+}
 const mbps = (bytes, s) => (bytes / 1e6 / s).toFixed(1);
 
 // ---------------------------------------------------------------- main
@@ -394,7 +441,7 @@ if (results.length) {
   lines.push('"later MB/s": total bytes of versions 2..N over their total backup seconds. Stored: after all backups (versions 1..N + the no-change run).');
   lines.push('');
   const ratio = (a, b) => (a !== undefined && b !== undefined && b > 0 ? (a / b).toFixed(2) : '–');
-  const others = ['restic', 'kopia'].filter((t) => active.includes(t));
+  const others = ['restic', 'kopia', 'tender-flat'].filter((t) => active.includes(t));
   if (active.includes('tender') && others.length) {
     lines.push(`| backend | ${others.map((t) => `tender/${t} 1st MB/s | tender/${t} later MB/s | tender/${t} restore MB/s`).join(' | ')} |`);
     lines.push(`|---|${others.map(() => '--:|--:|--:').join('|')}|`);
@@ -408,7 +455,16 @@ if (results.length) {
       lines.push(`| ${label} | ${others.map((x) => { const d = get(x); return [ratio(t?.firstMBs, d?.firstMBs), ratio(t?.laterMBs, d?.laterMBs), ratio(t?.restoreMBs, d?.restoreMBs)].join(' | '); }).join(' | ')} |`);
     }
     lines.push('');
+    lines.push(`| backend | ${others.map((t) => `stored tender/${t}`).join(' | ')} |`);
+    lines.push(`|---|${others.map(() => '--:').join('|')}|`);
+    for (const b of backends) {
+      const label = b === 'local' ? 'local' : 'minio';
+      const stored = (t) => results.find((x) => x.backend === label && x.tool === t && !x.error)?.storedBytes;
+      lines.push(`| ${label} | ${others.map((t) => ratio(stored('tender'), stored(t))).join(' | ')} |`);
+    }
+    lines.push('');
   }
+  lines.push(...tenderProfile(results));
 }
 if (smallResults.length) {
   lines.push(`Small files: ${small.files} files, ${(small.bytes / MiB).toFixed(0)} MiB (${small.dir}).`);

@@ -17,7 +17,8 @@ import { fileURLToPath } from 'node:url';
 
 const ROOT = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
 const PASSWORD = 'bench-password-not-secret';
-export const TOOLS = ['tender', 'restic', 'kopia'];
+/** tender-flat: tender with `init --no-transforms` (zstd only, no byte planes), to measure what the transforms do. */
+export const TOOLS = ['tender', 'tender-flat', 'restic', 'kopia'];
 
 const HAS_GNU_TIME = (() => {
   try {
@@ -194,14 +195,14 @@ export function makeTool(name, backend, { runDir, logFile, kopiaBin, tenderBin =
   const run = (cmd, args, env, label) => measure(cmd, args, { env: { ...s3Env, ...env }, logFile, label: `${name} ${label}` });
   const statsBytes = () => (backend.kind === 'local' ? Promise.resolve(dirBytes(localRepo)) : s3Bytes(backend, prefix));
 
-  if (name === 'tender') {
+  if (name === 'tender' || name === 'tender-flat') {
     const repo = backend.kind === 'local' ? localRepo : `s3://${backend.bucket}/${prefix}`;
     const env = { TENDER_PASSWORD: PASSWORD, ...(backend.kind === 's3' ? { AWS_ENDPOINT_URL: backend.endpoint } : {}) };
     const tender = (args, label) => run(process.execPath, [tenderBin, '--repo', repo, '--quiet', ...args], env, label);
     return {
       name,
       repo,
-      init: () => tender(['init'], 'init'),
+      init: () => tender(name === 'tender-flat' ? ['init', '--no-transforms'] : ['init'], 'init'),
       async backup(p) {
         const r = await tender(['--json', 'backup', p], 'backup');
         return { ...r, summary: lastJson(r.stdout, (v) => v.message_type === 'summary') };

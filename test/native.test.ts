@@ -7,17 +7,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { type EntryStat, lstatEntries, nodeType, readDirSorted } from '../src/backup/walk.js';
 import { GearChunker, chunkerMasks, gearTable } from '../src/backup/chunk/fastcdc.js';
 import { type ChunkerParams, defaultChunkerParams } from '../src/repo/chunker-params.js';
-import {
-  NativeGearChunker,
-  byteShuffle,
-  byteUnshuffle,
-  createBoundaryFinder,
-  cutAll,
-  nativeShuffle,
-  nativeUnshuffle,
-  shuffleBytes,
-  unshuffleBytes,
-} from '../src/backup/chunk/native.js';
+import { NativeGearChunker, createBoundaryFinder, cutAll } from '../src/backup/chunk/native.js';
+import { byteShuffle, byteUnshuffle, nativeShuffle, nativeUnshuffle, shuffleBytes, unshuffleBytes } from '../src/transform/shuffle.js';
 import { type NativeAddon, type NativeCutVariant, loadNative, nativeUnavailableReason } from '../src/util/native.js';
 
 // The native addon must be built for this suite: a missing or broken addon FAILS the tests

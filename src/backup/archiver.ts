@@ -384,6 +384,7 @@ async function runBackup(
       blobsAdded: counters.blobsAdded,
       bytesAdded: counters.bytesAdded,
       bytesStored: counters.bytesStored,
+      transforms: saver.stats.summary(),
       errors: errors.length,
       durationMs: ctx.now() - started,
     });

@@ -3,7 +3,7 @@ import { open } from 'node:fs/promises';
 import type { ChunkerParams } from '../repo/chunker-params.js';
 import type { BoundaryFinder } from './chunk/fastcdc.js';
 import type { BufferPool, PooledBuffer as Slot } from '../util/buffer-pool.js';
-import { BlobType } from '../repo/blob.js';
+import { BlobType, transformOf } from '../repo/blob.js';
 import { idToHex } from '../repo/ids.js';
 import type { RepositoryWriter } from '../repo/repository.js';
 import { inlineContentLimit, listBlobCapacity } from '../repo/snapshot/tree.js';
@@ -13,12 +13,17 @@ import { throwIfCancelled } from '../util/operation.js';
 import type { Reservation } from '../repo/pack/pack.js';
 import type { CodecExecutor } from '../workers/pool.js';
 import { cachingReads, type ReadCachePolicy } from './read-cache.js';
+import { readFileLayout } from '../checkpoint/layout.js';
+import type { KindSummary } from '../repo/snapshot/snapshot.js';
+import { TensorSegments, cutSegments } from './chunk/tensor-cuts.js';
+import { TransformStats } from './transform-stats.js';
 
 /**
  * The file stage: read → chunk (this thread) → hash → dedup → compress+encrypt (workers) → pack.
  * A file is read into pooled slots; each slot's chunks go to the workers while the next slot is
  * read, so reading, hashing and sealing overlap. Memory is bounded by the slot pool, whatever
- * the file size.
+ * the file size. A checkpoint file (src/checkpoint/) is cut along its tensors (chunk/tensor-cuts.ts)
+ * and its float chunks are sealed as byte planes where the repository allows them.
  */
 export interface FileContent {
   content?: string[];
@@ -34,6 +39,9 @@ export interface SaveCounters {
 
 export class FileSaver {
   private readonly inflight = new Set<string>();
+  /** Figures per kind of data and stage, for the snapshot summary. */
+  readonly stats = new TransformStats();
+  private readonly unknownKind = this.stats.kind('none', 'none');
 
   constructor(
     private readonly repo: RepositoryWriter,
@@ -63,7 +71,7 @@ export class FileSaver {
       const small = await this.saveSmall(path);
       if (small) return small;
     }
-    return this.saveLarge(path);
+    return this.saveLarge(path, size);
   }
 
   private batch: SmallFileBatch | undefined;
@@ -91,8 +99,10 @@ export class FileSaver {
     try {
       const cache = this.readCache.open(fd);
       cache.beforeRead(0, limit + 1);
+      const started = performance.now();
       // One byte more than the limit tells a file that grew since its lstat.
       for (let n = -1; n !== 0 && length <= limit; length += n) n = readSync(fd, batch.slot.view, at + length, limit + 1 - length, length);
+      this.stats.stageMs.read += performance.now() - started;
       cache.afterRead(0, limit + 1);
     } finally {
       closeSync(fd);
@@ -115,7 +125,9 @@ export class FileSaver {
       this.slots.release(batch.slot);
       return;
     }
-    this.processSlot(batch.slot, Uint32Array.from(batch.spans)).then(
+    const chunks = batch.spans.length / 2;
+    const kinds = new Array<KindSummary>(chunks).fill(this.unknownKind);
+    this.processSlot(batch.slot, Uint32Array.from(batch.spans), new Uint8Array(chunks), kinds).then(
       (ids) => {
         for (const w of batch.waiters) w.resolve({ content: [idToHex(ids.subarray(w.index * 32, w.index * 32 + 32))] });
       },
@@ -125,9 +137,15 @@ export class FileSaver {
     );
   }
 
-  private async saveLarge(path: string): Promise<FileContent> {
+  private async saveLarge(path: string, size: number): Promise<FileContent> {
     const handle = await open(path, 'r');
     const cache = this.readCache.open(handle.fd);
+    const layout = await readFileLayout(handle.fd, path, size).catch(async (err: unknown) => {
+      await handle.close();
+      throw err;
+    });
+    const segments = new TensorSegments(layout, this.params.minSize);
+    const layoutName = layout?.kind ?? 'none';
     const content = new ContentBuilder(this.repo);
     let chain: Promise<void> = Promise.resolve();
     let failed: unknown;
@@ -146,7 +164,9 @@ export class FileSaver {
         while (end < slot.view.length) {
           const wanted = slot.view.length - end;
           cache.beforeRead(position, wanted);
+          const started = performance.now();
           const { bytesRead } = await handle.read(slot.view, end, wanted, position);
+          this.stats.stageMs.read += performance.now() - started;
           cache.afterRead(position, bytesRead);
           if (bytesRead === 0) {
             eof = true;
@@ -158,22 +178,27 @@ export class FileSaver {
         this.counters.bytesRead += end - carry;
         this.onBytes(end - carry);
         const spans: number[] = [];
-        let start = 0;
-        while (start < end) {
-          const length = this.chunker.cut(slot.view, start, end);
-          // A cut before the end of the bytes read is final; one at the end may only mean that
-          // the boundary lies beyond them: carry that piece into the next slot.
-          if (!eof && length === end - start && length < this.params.maxSize) break;
-          spans.push(start, length);
-          start += length;
+        const cutStarted = performance.now();
+        // The unfinished chunk after the last final cut is carried into the next slot.
+        const base = position - end;
+        const start = cutSegments(this.chunker, this.params.maxSize, segments, slot.view, base, 0, end, eof, spans);
+        const chunks = spans.length / 2;
+        const elementSizes = new Uint8Array(chunks);
+        const kinds = new Array<KindSummary>(chunks);
+        for (let i = 0; i < chunks; i++) {
+          const chunkStart = base + spans[2 * i]!;
+          const kind = segments.describe(chunkStart, chunkStart + spans[2 * i + 1]!);
+          elementSizes[i] = kind.elementSize;
+          kinds[i] = this.stats.kind(layoutName, kind.dtype);
         }
+        this.stats.stageMs.chunk += performance.now() - cutStarted;
         const next = eof ? undefined : await this.slots.acquire();
         if (next) {
           // Buffer.copy is a memmove; TypedArray.set on shared memory copies element by element.
           slot.bytes.copy(next.bytes, 0, start, end);
           carry = end - start;
         }
-        const processed = this.processSlot(slot, Uint32Array.from(spans));
+        const processed = this.processSlot(slot, Uint32Array.from(spans), elementSizes, kinds);
         processed.catch(() => undefined); // observed through `chain`; do not report it as unhandled
         inProgress.push(processed);
         held = next;
@@ -201,7 +226,7 @@ export class FileSaver {
    * reserve room in a pack and have the workers seal the new chunks straight into their rooms,
    * a few messages per slot. Resolves with the slot's chunk IDs in order.
    */
-  private async processSlot(slot: Slot, spans: Uint32Array): Promise<Uint8Array> {
+  private async processSlot(slot: Slot, spans: Uint32Array, elementSizes: Uint8Array, kinds: readonly KindSummary[]): Promise<Uint8Array> {
     const sealing: Promise<void>[] = [];
     /** Reserved and not yet handed to the workers: abandoned if this slot fails. */
     let reserved: PendingSeal[] = [];
@@ -212,10 +237,20 @@ export class FileSaver {
         const offset = spans[2 * i]!;
         const length = spans[2 * i + 1]!;
         const id = ids.subarray(i * 32, i * 32 + 32);
+        const hashStarted = performance.now();
         id.set(this.repo.codec.id(slot.view.subarray(offset, offset + length)));
-        if (this.repo.has(id)) continue;
+        this.stats.stageMs.hash += performance.now() - hashStarted;
+        const kind = kinds[i]!;
+        kind.bytesIn += length;
+        if (this.repo.has(id)) {
+          kind.bytesDeduplicated += length;
+          continue;
+        }
         const hex = idToHex(id);
-        if (this.inflight.has(hex)) continue;
+        if (this.inflight.has(hex)) {
+          kind.bytesDeduplicated += length;
+          continue;
+        }
         this.inflight.add(hex);
         let r: Reservation | undefined;
         try {
@@ -231,7 +266,7 @@ export class FileSaver {
           this.inflight.delete(hex);
           throw err;
         }
-        reserved.push({ id, hex, offset, length, r });
+        reserved.push({ id, hex, offset, length, r, elementSize: elementSizes[i]!, kind });
       }
       sealing.push(...this.dispatch(slot, reserved));
       reserved = [];
@@ -281,14 +316,30 @@ export class FileSaver {
     try {
       const sealed = await this.executor.seal(
         slot.buffer,
-        group.map((p) => ({ type: BlobType.data, id: p.id, offset: p.offset, length: p.length, target: p.r.buffer, targetOffset: p.r.offset, targetCapacity: p.r.capacity })),
+        group.map((p) => ({
+          type: BlobType.data,
+          id: p.id,
+          offset: p.offset,
+          length: p.length,
+          target: p.r.buffer,
+          targetOffset: p.r.offset,
+          targetCapacity: p.r.capacity,
+          elementSize: p.elementSize,
+        })),
       );
       for (const [i, p] of group.entries()) {
-        this.repo.commit(p.r, BlobType.data, p.id, p.length, sealed[i]!.storedLength, sealed[i]!.flags);
+        const { storedLength, flags, sealMs } = sealed[i]!;
+        this.repo.commit(p.r, BlobType.data, p.id, p.length, storedLength, flags);
         committed++;
         this.counters.blobsAdded++;
         this.counters.bytesAdded += p.length;
-        this.counters.bytesStored += sealed[i]!.storedLength;
+        this.counters.bytesStored += storedLength;
+        const figures = p.kind.transforms[transformOf(flags)];
+        figures.blobs++;
+        figures.bytes += p.length;
+        figures.stored += storedLength;
+        figures.sealMs += sealMs;
+        this.stats.stageMs.seal += sealMs;
       }
     } catch (err) {
       for (const p of group.slice(committed)) this.repo.abandon(p.r);
@@ -306,6 +357,9 @@ interface PendingSeal {
   offset: number;
   length: number;
   r: Reservation;
+  /** Float element size for byte planes (0: none). */
+  elementSize: number;
+  kind: KindSummary;
 }
 
 interface SmallFileBatch {

@@ -12,6 +12,7 @@ import { registerLs } from './commands/ls.js';
 import { registerRepair } from './commands/repair.js';
 import { registerRestore } from './commands/restore.js';
 import { registerSnapshots } from './commands/snapshots.js';
+import { registerStats } from './commands/stats.js';
 
 /**
  * The CLI composition root. Only here is an error turned into a message, a hint and an exit
@@ -33,6 +34,7 @@ export function buildProgram(): Command {
   registerInit(program);
   registerBackup(program);
   registerSnapshots(program);
+  registerStats(program);
   registerLs(program);
   registerRestore(program);
   registerCheck(program);

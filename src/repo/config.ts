@@ -5,12 +5,21 @@ import type { Storage } from '../storage/storage.js';
 import { holdsRepositoryObjects } from './storage-probe.js';
 
 /**
- * The `config` object: {"version":1,"repository":ID,"sealed":base64(seal(config body, "tender:config"))}.
+ * The `config` object: {"version":N,"repository":ID,"sealed":base64(seal(config body, "tender:config"))}.
  * `version` and `repository` are readable without a password (to report a newer format or to pick
  * the key file); the sealed body is the authority and must repeat both.
+ *
+ * Version 1: blobs are raw or zstd. Version 2 adds `transforms`, the blob transforms its writers
+ * may use ("planes": byte-plane blobs): a version-1 tender refuses it as a newer format instead
+ * of reading a plane blob as damage. A version-1 repository stays version 1: this tender writes
+ * no transformed blob into it, so older clients sharing it keep reading everything.
  */
-export const formatVersion = 1;
+export const formatVersion = 2;
 export const configKey = 'config';
+
+/** Blob transforms a version-2 repository may name; an unknown one is refused, never ignored. */
+export const knownTransforms = ['planes'] as const;
+export type Transform = (typeof knownTransforms)[number];
 
 export interface RepositoryConfig {
   version: number;
@@ -21,7 +30,13 @@ export interface RepositoryConfig {
   compressionLevel: number;
   /** Target size of a pack file in bytes. */
   packSize: number;
+  /** Version 2 only: blob transforms writers may use. */
+  transforms?: Transform[];
 }
+
+/** The format version a repository with these transforms needs. */
+export const versionFor = (transforms: readonly Transform[]): number => (transforms.length > 0 ? 2 : 1);
+
 
 interface ConfigEnvelope {
   version: number;
@@ -96,6 +111,20 @@ export function openConfig(storage: Storage, encryptionKey: Uint8Array, envelope
   if (!Number.isInteger(level) || level < 0 || level > 22) throw corruptConfig(storage, `has an invalid compression level ${JSON.stringify(level)}`);
   if (!Number.isInteger(config.packSize) || config.packSize < 1024 * 1024 || config.packSize > 1024 * 1024 * 1024) {
     throw corruptConfig(storage, `has an invalid pack size ${JSON.stringify(config.packSize)}`);
+  }
+  if (config.version >= 2) {
+    const transforms: unknown = config.transforms;
+    if (!Array.isArray(transforms) || transforms.some((t) => typeof t !== 'string')) {
+      throw corruptConfig(storage, `has an invalid transform list ${JSON.stringify(transforms)}`);
+    }
+    const unknown = transforms.find((t) => !(knownTransforms as readonly string[]).includes(t));
+    if (unknown !== undefined) {
+      throw new TenderError('TENDER_REPO_VERSION', `the repository at ${storage.location} uses the blob transform "${unknown}", which this tender does not know`, {
+        hint: 'upgrade tender to a release that supports this format',
+      });
+    }
+  } else if (config.transforms !== undefined) {
+    throw corruptConfig(storage, 'names transforms in format version 1');
   }
   try {
     if (!config.chunker || typeof config.chunker !== 'object') throw new Error('has no chunker parameters');

@@ -2,7 +2,7 @@ import pLimit from 'p-limit';
 import { DecryptError, aadLabel, open, seal } from '../crypto/aead.js';
 import { TenderError } from '../errors/errors.js';
 import type { Storage } from '../storage/storage.js';
-import { BlobCodec, BlobCorruptError } from '../transform/blob-codec.js';
+import { BlobCodec, BlobCorruptError, type CodecTransforms } from '../transform/blob-codec.js';
 import type { MasterKeys } from '../transform/keys.js';
 import { BufferPool } from '../util/buffer-pool.js';
 import { type Identity, processIdentity } from '../util/operation.js';
@@ -10,7 +10,7 @@ import { type CodecExecutor, createExecutor, defaultWorkerCount } from '../worke
 import { FormatError } from './binary.js';
 import { type BlobEntry, BlobType } from './blob.js';
 import { type ChunkerParams, defaultChunkerParams } from './chunker-params.js';
-import { type RepositoryConfig, configKey, encodeConfig, formatVersion, openConfig, readConfigEnvelope } from './config.js';
+import { type RepositoryConfig, type Transform, configKey, encodeConfig, openConfig, readConfigEnvelope, versionFor } from './config.js';
 import type { BlobLocation } from './index/id-table.js';
 import { type IndexFile, type IndexedPack, decodeIndex, encodeIndex } from './index/index-file.js';
 import { IndexView } from './index/index-view.js';
@@ -38,6 +38,8 @@ export interface InitOptions {
   compressionLevel?: number;
   packSize?: number;
   kdf?: KdfParams;
+  /** Blob transforms writers may use (default: all; none: a version-1 repository). */
+  transforms?: Transform[];
 }
 
 export interface OpenOptions {
@@ -71,6 +73,8 @@ export interface LoadIndexOptions {
  */
 export class Repository {
   readonly codec: BlobCodec;
+  /** The transforms the config allows its writers (none in a version-1 repository). */
+  readonly codecTransforms: CodecTransforms;
   /** The shared index; replaced as a whole by refreshIndex, added to by writers' uploads. */
   private shared = new IndexView();
   /** Whole tree/list packs recently read, by pack ID (insertion order = LRU order). */
@@ -97,7 +101,8 @@ export class Repository {
     readonly keyFile: string,
     options: OpenOptions,
   ) {
-    this.codec = new BlobCodec(keys, config.compressionLevel);
+    this.codecTransforms = { planes: config.transforms?.includes('planes') ?? false };
+    this.codec = new BlobCodec(keys, config.compressionLevel, this.codecTransforms);
     this.identity = options.identity ?? processIdentity();
     this.now = options.now ?? Date.now;
     this.workers = options.workers;
@@ -121,13 +126,15 @@ export class Repository {
     const identity = options.identity ?? processIdentity();
     const keys = newMasterKeys();
     const repository = idToHex(randomId());
+    const transforms = options.transforms ?? ['planes'];
     const config: RepositoryConfig = {
-      version: formatVersion,
+      version: versionFor(transforms),
       repository,
       created: new Date((options.now ?? Date.now)()).toISOString(),
       chunker: options.chunker ?? defaultChunkerParams,
       compressionLevel: options.compressionLevel ?? 1,
       packSize: options.packSize ?? 16 * 1024 * 1024,
+      ...(transforms.length > 0 ? { transforms } : {}),
     };
     // Key first, config last: an interrupted init leaves no config, so it is not a repository yet.
     const keyFile = await addKey(storage, repository, keys, password, identity, options.kdf);
@@ -155,7 +162,7 @@ export class Repository {
 
   /** The worker pool every operation of this process shares (created on first use). */
   executor(): CodecExecutor {
-    this.codecExecutor ??= createExecutor(this.keys, this.config.compressionLevel, this.workers ?? defaultWorkerCount());
+    this.codecExecutor ??= createExecutor(this.keys, this.config.compressionLevel, this.workers ?? defaultWorkerCount(), this.codecTransforms);
     return this.codecExecutor;
   }
 

@@ -2,18 +2,26 @@ import zstd from 'zstd-napi/binding.js';
 import { DecryptError, sealOverhead } from '../crypto/aead.js';
 import { openInto, sealInto } from '../crypto/seal-into.js';
 import { blobId } from './blob-id.js';
-import { BlobFlag, blobTypeName } from './blob-kind.js';
+import { BlobFlag, blobTypeName, knownBlobFlags } from './blob-kind.js';
 import type { MasterKeys } from './keys.js';
+import { PlaneDecoder, PlaneEncoder, PlanePayloadError, planeElementSizes } from './planes.js';
 
 /**
  * The blob transform, the same on the main thread and in workers:
- *   store:   plaintext → ID = BLAKE3-keyed(plaintext) → zstd (kept only if it saves space) → AES-GCM
- *   load:    AES-GCM open → zstd decompress (if flagged) → check length and ID
+ *   store:   plaintext → ID = BLAKE3-keyed(plaintext) → byte planes (float tensor chunks, when the
+ *            repository allows them) or zstd, each kept only if it saves space → AES-GCM
+ *   load:    AES-GCM open → decode planes or zstd (as flagged) → check length and ID
  * The AAD of a blob is "tender:blob" ‖ type ‖ ID, so a sealed blob cannot pass for another.
  */
 export interface SealedBlob {
   storedLength: number;
   flags: number;
+}
+
+/** Transforms beyond zstd that a repository's format allows (src/repo/config.ts). */
+export interface CodecTransforms {
+  /** Byte planes for chunks of float tensors (format version 2). */
+  planes?: boolean;
 }
 
 const aadPrefix = Buffer.from('tender:blob', 'utf8');
@@ -31,15 +39,19 @@ export class BlobCodec {
   private readonly decompressor = new zstd.DCtx();
   /** Reused output buffer for compression: no fresh memory per chunk (first touch is slow). */
   private scratch = Buffer.alloc(0);
+  private readonly planeEncoder: PlaneEncoder | undefined;
+  private planeDecoder: PlaneDecoder | undefined;
 
   constructor(
     private readonly keys: MasterKeys,
     /** zstd level; 0 stores everything raw. */
     compressionLevel: number,
+    transforms: CodecTransforms = {},
   ) {
     if (compressionLevel > 0) {
       this.compressor = new zstd.CCtx();
       this.compressor.setParameter(zstd.CParameter.compressionLevel, compressionLevel);
+      if (transforms.planes) this.planeEncoder = new PlaneEncoder();
     }
   }
 
@@ -50,11 +62,20 @@ export class BlobCodec {
   /**
    * Seals `plaintext` straight into `dst` (a reserved region of a pack buffer), which must hold at
    * least plaintext length + sealOverhead bytes. Returns the stored length and flags.
+   * `elementSize` (2, 4 or 8) says the chunk holds float elements of that size, aligned to its
+   * start: it is then stored as byte planes where the repository allows them and they pay.
    */
-  sealInto(type: number, id: Uint8Array, plaintext: Uint8Array, dst: Uint8Array): SealedBlob {
+  sealInto(type: number, id: Uint8Array, plaintext: Uint8Array, dst: Uint8Array, elementSize = 0): SealedBlob {
     let payload: Uint8Array = plaintext;
     let flags = 0;
-    if (this.compressor && plaintext.byteLength > 0) {
+    if (this.planeEncoder && planeElementSizes.includes(elementSize)) {
+      // Float data that does not code as planes does not code whole either: no second attempt.
+      const planes = this.planeEncoder.encode(plaintext, elementSize);
+      if (planes) {
+        payload = planes;
+        flags |= BlobFlag.planes;
+      }
+    } else if (this.compressor && plaintext.byteLength > 0) {
       const bound = zstd.compressBound(plaintext.byteLength);
       if (this.scratch.length < bound) this.scratch = Buffer.allocUnsafeSlow(bound);
       const compressedLength = this.compressor.compress2(this.scratch, plaintext);
@@ -79,7 +100,10 @@ export class BlobCodec {
    * written); throws BlobCorruptError saying what is wrong. Allocates nothing per call.
    */
   openInto(type: number, id: Uint8Array, flags: number, rawLength: number, sealed: Uint8Array, dst: Uint8Array): void {
-    const compressed = (flags & BlobFlag.zstd) !== 0;
+    if ((flags & ~knownBlobFlags) !== 0 || (flags & (BlobFlag.zstd | BlobFlag.planes)) === (BlobFlag.zstd | BlobFlag.planes)) {
+      throw new BlobCorruptError(type, id, `has flags ${flags} that no tender writes`);
+    }
+    const compressed = (flags & (BlobFlag.zstd | BlobFlag.planes)) !== 0;
     const payloadLength = sealed.byteLength - sealOverhead;
     if (payloadLength < 0 || (!compressed && payloadLength !== rawLength)) {
       throw new BlobCorruptError(type, id, `has ${Math.max(0, payloadLength)} stored bytes, the index says ${rawLength}`);
@@ -92,7 +116,14 @@ export class BlobCodec {
       if (err instanceof DecryptError) throw new BlobCorruptError(type, id, 'does not decrypt (damaged or not this blob)');
       throw err;
     }
-    if (compressed) {
+    if (flags & BlobFlag.planes) {
+      try {
+        (this.planeDecoder ??= new PlaneDecoder()).decode(this.scratch.subarray(0, payloadLength), rawLength, out);
+      } catch (err) {
+        if (err instanceof PlanePayloadError) throw new BlobCorruptError(type, id, `has a damaged plane payload (${err.message})`);
+        throw err;
+      }
+    } else if (compressed) {
       const payload = this.scratch.subarray(0, payloadLength);
       let produced = -1;
       try {

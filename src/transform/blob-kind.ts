@@ -16,4 +16,13 @@ export const isBlobType = (type: number): type is BlobType => type === 0 || type
 export const BlobFlag = {
   /** The sealed payload is a zstd frame; otherwise the raw bytes. */
   zstd: 1,
+  /** The sealed payload is a byte-plane payload (transform/planes.ts); format version 2. */
+  planes: 2,
 } as const;
+
+export const knownBlobFlags = BlobFlag.zstd | BlobFlag.planes;
+
+/** How a blob's payload was transformed, by its flags (the names statistics use). */
+export type TransformName = 'planes' | 'zstd' | 'raw';
+
+export const transformOf = (flags: number): TransformName => (flags & BlobFlag.planes ? 'planes' : flags & BlobFlag.zstd ? 'zstd' : 'raw');

@@ -1,4 +1,4 @@
-import { BlobCodec } from '../transform/blob-codec.js';
+import { BlobCodec, type CodecTransforms } from '../transform/blob-codec.js';
 import type { MasterKeys } from '../transform/keys.js';
 
 /**
@@ -14,11 +14,15 @@ export interface SealRequest {
   target: SharedArrayBuffer;
   targetOffset: number;
   targetCapacity: number;
+  /** Float element size of the chunk's tensor data (BlobCodec.sealInto), 0 or absent: none. */
+  elementSize?: number;
 }
 
 export interface SealedResult {
   storedLength: number;
   flags: number;
+  /** Time this thread spent sealing it (statistics). */
+  sealMs: number;
 }
 
 /**
@@ -42,14 +46,22 @@ export type OpenResult = string | null;
 export class CodecOps {
   readonly codec: BlobCodec;
 
-  constructor(keys: MasterKeys, compressionLevel: number) {
-    this.codec = new BlobCodec(keys, compressionLevel);
+  constructor(keys: MasterKeys, compressionLevel: number, transforms: CodecTransforms = {}) {
+    this.codec = new BlobCodec(keys, compressionLevel, transforms);
   }
 
   seal(data: Uint8Array, requests: readonly SealRequest[]): SealedResult[] {
-    return requests.map((r) =>
-      this.codec.sealInto(r.type, r.id, data.subarray(r.offset, r.offset + r.length), new Uint8Array(r.target, r.targetOffset, r.targetCapacity)),
-    );
+    return requests.map((r) => {
+      const started = performance.now();
+      const sealed = this.codec.sealInto(
+        r.type,
+        r.id,
+        data.subarray(r.offset, r.offset + r.length),
+        new Uint8Array(r.target, r.targetOffset, r.targetCapacity),
+        r.elementSize,
+      );
+      return { ...sealed, sealMs: performance.now() - started };
+    });
   }
 
   open(source: Uint8Array, requests: readonly OpenRequest[]): OpenResult[] {

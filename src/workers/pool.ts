@@ -2,6 +2,7 @@ import { existsSync } from 'node:fs';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
+import type { CodecTransforms } from '../transform/blob-codec.js';
 import type { MasterKeys } from '../transform/keys.js';
 import { CodecOps, type OpenRequest, type OpenResult, type SealRequest, type SealedResult } from './ops.js';
 import type { CodecRequest, WorkerRequest, WorkerResponse } from './protocol.js';
@@ -17,15 +18,20 @@ export function defaultWorkerCount(): number {
   return Math.max(1, Math.min(os.availableParallelism(), 8));
 }
 
-export function createExecutor(keys: MasterKeys, compressionLevel: number, workers = defaultWorkerCount()): CodecExecutor {
-  return workers <= 0 ? new InlineExecutor(keys, compressionLevel) : new WorkerPool(keys, compressionLevel, workers);
+export function createExecutor(
+  keys: MasterKeys,
+  compressionLevel: number,
+  workers = defaultWorkerCount(),
+  transforms: CodecTransforms = {},
+): CodecExecutor {
+  return workers <= 0 ? new InlineExecutor(keys, compressionLevel, transforms) : new WorkerPool(keys, compressionLevel, workers, transforms);
 }
 
 class InlineExecutor implements CodecExecutor {
   private readonly ops: CodecOps;
 
-  constructor(keys: MasterKeys, compressionLevel: number) {
-    this.ops = new CodecOps(keys, compressionLevel);
+  constructor(keys: MasterKeys, compressionLevel: number, transforms: CodecTransforms) {
+    this.ops = new CodecOps(keys, compressionLevel, transforms);
   }
 
   async seal(buffer: SharedArrayBuffer, requests: SealRequest[]): Promise<SealedResult[]> {
@@ -91,9 +97,9 @@ class WorkerPool implements CodecExecutor {
   private seq = 0;
   private closed = false;
 
-  constructor(keys: MasterKeys, compressionLevel: number, count: number) {
+  constructor(keys: MasterKeys, compressionLevel: number, count: number, transforms: CodecTransforms) {
     const script = workerScriptPath();
-    const data = { keys: { encryption: keys.encryption, blobId: keys.blobId, gearSeed: keys.gearSeed }, compressionLevel };
+    const data = { keys: { encryption: keys.encryption, blobId: keys.blobId, gearSeed: keys.gearSeed }, compressionLevel, transforms };
     this.workers = Array.from({ length: count }, () => new PoolWorker(script, data));
   }
 

@@ -1,12 +1,14 @@
 import { parentPort, workerData } from 'node:worker_threads';
+import type { CodecTransforms } from '../transform/blob-codec.js';
 import type { MasterKeys } from '../transform/keys.js';
 import { CodecOps } from './ops.js';
 import type { WorkerRequest, WorkerResponse } from './protocol.js';
 
-const { keys, compressionLevel } = workerData as { keys: MasterKeys; compressionLevel: number };
+const { keys, compressionLevel, transforms } = workerData as { keys: MasterKeys; compressionLevel: number; transforms: CodecTransforms };
 const ops = new CodecOps(
   { encryption: Buffer.from(keys.encryption), blobId: Buffer.from(keys.blobId), gearSeed: Buffer.from(keys.gearSeed) },
   compressionLevel,
+  transforms,
 );
 
 parentPort!.on('message', (msg: WorkerRequest) => {

@@ -1,6 +1,7 @@
 import { aadLabel, open, seal } from '../../crypto/aead.js';
 import { FormatError } from '../binary.js';
 import { isHexId } from '../ids.js';
+import type { TransformName } from '../blob.js';
 
 /**
  * Snapshot object (snapshots/<sha256 of the stored bytes>): sealed JSON with AAD "tender:snapshot".
@@ -20,7 +21,45 @@ export interface SnapshotSummary {
   bytesStored: number;
   errors: number;
   durationMs: number;
+  /** What the chunks were and what each transform did with them (absent before this field existed). */
+  transforms?: TransformSummary;
 }
+
+/**
+ * Per kind of data (the file's checkpoint layout and the dtype of most of a chunk; "none" when
+ * unknown): the bytes of the chunks read, those already stored (deduplicated), and per transform
+ * the new blobs it stored. `stored` is the sealed size in the pack (payload + 28 bytes), so
+ * Σ stored over every kind and transform = the summary's bytesStored. A transform saved
+ * bytes − stored. Stage times are in milliseconds: read, chunk and hash on the main thread;
+ * seal summed over the worker threads (a blob's time goes to its transform's sealMs).
+ */
+export interface TransformSummary {
+  kinds: KindSummary[];
+  stageMs: { read: number; chunk: number; hash: number; seal: number };
+}
+
+export interface KindSummary {
+  layout: string;
+  dtype: string;
+  bytesIn: number;
+  bytesDeduplicated: number;
+  transforms: Record<TransformName, TransformFigures>;
+}
+
+export interface TransformFigures {
+  blobs: number;
+  bytes: number;
+  stored: number;
+  sealMs: number;
+}
+
+export function emptyKindSummary(layout: string, dtype: string): KindSummary {
+  const figures = () => ({ blobs: 0, bytes: 0, stored: 0, sealMs: 0 });
+  return { layout, dtype, bytesIn: 0, bytesDeduplicated: 0, transforms: { planes: figures(), zstd: figures(), raw: figures() } };
+}
+
+/** Orders kinds by layout, then dtype. */
+export const compareKinds = (a: KindSummary, b: KindSummary): number => a.layout.localeCompare(b.layout) || a.dtype.localeCompare(b.dtype);
 
 export interface Snapshot {
   version: 1;

@@ -1,0 +1,130 @@
+import type { Dtype, FileLayout, TensorExtent } from '../../checkpoint/layout.js';
+import type { BoundaryFinder } from './fastcdc.js';
+
+/**
+ * Tensor-aligned chunking (docs/design.md, "Tensor-aligned chunking"). A file with a known
+ * layout is split into segments: each *large* tensor (at least minSize bytes) is a segment of its
+ * own, and the bytes between large tensors (headers, small tensors, gaps, trailers) form the
+ * segments between them. Each segment is cut by FastCDC as if it were a file of its own, so a
+ * chunk never crosses a segment boundary: a large tensor whose bytes did not change gives the same
+ * chunks wherever it moved to in the file (a grown header, an earlier entry that changed size).
+ * Inside a float tensor, cuts are rounded down to whole elements, so every chunk of it starts on
+ * an element and its byte planes line up. Without a layout the file is one segment: plain CDC.
+ */
+
+/** Float element size of a dtype: what the byte-plane transform works on (0: not a float of ≥ 2 bytes). */
+export function floatElementSize(dtype: Dtype): number {
+  switch (dtype) {
+    case 'F64':
+      return 8;
+    case 'F32':
+      return 4;
+    case 'F16':
+    case 'BF16':
+      return 2;
+    default:
+      return 0;
+  }
+}
+
+/** What a chunk holds, for the blob codec and the statistics. */
+export interface ChunkKind {
+  /** Element size for byte planes: the chunk's float data starts on an element (0: none). */
+  elementSize: number;
+  /** The dtype of most of the chunk's bytes; 'none' when no tensor covers half of it. */
+  dtype: Dtype | 'none';
+}
+
+const noKind: ChunkKind = { elementSize: 0, dtype: 'none' };
+
+/**
+ * A file's segments, walked forwards (one instance per file read, offsets asked in increasing
+ * order; asking backwards restarts the walk).
+ */
+export class TensorSegments {
+  private readonly large: readonly TensorExtent[];
+  private readonly extents: readonly TensorExtent[];
+  /** Index of the first large extent that ends after the last offset asked. */
+  private next = 0;
+  /** Index of the first extent that ends after the last chunk start described. */
+  private nextExtent = 0;
+  private lastAsked = 0;
+
+  constructor(layout: FileLayout | null, minSize: number) {
+    this.extents = layout?.extents ?? [];
+    this.large = this.extents.filter((e) => e.length >= minSize);
+  }
+
+  /** The end of the segment holding file offset `at` (Infinity: the end of the file) and its float element size. */
+  segmentAt(at: number): { end: number; elementSize: number } {
+    if (at < this.lastAsked) this.next = 0;
+    this.lastAsked = at;
+    while (this.next < this.large.length && this.large[this.next]!.offset + this.large[this.next]!.length <= at) this.next++;
+    const e = this.large[this.next];
+    if (!e) return { end: Infinity, elementSize: 0 };
+    if (at < e.offset) return { end: e.offset, elementSize: 0 };
+    return { end: e.offset + e.length, elementSize: floatElementSize(e.dtype) };
+  }
+
+  /**
+   * What the chunk [start, end) holds: the element size of the float extents that start on an
+   * element relative to the chunk and cover at least 3/4 of it (0 otherwise: byte planes would
+   * mix unrelated bytes), and the dtype that covers most of it.
+   */
+  describe(start: number, end: number): ChunkKind {
+    if (this.extents.length === 0) return noKind;
+    if (this.nextExtent > 0 && this.extents[this.nextExtent - 1]!.offset + this.extents[this.nextExtent - 1]!.length > start) this.nextExtent = 0;
+    while (this.nextExtent < this.extents.length && this.extents[this.nextExtent]!.offset + this.extents[this.nextExtent]!.length <= start) this.nextExtent++;
+    const covered = new Map<Dtype, number>();
+    const aligned = new Map<number, number>();
+    for (let i = this.nextExtent; i < this.extents.length; i++) {
+      const e = this.extents[i]!;
+      if (e.offset >= end) break;
+      const from = Math.max(start, e.offset);
+      const bytes = Math.min(end, e.offset + e.length) - from;
+      covered.set(e.dtype, (covered.get(e.dtype) ?? 0) + bytes);
+      const k = floatElementSize(e.dtype);
+      if (k > 0 && (from - e.offset) % k === 0 && (from - start) % k === 0) aligned.set(k, (aligned.get(k) ?? 0) + bytes);
+    }
+    const length = end - start;
+    let dtype: Dtype | 'none' = 'none';
+    let most = 0;
+    for (const [d, bytes] of covered) if (bytes > most) [dtype, most] = [d, bytes];
+    if (2 * most < length) dtype = 'none';
+    let elementSize = 0;
+    for (const [k, bytes] of aligned) if (4 * bytes >= 3 * length) elementSize = k;
+    return { elementSize, dtype };
+  }
+}
+
+/**
+ * Cuts data[start, end) into chunks that never cross a segment boundary (file offset of data[0]
+ * = base) and appends (offset, length) pairs to `spans`. Without `eof` it stops before a chunk
+ * whose end is not known yet (it could reach past `end`). Returns where it stopped.
+ */
+export function cutSegments(
+  finder: BoundaryFinder,
+  maxSize: number,
+  segments: TensorSegments,
+  data: Uint8Array,
+  base: number,
+  start: number,
+  end: number,
+  eof: boolean,
+  spans: number[],
+): number {
+  while (start < end) {
+    const segment = segments.segmentAt(base + start);
+    const segmentEnd = segment.end - base;
+    const limit = Math.min(end, segmentEnd);
+    let length = finder.cut(data, start, limit);
+    // A cut at the end of the bytes read may only mean that the boundary lies beyond them.
+    if (!eof && limit === end && segmentEnd > end && length === end - start && length < maxSize) break;
+    // Every chunk of a tensor starts on an element (the first at the tensor's start): a cut
+    // inside it is moved back to a whole number of elements (a cut is at least minSize in).
+    if (length < limit - start && length > segment.elementSize) length -= length % Math.max(1, segment.elementSize);
+    spans.push(start, length);
+    start += length;
+  }
+  return start;
+}

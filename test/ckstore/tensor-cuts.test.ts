@@ -1,0 +1,148 @@
+/**
+ * Tensor-aligned chunking (src/backup/chunk/tensor-cuts.ts): cut positions against the extents
+ * of a layout, checked as properties over random layouts and data.
+ */
+import { randomBytes } from 'node:crypto';
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import type { Dtype, FileLayout, TensorExtent } from '../../src/checkpoint/layout.js';
+import { GearChunker, gearTable } from '../../src/backup/chunk/fastcdc.js';
+import { TensorSegments, cutSegments, floatElementSize } from '../../src/backup/chunk/tensor-cuts.js';
+import { prng } from './floats.js';
+
+const params = { minSize: 256, avgSize: 1024, maxSize: 4096 };
+const chunker = new GearChunker(params, gearTable(randomBytes(32)));
+const dtypes: Dtype[] = ['F32', 'BF16', 'F16', 'F64', 'I64', 'U8'];
+
+/** Cuts a whole buffer the way FileSaver does, in slots of `slotSize` with the unfinished chunk carried. */
+function cutFile(data: Uint8Array, layout: FileLayout | null, slotSize = data.length + 1): Array<[number, number]> {
+  const segments = new TensorSegments(layout, params.minSize);
+  const cuts: Array<[number, number]> = [];
+  let base = 0;
+  while (base < data.length || cuts.length === 0) {
+    const end = Math.min(data.length, base + slotSize);
+    const eof = end === data.length;
+    const spans: number[] = [];
+    const view = data.subarray(base, end);
+    const stop = cutSegments(chunker, params.maxSize, segments, view, base, 0, view.length, eof, spans);
+    for (let i = 0; i < spans.length; i += 2) cuts.push([base + spans[i]!, spans[i + 1]!]);
+    if (eof) break;
+    base += stop;
+  }
+  return cuts;
+}
+
+/** A layout of random extents (some large, some small, gaps between) inside a file of `size`. */
+const layoutArb = fc
+  .array(fc.record({ gap: fc.nat(300), length: fc.oneof(fc.integer({ min: 1, max: 200 }), fc.integer({ min: 256, max: 12_000 })), dtype: fc.constantFrom(...dtypes) }), {
+    maxLength: 12,
+  })
+  .chain((specs) => {
+    const extents: TensorExtent[] = [];
+    let at = 0;
+    for (const [i, s] of specs.entries()) {
+      at += s.gap;
+      const k = Math.max(1, floatElementSize(s.dtype));
+      const length = Math.max(k, s.length - (s.length % k));
+      extents.push({ name: `t${i}`, dtype: s.dtype, offset: at, length });
+      at += length;
+    }
+    return fc.record({ extents: fc.constant(extents), trailer: fc.nat(500), seed: fc.nat() });
+  });
+
+function fileFor(extents: readonly TensorExtent[], trailer: number, seed: number): Uint8Array {
+  const size = (extents.length ? extents[extents.length - 1]!.offset + extents[extents.length - 1]!.length : 0) + trailer;
+  const random = prng(seed);
+  const data = new Uint8Array(size);
+  for (let i = 0; i < size; i++) data[i] = (random() * 256) | 0;
+  return data;
+}
+
+describe('tensor-aligned cuts', () => {
+  it('cut at the start and end of every large tensor, never across one, on elements inside floats, the same in any slot size', () => {
+    fc.assert(
+      fc.property(layoutArb, fc.integer({ min: params.maxSize + 1, max: 3 * params.maxSize }), ({ extents, trailer, seed }, slotSize) => {
+        const data = fileFor(extents, trailer, seed);
+        const layout: FileLayout = { kind: 'safetensors', extents };
+        const cuts = cutFile(data, layout);
+        // Contiguous cover of the file, no chunk over maxSize, none empty.
+        let at = 0;
+        for (const [start, length] of cuts) {
+          expect(start).toBe(at);
+          expect(length).toBeGreaterThan(0);
+          expect(length).toBeLessThanOrEqual(params.maxSize);
+          at += length;
+        }
+        expect(at).toBe(data.length);
+        const starts = new Set(cuts.map(([s]) => s));
+        for (const e of extents.filter((x) => x.length >= params.minSize)) {
+          expect(starts.has(e.offset), `${e.name} start`).toBe(true);
+          expect(starts.has(e.offset + e.length) || e.offset + e.length === data.length, `${e.name} end`).toBe(true);
+          const k = floatElementSize(e.dtype);
+          for (const [s, l] of cuts) {
+            const inside = s >= e.offset && s < e.offset + e.length;
+            if (inside) {
+              expect(s + l, `${e.name}: chunk at ${s} crosses its end`).toBeLessThanOrEqual(e.offset + e.length);
+              if (k > 0) expect((s - e.offset) % k, `${e.name}: chunk at ${s} is not on an element`).toBe(0);
+            }
+          }
+        }
+        // Slot by slot with carried tails (as FileSaver reads): the same cuts.
+        expect(cutFile(data, layout, slotSize)).toEqual(cuts);
+      }),
+      { numRuns: 150 },
+    );
+  });
+
+  it('without a layout, cuts exactly as plain FastCDC', () => {
+    const data = fileFor([], 50_000, 7);
+    const plain: Array<[number, number]> = [];
+    for (let s = 0; s < data.length; ) {
+      const l = chunker.cut(data, s, data.length);
+      plain.push([s, l]);
+      s += l;
+    }
+    expect(cutFile(data, null)).toEqual(plain);
+    expect(cutFile(data, null, params.maxSize + 5)).toEqual(plain);
+  });
+
+  it('a large tensor gives the same chunks wherever it moved to (header growth, earlier tensors resized)', () => {
+    fc.assert(
+      fc.property(layoutArb, fc.integer({ min: 1, max: 999 }), ({ extents, trailer, seed }, shift) => {
+        const data = fileFor(extents, trailer, seed);
+        // The same tensors after `shift` more header bytes.
+        const shifted = new Uint8Array(data.length + shift);
+        shifted.set(randomBytes(shift), 0);
+        shifted.set(data, shift);
+        const moved = extents.map((e) => ({ ...e, offset: e.offset + shift }));
+        const chunksOf = (bytes: Uint8Array, es: readonly TensorExtent[], e: TensorExtent) =>
+          cutFile(bytes, { kind: 'safetensors', extents: es })
+            .filter(([s]) => s >= e.offset && s < e.offset + e.length)
+            .map(([s, l]) => Buffer.from(bytes.subarray(s, s + l)).toString('hex'));
+        for (const [i, e] of extents.entries()) {
+          if (e.length < params.minSize) continue;
+          expect(chunksOf(shifted, moved, moved[i]!)).toEqual(chunksOf(data, extents, e));
+        }
+      }),
+      { numRuns: 60 },
+    );
+  });
+
+  it('describes a chunk by the dtype covering most of it, and by an element size only where its floats line up', () => {
+    const extents: TensorExtent[] = [
+      { name: 'a', dtype: 'F32', offset: 8, length: 4000 },
+      { name: 'b', dtype: 'BF16', offset: 4008, length: 100 },
+      { name: 'c', dtype: 'I64', offset: 4200, length: 800 },
+    ];
+    const segments = new TensorSegments({ kind: 'safetensors', extents }, params.minSize);
+    expect(segments.describe(8, 4008)).toEqual({ elementSize: 4, dtype: 'F32' });
+    // Mostly F32 but starting off its elements: no planes.
+    expect(segments.describe(10, 4008)).toEqual({ elementSize: 0, dtype: 'F32' });
+    // The 8-byte header plus the whole tensor: over 3/4 aligned F32 with the chunk start? No: the
+    // tensor starts 8 bytes in, which is on a 4-byte element of the chunk.
+    expect(segments.describe(0, 4008)).toEqual({ elementSize: 4, dtype: 'F32' });
+    expect(segments.describe(4008, 4108)).toEqual({ elementSize: 2, dtype: 'BF16' });
+    expect(segments.describe(4108, 5000)).toEqual({ elementSize: 0, dtype: 'I64' });
+    expect(segments.describe(5000, 9000)).toEqual({ elementSize: 0, dtype: 'none' });
+  });
+});
