@@ -70,6 +70,8 @@ const MAX_CHECKPOINT_DEPTH = 8;
 const MAX_CHECKPOINT_FILES = 1_000_000;
 
 const MEGATRON_TRACKER = 'latest_checkpointed_iteration.txt';
+/** Megatron's folder for a released checkpoint (the tracker then says `release`). */
+const MEGATRON_RELEASE = 'release';
 const TRAINER_STATE = 'trainer_state.json';
 const DEEPSPEED_STATES = /(model_states|optim_states)\.pt$/;
 const DCP_SHARD = /^__\d+_\d+\.distcp$/;
@@ -118,7 +120,7 @@ async function classify(dir: string): Promise<DirKind | undefined> {
   const finalName = temporary ? (temporary[1] ?? temporary[2]!) : name;
   const byContent = await classifyByContent(dir);
   if (temporary && (CHECKPOINT_NAME.test(finalName) || byContent)) return 'tmp-rename';
-  if (/^iter_\d+$/.test(name)) return 'megatron';
+  if (/^iter_\d+$/.test(name) || (name === MEGATRON_RELEASE && (await isFile(join(dirname(dir), MEGATRON_TRACKER))))) return 'megatron';
   if (/^checkpoint-\d+$/.test(name)) return 'hf-trainer';
   return byContent;
 }
@@ -246,8 +248,10 @@ async function megatronVerdict(dir: string, files: readonly string[], tracker: s
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return incomplete(kind, `no ${MEGATRON_TRACKER} beside it (written once every rank saved)`);
     throw err;
   }
-  const iteration = Number(/^iter_(\d+)$/.exec(basename(dir))![1]);
-  if (recorded !== 'release') {
+  if (basename(dir) === MEGATRON_RELEASE) {
+    if (recorded !== MEGATRON_RELEASE) return incomplete(kind, `${MEGATRON_TRACKER} records ${JSON.stringify(recorded.slice(0, 40))}, not release`);
+  } else if (recorded !== MEGATRON_RELEASE) {
+    const iteration = Number(/^iter_(\d+)$/.exec(basename(dir))![1]);
     if (!/^\d+$/.test(recorded)) return incomplete(kind, `${MEGATRON_TRACKER} holds ${JSON.stringify(recorded.slice(0, 40))}, not an iteration`);
     if (iteration > Number(recorded)) return incomplete(kind, `iteration ${iteration} is newer than the ${recorded} in ${MEGATRON_TRACKER}: still being written`);
   }

@@ -37,23 +37,39 @@ export interface DcpItem {
 
 export type DcpMetadataRead = { readonly ok: true; readonly items: readonly DcpItem[] } | { readonly ok: false; readonly reason: string };
 
+/**
+ * The last `.metadata` decoded, keyed by its path and identity (device, inode, size, mtime): a
+ * backup reads a directory's shards one after another, and each needs the same metadata. One
+ * entry, so memory stays bounded by the largest metadata.
+ */
+let lastRead: { key: string; read: DcpMetadataRead } | undefined;
+
 /** Reads and decodes `<dir>/.metadata`. */
 export async function readDcpMetadata(dir: string): Promise<DcpMetadataRead> {
   const path = join(dir, DCP_METADATA);
-  let bytes: Buffer;
+  let handle;
   try {
-    const handle = await open(path, 'r');
-    try {
-      const { size } = await handle.stat();
-      if (size > MAX_DCP_METADATA) return { ok: false, reason: `${DCP_METADATA} of ${size} bytes is over the ${MAX_DCP_METADATA}-byte limit` };
-      bytes = await readAt(handle.fd, 0, size);
-    } finally {
-      await handle.close();
-    }
+    handle = await open(path, 'r');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { ok: false, reason: `no ${DCP_METADATA} (it is written last)` };
     throw err;
   }
+  try {
+    const stats = await handle.stat({ bigint: true });
+    const key = `${path}\0${stats.dev}:${stats.ino}:${stats.size}:${stats.mtimeNs}`;
+    if (lastRead?.key === key) return lastRead.read;
+    const size = Number(stats.size);
+    let read: DcpMetadataRead;
+    if (size > MAX_DCP_METADATA) read = { ok: false, reason: `${DCP_METADATA} of ${size} bytes is over the ${MAX_DCP_METADATA}-byte limit` };
+    else read = decode(await readAt(handle.fd, 0, size));
+    lastRead = { key, read };
+    return read;
+  } finally {
+    await handle.close();
+  }
+}
+
+function decode(bytes: Buffer): DcpMetadataRead {
   let root: PyValue;
   try {
     root = readPickle(bytes);

@@ -206,6 +206,15 @@ describe('Megatron-LM', () => {
     expect((await verdicts(root))['iter_0000100']).toMatchObject({ complete: false, reason: expect.stringMatching(/no latest_checkpointed_iteration\.txt/) });
   });
 
+  it('release/: complete when the tracker says release, incomplete when it names an iteration', async () => {
+    const root = await scratch();
+    await copyFixture('trees/megatron', root);
+    await rename(path.join(root, 'iter_0000100'), path.join(root, 'release'));
+    expect(await verdicts(root)).toEqual({ release: { complete: false, kind: 'megatron', reason: expect.stringMatching(/records "100", not release/) } });
+    await writeFile(path.join(root, 'latest_checkpointed_iteration.txt'), 'release');
+    expect(await verdicts(root)).toEqual({ release: { complete: true, kind: 'megatron' } });
+  });
+
   it('legacy format with a truncated model_optim_rng.pt: incomplete', async () => {
     const root = await scratch();
     await copyFixture('trees/megatron', root);

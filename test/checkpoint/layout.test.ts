@@ -74,9 +74,15 @@ describe('readFileLayout: extents as written', () => {
     expect(verdict).toEqual({ complete: true, kind: 'torch-zip' });
   });
 
-  it('a DCP shard without its .metadata has no layout', async () => {
+  it('a DCP shard without its .metadata, or with a damaged one, has no layout', async () => {
     const shard = await copyFixture('dcp/__0_0.distcp', path.join(tmp.dir, '__0_0.distcp'));
     expect(await layoutOf(shard)).toBeNull();
+    const dir = await copyFixture('dcp', path.join(tmp.dir, 'dcp-replaced'));
+    const inDir = path.join(dir, '__0_0.distcp');
+    expect((await layoutOf(inDir))?.extents).toHaveLength(2);
+    // A new .metadata (same path) is read again, not taken from the last one decoded.
+    await writeFile(path.join(dir, '.metadata'), (await readFile(path.join(dir, '.metadata'))).subarray(0, 500));
+    expect(await layoutOf(inDir)).toBeNull();
   });
 
   it('files that are no checkpoint format: null', async () => {
