@@ -12,6 +12,7 @@
 // Each version holds:
 //   full/model.pt, full/optim.pt        torch.save archives (ckpt-formats.mjs): fp32 ~N(0, 0.02)
 //                                       weights, Adam moments; all new each version
+//   export/model-bf16.safetensors       a bf16 export of fp32 weights (safetensors); new each version
 //   frozen/model.safetensors            bf16 safetensors; the backbone (~75% of the bytes) is the same
 //                                       in every version, adapters and the head change
 //   dcp/__0_0.distcp, dcp/__1_0.distcp  a two-rank torch.distributed.checkpoint (each tensor a
@@ -267,7 +268,13 @@ function writeFrozen(dir, seed, version, bytes) {
   tensors.push({ name: 'head.proj.weight', shape: [headRows, d], frozen: false });
   tensors.push({ name: 'head.out.weight', shape: [headRows, d], frozen: false });
   tensors.push({ name: 'head.norm.weight', shape: [d], frozen: false });
-  // safetensors orders tensors by name in the file.
+  writeBf16Safetensors(path.join(dir, 'frozen', 'model.safetensors'), tensors, (w, t) =>
+    w.tensor(seed, `frozen:${t.name}:v${t.frozen ? 0 : version}`, 'BF16', 'weight', numel(t.shape) * 2),
+  );
+}
+
+/** A safetensors file of bf16 tensors, sorted by name (as the library writes them); `data(w, t)` writes each one's bytes. */
+function writeBf16Safetensors(file, tensors, data) {
   tensors.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   const header = { __metadata__: { format: 'pt' } };
   let off = 0;
@@ -278,15 +285,26 @@ function writeFrozen(dir, seed, version, bytes) {
   }
   let json = JSON.stringify(header);
   json += ' '.repeat((8 - (json.length % 8)) % 8);
-  const w = new Writer(path.join(dir, 'frozen', 'model.safetensors'));
+  const w = new Writer(file);
   const len = Buffer.alloc(8);
   len.writeBigUInt64LE(BigInt(json.length));
   w.write(len);
   w.write(Buffer.from(json));
-  for (const t of tensors) {
-    w.tensor(seed, `frozen:${t.name}:v${t.frozen ? 0 : version}`, 'BF16', 'weight', numel(t.shape) * 2);
-  }
+  for (const t of tensors) data(w, t);
   w.close();
+}
+
+/** A bf16 export of this version's fp32 weights: each value's top 16 bits, every tensor new each version. */
+function writeExport(dir, seed, version, bytes) {
+  fs.mkdirSync(path.join(dir, 'export'), { recursive: true });
+  const { tensors } = transformer(bytes, 2, 'model.');
+  writeBf16Safetensors(path.join(dir, 'export', 'model-bf16.safetensors'), tensors, (w, t) =>
+    w.tensor(seed, `export:${t.name}:v${version}`, 'F32', 'weight', numel(t.shape) * 4, (fp32) => {
+      const bf16 = Buffer.allocUnsafe(fp32.length / 2);
+      for (let i = 0; i < bf16.length; i += 2) bf16.writeUInt16LE(fp32.readUInt16LE(2 * i + 2), i);
+      w.write(bf16);
+    }),
+  );
 }
 
 function writeDcp(dir, seed, version, bytes) {
@@ -406,7 +424,8 @@ export function checkpointSeries({ scale = 1, versions = 4, seed = 'tender-bench
       const tmp = path.join(root, `.tmp-v${v}-${process.pid}`);
       fs.rmSync(tmp, { recursive: true, force: true });
       const t0 = performance.now();
-      writeFull(tmp, seed, v, bytes * 0.48);
+      writeFull(tmp, seed, v, bytes * 0.40);
+      writeExport(tmp, seed, v, bytes * 0.08);
       writeFrozen(tmp, seed, v, bytes * 0.25);
       writeDcp(tmp, seed, v, bytes * 0.25);
       writeMisc(tmp, seed, v, v > 1 ? path.join(root, `v${v - 1}`) : undefined);
