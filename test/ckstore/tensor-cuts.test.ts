@@ -128,6 +128,29 @@ describe('tensor-aligned cuts', () => {
     );
   });
 
+  it('between large tensors, chunks start at small tensors: whole tensors, element-aligned for the byte planes', () => {
+    // 400 small F32 tensors of 40–100 bytes after an 8-byte header, 4-byte gaps (zip-entry-like).
+    const random = prng(5);
+    const extents: TensorExtent[] = [];
+    let at = 8;
+    for (let i = 0; i < 400; i++) {
+      const length = 4 * (10 + Math.floor(random() * 16));
+      extents.push({ name: `s${i}`, dtype: 'F32', offset: at, length });
+      at += length + 4;
+    }
+    const data = fileFor(extents, 0, 9);
+    const layout: FileLayout = { kind: 'torch-zip', extents };
+    const cuts = cutFile(data, layout);
+    expect(cuts.length).toBeGreaterThan(4);
+    const starts = new Set(extents.map((e) => e.offset));
+    const segments = new TensorSegments(layout, params.minSize);
+    for (const [s, l] of cuts.slice(1)) {
+      expect(starts.has(s), `chunk at ${s}`).toBe(true);
+      expect(segments.describe(s, s + l).elementSize).toBe(4);
+    }
+    expect(cutFile(data, layout, params.maxSize + 3)).toEqual(cuts);
+  });
+
   it('describes a chunk by the dtype covering most of it, and by an element size only where its floats line up', () => {
     const extents: TensorExtent[] = [
       { name: 'a', dtype: 'F32', offset: 8, length: 4000 },

@@ -9,7 +9,9 @@ import type { BoundaryFinder } from './fastcdc.js';
  * chunk never crosses a segment boundary: a large tensor whose bytes did not change gives the same
  * chunks wherever it moved to in the file (a grown header, an earlier entry that changed size).
  * Inside a float tensor, cuts are rounded down to whole elements, so every chunk of it starts on
- * an element and its byte planes line up. Without a layout the file is one segment: plain CDC.
+ * an element and its byte planes line up; between large tensors, a cut is moved back to the last
+ * tensor start after the first half of the minimum chunk size, so chunks there hold whole small
+ * tensors. Without a layout the file is one segment: plain CDC.
  */
 
 /** Float element size of a dtype: what the byte-plane transform works on (0: not a float of ≥ 2 bytes). */
@@ -50,20 +52,46 @@ export class TensorSegments {
   private nextExtent = 0;
   private lastAsked = 0;
 
-  constructor(layout: FileLayout | null, minSize: number) {
+  constructor(
+    layout: FileLayout | null,
+    private readonly minSize: number,
+  ) {
     this.extents = layout?.extents ?? [];
     this.large = this.extents.filter((e) => e.length >= minSize);
   }
 
-  /** The end of the segment holding file offset `at` (Infinity: the end of the file) and its float element size. */
-  segmentAt(at: number): { end: number; elementSize: number } {
+  /**
+   * Where a chunk from `start` that CDC would end at `end` ends between large tensors: at the
+   * last tensor start in (start + minSize/2, end], or at `end` when there is none.
+   */
+  snapToTensor(start: number, end: number): number {
+    // Binary search: the last extent starting at or before `end`.
+    let lo = 0;
+    let hi = this.extents.length - 1;
+    let found = -1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.extents[mid]!.offset <= end) {
+        found = mid;
+        lo = mid + 1;
+      } else hi = mid - 1;
+    }
+    const offset = found >= 0 ? this.extents[found]!.offset : -1;
+    return offset > start + this.minSize / 2 ? offset : end;
+  }
+
+  /**
+   * The segment holding file offset `at`: where it ends (Infinity: the end of the file), whether
+   * it is a large tensor, and that tensor's float element size.
+   */
+  segmentAt(at: number): { end: number; inTensor: boolean; elementSize: number } {
     if (at < this.lastAsked) this.next = 0;
     this.lastAsked = at;
     while (this.next < this.large.length && this.large[this.next]!.offset + this.large[this.next]!.length <= at) this.next++;
     const e = this.large[this.next];
-    if (!e) return { end: Infinity, elementSize: 0 };
-    if (at < e.offset) return { end: e.offset, elementSize: 0 };
-    return { end: e.offset + e.length, elementSize: floatElementSize(e.dtype) };
+    if (!e) return { end: Infinity, inTensor: false, elementSize: 0 };
+    if (at < e.offset) return { end: e.offset, inTensor: false, elementSize: 0 };
+    return { end: e.offset + e.length, inTensor: true, elementSize: floatElementSize(e.dtype) };
   }
 
   /**
@@ -120,9 +148,15 @@ export function cutSegments(
     let length = finder.cut(data, start, limit);
     // A cut at the end of the bytes read may only mean that the boundary lies beyond them.
     if (!eof && limit === end && segmentEnd > end && length === end - start && length < maxSize) break;
-    // Every chunk of a tensor starts on an element (the first at the tensor's start): a cut
-    // inside it is moved back to a whole number of elements (a cut is at least minSize in).
-    if (length < limit - start && length > segment.elementSize) length -= length % Math.max(1, segment.elementSize);
+    if (length < limit - start) {
+      if (segment.inTensor) {
+        // Every chunk of a tensor starts on an element (the first at the tensor's start): a cut
+        // inside it is moved back to a whole number of elements (a cut is at least minSize in).
+        if (segment.elementSize > 1) length -= length % segment.elementSize;
+      } else {
+        length = segments.snapToTensor(base + start, base + start + length) - base - start;
+      }
+    }
     spans.push(start, length);
     start += length;
   }
