@@ -275,13 +275,13 @@ function tenderProfile(all) {
   const lines = [];
   for (const r of all.filter((x) => (x.tool === 'tender' || x.tool === 'tender-flat') && !x.error)) {
     const kinds = new Map();
-    const stages = { read: 0, chunk: 0, hash: 0, seal: 0 };
+    const stages = { read: 0, chunk: 0, hash: 0, seal: 0, store: 0 };
     let wall = 0;
     for (const b of r.backups) {
       const t = b.summary?.transforms;
       if (!t) continue;
       wall += b.seconds;
-      for (const s of Object.keys(stages)) stages[s] += t.stageMs[s] / 1000;
+      for (const s of Object.keys(stages)) stages[s] += (t.stageMs[s] ?? 0) / 1000;
       for (const k of t.kinds) {
         const key = `${k.layout} ${k.dtype}`;
         const sum = kinds.get(key) ?? { in: 0, dedup: 0, planes: [0, 0], zstd: [0, 0], raw: [0, 0] };
@@ -307,7 +307,7 @@ function tenderProfile(all) {
     }
     lines.push('');
     const f = (x) => x.toFixed(1);
-    lines.push(`${r.tool} (${r.backend}) stage seconds over the backups (wall ${f(wall)} s): read ${f(stages.read)}, chunk ${f(stages.chunk)}, hash ${f(stages.hash)} (main thread); seal ${f(stages.seal)} (summed over worker threads).`);
+    lines.push(`${r.tool} (${r.backend}) stage seconds over the backups (wall ${f(wall)} s): read ${f(stages.read)}, chunk ${f(stages.chunk)}, hash ${f(stages.hash)} (main thread); seal ${f(stages.seal)} (summed over worker threads); store ${f(stages.store)} (summed over concurrent uploads).`);
     lines.push('');
   }
   return lines;

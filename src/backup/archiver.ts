@@ -384,7 +384,7 @@ async function runBackup(
       blobsAdded: counters.blobsAdded,
       bytesAdded: counters.bytesAdded,
       bytesStored: counters.bytesStored,
-      transforms: saver.stats.summary(),
+      transforms: saver.stats.summary(writer.storeMs),
       errors: errors.length,
       durationMs: ctx.now() - started,
     });

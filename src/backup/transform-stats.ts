@@ -16,11 +16,12 @@ export class TransformStats {
     return kind;
   }
 
-  summary(): TransformSummary {
+  /** `storeMs`: the writer's pack upload time (RepositoryWriter.storeMs). */
+  summary(storeMs: number): TransformSummary {
     const round = (ms: number) => Math.round(ms * 1000) / 1000;
     const kinds = [...this.kinds.values()].sort(compareKinds);
     for (const k of kinds) for (const t of Object.values(k.transforms)) t.sealMs = round(t.sealMs);
     const { read, chunk, hash, seal } = this.stageMs;
-    return { kinds, stageMs: { read: round(read), chunk: round(chunk), hash: round(hash), seal: round(seal) } };
+    return { kinds, stageMs: { read: round(read), chunk: round(chunk), hash: round(hash), seal: round(seal), store: round(storeMs) } };
   }
 }

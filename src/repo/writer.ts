@@ -50,6 +50,7 @@ export class RepositoryWriter {
   /** Hex IDs of committed blobs whose pack is not stored yet (they count as present for dedup). */
   private readonly unindexed = new Set<string>();
   private closed = false;
+  private storeMsTotal = 0;
 
   /** Use Repository.openWriter. */
   constructor(
@@ -72,6 +73,11 @@ export class RepositoryWriter {
 
   hasHex(hex: string): boolean {
     return this.repo.hasHex(hex) || (this.unindexed.size > 0 && this.unindexed.has(hex));
+  }
+
+  /** Milliseconds spent storing packs, summed over the concurrent uploads (statistics). */
+  get storeMs(): number {
+    return this.storeMsTotal;
   }
 
   /** Packs this writer stored whose index file is not written yet (an index refresh keeps them). */
@@ -177,10 +183,12 @@ export class RepositoryWriter {
       released = true;
     };
     const upload = (async () => {
+      const started = performance.now();
       try {
         await this.repo.storePack(key, parts, releaseOnce);
       } finally {
         releaseOnce();
+        this.storeMsTotal += performance.now() - started;
       }
       // Synchronous from here to the push: an index refresh sees these entries either in the
       // view it replaces (and then in packsAwaitingIndex) or in the one it installs.

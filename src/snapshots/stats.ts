@@ -19,7 +19,7 @@ export interface RepositoryStats {
 
 export async function repositoryStats(repo: Repository, entries: readonly SnapshotEntry[]): Promise<RepositoryStats> {
   const kinds = new Map<string, KindSummary>();
-  const stageMs = { read: 0, chunk: 0, hash: 0, seal: 0 };
+  const stageMs = { read: 0, chunk: 0, hash: 0, seal: 0, store: 0 };
   const withoutFigures: string[] = [];
   for (const { id, snapshot } of entries) {
     const t = snapshot.summary?.transforms;
@@ -45,7 +45,7 @@ export async function repositoryStats(repo: Repository, entries: readonly Snapsh
         to.sealMs += from.sealMs;
       }
     }
-    for (const stage of Object.keys(stageMs) as Array<keyof typeof stageMs>) stageMs[stage] += t.stageMs[stage];
+    for (const stage of Object.keys(stageMs) as Array<keyof typeof stageMs>) stageMs[stage] += t.stageMs[stage] ?? 0;
   }
   const stored = { planes: { blobs: 0, bytes: 0, stored: 0 }, zstd: { blobs: 0, bytes: 0, stored: 0 }, raw: { blobs: 0, bytes: 0, stored: 0 } };
   const index = await repo.loadIndex();

@@ -130,7 +130,8 @@ describe.each(backends)('checkpoint storage ($name)', ({ name, makeRepoUrl }) =>
     expect(stats.kinds).toEqual(t.kinds);
     const text = await tenderOk(['--repo', repo, 'stats']);
     expect(text.stdout).toMatch(/^safetensors\s+F32\s/m);
-    expect(text.stdout).toMatch(/time \(ms\): read \d+, chunk \d+, hash \d+, seal \d+/);
+    expect(text.stdout).toMatch(/time \(ms\): read \d+, chunk \d+, hash \d+ \(main thread\); seal \d+ .*; store \d+/);
+    expect(t.stageMs.store).toBeGreaterThan(0);
   });
 });
 

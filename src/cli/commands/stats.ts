@@ -36,7 +36,10 @@ export function registerStats(program: Command): void {
           );
         }
         const s = stats.stageMs;
-        print(`time (ms): read ${s.read.toFixed(0)}, chunk ${s.chunk.toFixed(0)}, hash ${s.hash.toFixed(0)}, seal ${s.seal.toFixed(0)} (summed over worker threads)`);
+        print(
+          `time (ms): read ${s.read.toFixed(0)}, chunk ${s.chunk.toFixed(0)}, hash ${s.hash.toFixed(0)} (main thread); ` +
+            `seal ${s.seal.toFixed(0)} (summed over worker threads); store ${s.store.toFixed(0)} (summed over concurrent uploads)`,
+        );
         print('repository data blobs:');
         for (const [name, f] of Object.entries(stats.stored)) {
           print(`  ${name.padEnd(7)} ${String(f.blobs).padStart(8)} blobs  ${col(f.bytes)} → ${formatBytes(f.stored)}`);

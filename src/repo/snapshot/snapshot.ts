@@ -31,11 +31,12 @@ export interface SnapshotSummary {
  * the new blobs it stored. `stored` is the sealed size in the pack (payload + 28 bytes), so
  * Σ stored over every kind and transform = the summary's bytesStored. A transform saved
  * bytes − stored. Stage times are in milliseconds: read, chunk and hash on the main thread;
- * seal summed over the worker threads (a blob's time goes to its transform's sealMs).
+ * seal summed over the worker threads (a blob's time goes to its transform's sealMs); store: pack
+ * uploads (data, tree and list packs) summed over the concurrent uploads.
  */
 export interface TransformSummary {
   kinds: KindSummary[];
-  stageMs: { read: number; chunk: number; hash: number; seal: number };
+  stageMs: { read: number; chunk: number; hash: number; seal: number; store: number };
 }
 
 export interface KindSummary {
