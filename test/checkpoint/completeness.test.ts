@@ -6,7 +6,7 @@
  * process is incomplete through the lease probe.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdir, readFile, rename, rm, truncate, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rename, rm, truncate, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import fc from 'fast-check';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -93,9 +93,13 @@ describe('fileCompleteness: every truncation point is incomplete', () => {
 describe('a file open for writing (lease probe)', () => {
   const nativeDisabled = process.env.TENDER_NATIVE === '0';
   let child: ChildProcess | undefined;
+  const elsewhereDirs: string[] = [];
   afterEach(() => {
     child?.kill('SIGKILL');
     child = undefined;
+  });
+  afterAll(async () => {
+    for (const dir of elsewhereDirs) await rm(dir, { recursive: true, force: true });
   });
 
   /** A child process that opens `file` for writing and holds it until its stdin closes. */
@@ -109,8 +113,34 @@ describe('a file open for writing (lease probe)', () => {
     return proc;
   }
 
-  it('a whole safetensors file held open for writing by another process is incomplete until it is closed', async () => {
+  /**
+   * A directory on a file system with leases: the suite's temporary directory, else /dev/shm
+   * (tmpfs has them; some container overlay file systems do not).
+   */
+  async function leaseCapableDir(): Promise<string> {
     const dir = await scratch();
+    if (nativeDisabled) return dir;
+    for (const candidate of [dir, '/dev/shm']) {
+      const probe = path.join(candidate, `lease-probe-${process.pid}`);
+      try {
+        await writeFile(probe, 'x');
+        if (openForWriting(probe) === false) {
+          if (candidate === dir) return dir;
+          const elsewhere = await mkdtemp(path.join(candidate, 'tender-ckpt-'));
+          elsewhereDirs.push(elsewhere);
+          return elsewhere;
+        }
+      } catch {
+        // not writable: try the next one
+      } finally {
+        await rm(probe, { force: true });
+      }
+    }
+    throw new Error(`no directory here supports file leases (F_SETLEASE): tried ${dir} and /dev/shm`);
+  }
+
+  it('a whole safetensors file held open for writing by another process is incomplete until it is closed', async () => {
+    const dir = await leaseCapableDir();
     const file = await copyFixture('files/model.safetensors', path.join(dir, 'model.safetensors'));
     expect(openForWriting(file)).toBe(nativeDisabled ? undefined : false);
     child = await holdOpenForWriting(file);
