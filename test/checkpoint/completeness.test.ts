@@ -300,6 +300,20 @@ describe('HF Trainer', () => {
     expect(await verdicts(root)).toEqual({ 'tmp-checkpoint-500': { complete: false, kind: 'tmp-rename', reason: expect.any(String) } });
   });
 
+  it('with FSDP sharded states (DCP subfolders): the DCP rule applies to them', async () => {
+    const { root, ckpt } = await hf();
+    await copyFixture('dcp', path.join(ckpt, 'pytorch_model_fsdp_0'));
+    expect((await verdicts(root))['checkpoint-500']).toEqual({ complete: true, kind: 'hf-trainer' });
+    await unlink(path.join(ckpt, 'pytorch_model_fsdp_0/.metadata'));
+    expect((await verdicts(root))['checkpoint-500']).toMatchObject({ complete: false, reason: expect.stringMatching(/^pytorch_model_fsdp_0: no \.metadata/) });
+  });
+
+  it('a checkpoint-N holding DCP files itself is a DCP checkpoint', async () => {
+    const root = await scratch();
+    await copyFixture('dcp', path.join(root, 'checkpoint-9'));
+    expect(await verdicts(root)).toEqual({ 'checkpoint-9': { complete: true, kind: 'dcp' } });
+  });
+
   it('with a DeepSpeed tag inside: the DeepSpeed rule applies to it', async () => {
     const { root, ckpt } = await hf();
     await copyFixture('trees/deepspeed/global_step10', path.join(ckpt, 'global_step500'));
