@@ -6,6 +6,8 @@ import { DCP_METADATA, readDcpMetadata } from './dcp.js';
 import { isIoError, parseFile } from './layout.js';
 import { openForWriting } from './lease.js';
 import { PickleError } from './pickle.js';
+import { readAt } from './read-at.js';
+import { looksLikeSafetensors, parseSafetensors } from './safetensors.js';
 import { readTorchArchive } from './torch-zip.js';
 
 /**
@@ -61,7 +63,7 @@ export async function fileCompleteness(fd: number, filePath: string, size: numbe
   return { complete: true, kind };
 }
 
-/** The checkpoint a directory is, from its name and contents; undefined: none. */
+/** The kinds of checkpoint directory. */
 type DirKind = CheckpointDir['kind'];
 
 /** Bounds of findCheckpoints: how deep it looks for checkpoints, and within one. */
@@ -234,9 +236,27 @@ async function dcpVerdict(dir: string, files: readonly string[], kind: string): 
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return incomplete(kind, `shard ${shard} named by ${DCP_METADATA} is missing`);
       throw err;
     }
-    if (size !== end) return incomplete(kind, `shard ${shard} has ${size} bytes, ${DCP_METADATA} says ${end}`);
+    if (size !== end && !(end < size && (await wholeSafetensorsBlob(join(dir, shard))))) {
+      return incomplete(kind, `shard ${shard} has ${size} bytes, ${DCP_METADATA} says ${end}`);
+    }
   }
   return (await filesWhole(dir, files, kind)) ?? { complete: true, kind };
+}
+
+/**
+ * A shard written with SerializationFormat.SAFETENSORS is one safetensors blob whose items
+ * `.metadata` places inside it: whole when the blob's own header says so.
+ */
+async function wholeSafetensorsBlob(path: string): Promise<boolean> {
+  const handle = await open(path, 'r');
+  try {
+    const { size } = await handle.stat();
+    if (!looksLikeSafetensors(await readAt(handle.fd, 0, 16))) return false;
+    const blob = await parseSafetensors(handle.fd, size);
+    return blob.ok && blob.expectedSize === size;
+  } finally {
+    await handle.close();
+  }
 }
 
 /**
