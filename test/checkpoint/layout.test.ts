@@ -4,7 +4,7 @@
  * the tensors as written (names, dtypes, lengths, offsets where the writer recorded them, and the
  * bytes at each extent hash to the tensor's bytes); damaged files give null, never a throw.
  */
-import { open, readFile, writeFile } from 'node:fs/promises';
+import { open, readFile, stat, truncate, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -72,6 +72,13 @@ describe('readFileLayout: extents as written', () => {
     await expectMatches(file, 'files/zip64.pt');
     const verdict = await withFile(file, (fd, size) => fileCompleteness(fd, file, size));
     expect(verdict).toEqual({ complete: true, kind: 'torch-zip' });
+    // Cut inside the ZIP64 end records, and inside the 4 GiB storage: incomplete.
+    const size = (await stat(file)).size;
+    for (const cut of [size - 1, size - 22, size - 30, size - 100, 1 << 31]) {
+      await truncate(file, cut);
+      expect(await withFile(file, (fd, s) => fileCompleteness(fd, file, s)), `cut at ${cut}`).toMatchObject({ complete: false, kind: 'torch-zip' });
+      expect(await layoutOf(file)).toBeNull();
+    }
   });
 
   it('a DCP shard without its .metadata, or with a damaged one, has no layout', async () => {
