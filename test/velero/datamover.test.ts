@@ -6,22 +6,24 @@
  *
  * The tests run in order and share the repository: backup, restore (byte-identical), objects
  * that are not tender's, bad input (missing snapshot, a clone that never binds, a snapshotID
- * from elsewhere), cancel mid-upload (storage held after one pack), two agents racing, and the
- * deletion of a backup. The restart of an agent mid-upload is in datamover-restart.test.ts.
+ * from elsewhere), cancel mid-upload and mid-restore (storage held), two agents racing, the
+ * deletion of a backup, and a backup and restore by an agent that has only the RBAC of the
+ * manifests. The restart of an agent mid-upload is in datamover-restart.test.ts.
  * Nothing waits on a fixed sleep: waits are for API state, bounded by timeouts.
  */
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { CoreV1Api, CustomObjectsApi, type KubeConfig } from '@kubernetes/client-node';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CoreV1Api, CustomObjectsApi, KubeConfig, RbacAuthorizationV1Api, type V1PolicyRule } from '@kubernetes/client-node';
+import { parseAllDocuments } from 'yaml';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { Agent, type DataMoverSettings } from '../../src/agent/agent.js';
 import { Repository } from '../../src/repo/repository.js';
 import { listSnapshots } from '../../src/snapshots/select.js';
 import { openStorage } from '../../src/storage/open.js';
 import type { FaultyStorage } from '../../src/storage/wrap/faults.js';
 import { Kube, accept } from '../../src/velero/kube.js';
-import { assertSameTree, makeTree, testPassword } from '../helpers/cli.js';
+import { assertSameTree, makeTree, repoRoot, runTender, testPassword } from '../helpers/cli.js';
 import { createNamespace, memoryLogger, randomName, testKubeConfig } from '../helpers/kube.js';
 import {
   FakeNodes,
@@ -51,6 +53,7 @@ let repoUrl: string;
 let nodes: FakeNodes;
 const nodeA = randomName('node-a');
 const nodeB = randomName('node-b');
+const nodeC = randomName('node-c');
 const podsDirs: Record<string, string> = {};
 const agents = new Map<string, { agent: Agent; lines: Array<Record<string, unknown>> }>();
 let faultyA: FaultyStorage | undefined;
@@ -64,12 +67,12 @@ const moverSettings = (): DataMoverSettings => ({
   resyncMs: 1000,
 });
 
-async function startAgent(node: string, faults?: (f: FaultyStorage) => void): Promise<Agent> {
+async function startAgent(node: string, faults?: (f: FaultyStorage) => void, kubeConfig: KubeConfig = kc): Promise<Agent> {
   const { logger, lines } = memoryLogger();
   const agent = new Agent({
     nodeName: node,
     podsDir: podsDirs[node]!,
-    kubeConfig: kc,
+    kubeConfig,
     listen: '127.0.0.1:0',
     stateDir: path.join(work, `state-${node}`),
     repository: { url: repoUrl, password: async () => testPassword, workers: 1, ...(faults ? { storage: { faults } } : {}) },
@@ -135,7 +138,7 @@ beforeAll(async () => {
   veleroNs = await createNamespace(kc);
   appNs = await createNamespace(kc);
   work = await mkdtemp(path.join(os.tmpdir(), 'tender-datamover-'));
-  for (const node of [nodeA, nodeB]) {
+  for (const node of [nodeA, nodeB, nodeC]) {
     podsDirs[node] = path.join(work, `pods-${node}`);
     await mkdir(podsDirs[node]!, { recursive: true });
   }
@@ -151,6 +154,18 @@ afterAll(async () => {
   for (const node of [...agents.keys()]) await stopAgent(node);
   await nodes?.stop();
   if (work) await rm(work, { recursive: true, force: true });
+});
+
+describe('tender agent --data-mover', () => {
+  it('says what to pass when the image of the pods that hold volumes is missing', async () => {
+    const r = await runTender(['--repo', repoUrl, 'agent', '--data-mover', '--node-name', nodeA, '--kubeconfig', inject('kubeconfig'), '--state-dir', path.join(work, 'cli-state')], {
+      env: { TENDER_IMAGE: undefined },
+      timeoutMs: 60_000,
+    });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('--data-mover needs the image of the pods that hold exposed volumes');
+    expect(r.stderr).toContain('pass --data-mover-image or set TENDER_IMAGE');
+  });
 });
 
 describe('DataUpload and DataDownload lifecycles', () => {
@@ -399,5 +414,53 @@ describe('DataUpload and DataDownload lifecycles', () => {
     expect(left).toBe(0);
     expect(await withRepo((repo) => listSnapshots(repo, { tags: raceTags }))).toHaveLength(4);
     expect(logOf(nodeA)).toContain(`Velero backup ${backup.name} was deleted: forgot its 1 tender snapshots`);
+  });
+  it('works with only the RBAC the manifests grant (deploy/rbac.yaml and deploy/datamover/rbac.yaml)', async () => {
+    // A ServiceAccount bound to both ClusterRoles (renamed, so tests do not collide), and a
+    // kubeconfig with its token: the agent runs as the DaemonSet would.
+    const rbac = kc.makeApiClient(RbacAuthorizationV1Api);
+    const sa = randomName('tender-agent');
+    await core.createNamespacedServiceAccount({ namespace: veleroNs, body: { metadata: { name: sa } } });
+    for (const file of ['deploy/rbac.yaml', 'deploy/datamover/rbac.yaml']) {
+      const role = parseAllDocuments(await readFile(path.join(repoRoot, file), 'utf8'))
+        .map((d) => d.toJS() as { kind: string; rules: V1PolicyRule[] })
+        .find((d) => d.kind === 'ClusterRole')!;
+      const name = randomName('tender-role');
+      await rbac.createClusterRole({ body: { metadata: { name }, rules: role.rules } });
+      await rbac.createClusterRoleBinding({
+        body: { metadata: { name }, roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name }, subjects: [{ kind: 'ServiceAccount', name: sa, namespace: veleroNs }] },
+      });
+    }
+    const token = (await core.createNamespacedServiceAccountToken({ name: sa, namespace: veleroNs, body: { spec: { audiences: [], expirationSeconds: 3600 } } })).status!.token;
+    const cluster = kc.getCurrentCluster()!;
+    const asAgent = new KubeConfig();
+    asAgent.loadFromOptions({
+      clusters: [{ name: 'test', server: cluster.server, caData: cluster.caData }],
+      users: [{ name: sa, token }],
+      contexts: [{ name: 'agent', cluster: 'test', user: sa }],
+      currentContext: 'agent',
+    });
+    await stopAgent(nodeA);
+    await startAgent(nodeC, undefined, asAgent);
+
+    const src = await sourceVolume('rbac', { 'x.bin': { type: 'file', random: 300_000 }, sub: { type: 'dir', children: { 'y.txt': 'y\n' } } });
+    const b = await createBackup(kc, veleroNs, randomName('rbac'));
+    const snap = await createSnapshot(kc, nodes, appNs, 'rbac', src);
+    const up = await upload({ backup: b, sourceNamespace: appNs, sourcePVC: 'rbac', volumeSnapshot: snap.vs, datamover: 'tender' });
+    const uploaded = await up.history.ended();
+    up.history.stop();
+    expect(uploaded.status.phase, uploaded.status.message).toBe('Completed');
+    expect(uploaded.status.acceptedByNode).toBe(nodeC);
+    await expectNoLeftovers(up.du.metadata.name, up.du.metadata.uid);
+
+    await createRestoreTarget(kc, appNs, 'rbac-restored');
+    const down = await download({ restore: randomName('restore'), targetNamespace: appNs, targetPVC: 'rbac-restored', snapshotID: uploaded.status.snapshotID, sourceNamespace: appNs });
+    const restored = await down.history.ended();
+    down.history.stop();
+    expect(restored.status.phase, restored.status.message).toBe('Completed');
+    await expectNoLeftovers(down.dd.metadata.name, down.dd.metadata.uid);
+    const pvName = (await core.readNamespacedPersistentVolumeClaim({ namespace: appNs, name: 'rbac-restored' })).spec!.volumeName!;
+    await assertSameTree(src, nodes.pvData(pvName), { owners: false, ignore: (rel) => rel === '' });
+    expect(logOf(nodeC)).not.toMatch(/HTTP 403|forbidden/i);
   });
 });
