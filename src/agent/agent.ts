@@ -70,6 +70,8 @@ export interface DataMoverSettings {
   /** The image of the pods that hold an exposed volume mounted (the agent's own image). */
   image: string;
   prepareTimeoutMs?: number;
+  /** DataUploads/DataDownloads held at once (default 4). */
+  maxJobs?: number;
   /** Tests: polling, progress and resync intervals. */
   pollMs?: number;
   progressIntervalMs?: number;

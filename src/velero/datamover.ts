@@ -92,6 +92,12 @@ export interface DataMoverOptions {
   progressIntervalMs?: number;
   /** Full relist of the watched objects (default 60 s). */
   resyncMs?: number;
+  /**
+   * DataUploads/DataDownloads this agent holds at once, from acceptance to the end (default 4);
+   * beyond that it accepts nothing and leaves new ones to other agents, so one node does not
+   * collect every exposed volume while its run queue is busy.
+   */
+  maxJobs?: number;
 }
 
 interface Job {
@@ -104,13 +110,15 @@ interface Job {
 
 const CANCELLED = Symbol('cancelled');
 
-export class DataMover extends EventEmitter {
+export class DataMover {
   private readonly kube: Kube;
   private readonly exposer: Exposer;
   private readonly log: Logger;
   private readonly jobs = new Map<string, Job>();
   /** Objects found accepted by this node with no job (a restart): being failed now. */
   private readonly orphans = new Set<string>();
+  /** New objects seen while at maxJobs (logged once each). */
+  private readonly deferred = new Set<string>();
   /** DeleteBackupRequests whose snapshots were forgotten, by `name/uid` of the backup. */
   private readonly forgotten = new Set<string>();
   private readonly loops: WatchLoop[] = [];
@@ -119,12 +127,14 @@ export class DataMover extends EventEmitter {
   private readonly prepareTimeoutMs: number;
   private readonly progressIntervalMs: number;
 
+  private readonly maxJobs: number;
+
   constructor(private readonly o: DataMoverOptions) {
-    super();
     this.kube = new Kube(o.kubeConfig);
     this.log = o.logger;
     this.prepareTimeoutMs = o.prepareTimeoutMs ?? 30 * 60_000;
     this.progressIntervalMs = o.progressIntervalMs ?? 10_000;
+    this.maxJobs = Math.max(1, o.maxJobs ?? 4);
     this.exposer = new Exposer({ kube: this.kube, namespace: o.namespace, nodeName: o.nodeName, image: o.image, volumePath: o.volumePath, pollMs: o.pollMs ?? 1000 });
   }
 
@@ -168,11 +178,6 @@ export class DataMover extends EventEmitter {
     clearTimeout(timer);
   }
 
-  /** Resolves when no job or other task is running (tests). */
-  async idle(): Promise<void> {
-    while (this.tasks.size > 0) await Promise.allSettled([...this.tasks]);
-  }
-
   private track(task: Promise<void>): void {
     const t = task.catch((err: unknown) => this.log.error({ err: (err as Error)?.stack ?? String(err) }, 'internal error in the Velero data mover'));
     this.tasks.add(t);
@@ -189,18 +194,32 @@ export class DataMover extends EventEmitter {
       else if (obj.spec.cancel) this.cancel(job, `${describe(obj)} was canceled (spec.cancel)`);
       return;
     }
-    if (type === 'DELETED') return;
     const phase = phaseOf(obj);
-    if (terminalPhases.has(phase)) return;
+    if (type === 'DELETED' || phase !== 'New') this.deferred.delete(key);
+    if (type === 'DELETED' || terminalPhases.has(phase)) return;
     if (phase === 'New') {
       if (obj.spec.cancel) {
         this.track(this.cancelNew(obj));
         return;
       }
       if (!this.o.repository()) return; // not before the repository is open: another agent may take it
+      if (this.jobs.size >= this.maxJobs) {
+        if (!this.deferred.has(key)) {
+          this.deferred.add(key);
+          this.log.info({ object: describe(obj), jobs: this.jobs.size }, `${describe(obj)} left to another agent: ${this.jobs.size} DataUploads/DataDownloads in hand already (maxJobs)`);
+        }
+        return;
+      }
+      this.deferred.delete(key);
       const fresh: Job = { key, obj, controller: new AbortController() };
       this.jobs.set(key, fresh);
-      this.track(this.runJob(fresh).finally(() => this.jobs.delete(key)));
+      this.track(
+        this.runJob(fresh).finally(() => {
+          this.jobs.delete(key);
+          // Room for one more: look again at what is waiting now, not at the next relist.
+          if (this.deferred.size > 0 && !this.stopped) for (const loop of this.loops) loop.relist();
+        }),
+      );
       return;
     }
     if (obj.status?.acceptedByNode === this.o.nodeName && !this.orphans.has(key)) {
@@ -479,7 +498,6 @@ export class DataMover extends EventEmitter {
     const doomed = await listSnapshots(repo, { tags: [`${BACKUP_NAME_LABEL}=${name}`, `${BACKUP_UID_LABEL}=${uid}`] });
     for (const s of doomed) await repo.deleteSnapshot(s.id);
     this.log.info({ backup: dbr.spec.backupName, uid, snapshots: doomed.map((s) => s.id) }, `Velero backup ${dbr.spec.backupName} was deleted: forgot its ${doomed.length} tender snapshots (a prune frees their data)`);
-    this.emit('forgotten', { backup: dbr.spec.backupName, uid, snapshots: doomed.map((s) => s.id) });
   }
 }
 

@@ -165,7 +165,8 @@ export class WatchLoop {
     this.abort?.abort();
   }
 
-  private async relist(): Promise<void> {
+  /** List again now (the handler sees every object). */
+  async relist(): Promise<void> {
     try {
       await this.o.list();
     } catch (err) {

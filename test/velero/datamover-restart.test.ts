@@ -3,7 +3,8 @@
  * after one pack, a DataDownload whose restore is held at its first read. The agent runs in a
  * process of its own (agent-process.mjs, built code); the next agent on the same node finds the
  * object it had accepted without its run, fails it with a message that says so, and deletes the
- * intermediate objects. A backup run again afterwards completes and restores byte-identical.
+ * intermediate objects. The busy agent (maxJobs 1) leaves a second DataUpload to others; the next
+ * agent completes it, and a DataDownload run again afterwards restores it byte-identical.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -54,7 +55,8 @@ async function heldAgent(hold: { op: 'put' | 'get'; after: number }): Promise<{ 
   const marker = path.join(work, `${randomName('held')}`);
   const proc = spawn(
     process.execPath,
-    [child, JSON.stringify({ kubeconfig: inject('kubeconfig'), repo: repoUrl, password: testPassword, nodeName: node, podsDir, stateDir: path.join(work, 'state'), dataMover: settings(), hold: { ...hold, marker } })],
+    // One job at a time: a second DataUpload is left for another agent while the first is held.
+    [child, JSON.stringify({ kubeconfig: inject('kubeconfig'), repo: repoUrl, password: testPassword, nodeName: node, podsDir, stateDir: path.join(work, 'state'), dataMover: { ...settings(), maxJobs: 1 }, hold: { ...hold, marker } })],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   children.push(proc);
@@ -145,6 +147,15 @@ describe('an agent restart in the middle of moving data', () => {
     const { obj: du, history } = await follow(kc, veleroNs, veleroApi.dataUpload, () => createDataUpload(kc, veleroNs, { backup: first, sourceNamespace: appNs, sourcePVC: 'model', volumeSnapshot: snap.vs, datamover: 'tender' }), context);
     await held;
     await history.until('InProgress with progress', (o) => o.status?.phase === 'InProgress' && o.status.progress?.bytesDone > 0);
+    // Velero's next backup of the volume arrives meanwhile: the busy agent (maxJobs 1) leaves it.
+    const second = await createBackup(kc, veleroNs);
+    const again = await createSnapshot(kc, nodes, appNs, 'model', source);
+    const retry = await follow(kc, veleroNs, veleroApi.dataUpload, () => createDataUpload(kc, veleroNs, { backup: second, sourceNamespace: appNs, sourcePVC: 'model', volumeSnapshot: again.vs, datamover: 'tender' }), context);
+    for (let i = 0; !childOutput.includes(`DataUpload ${veleroNs}/${retry.obj.metadata.name} left to another agent: 1 DataUploads/DataDownloads in hand already`); i++) {
+      if (i > 600) throw new Error(`the busy agent did not leave ${retry.obj.metadata.name}\n${context()}`);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    expect(retry.history.phases()).toEqual(['New']);
     await kill(proc);
 
     await startInProcess();
@@ -157,10 +168,7 @@ describe('an agent restart in the middle of moving data', () => {
     await expectNothingLeft(kc, veleroNs, du.metadata.name, du.metadata.uid);
     expect(await snapshotsOf(first.uid)).toEqual([]);
 
-    // Velero's next backup of the volume: a new snapshot, moved completely.
-    const second = await createBackup(kc, veleroNs);
-    const again = await createSnapshot(kc, nodes, appNs, 'model', source);
-    const retry = await follow(kc, veleroNs, veleroApi.dataUpload, () => createDataUpload(kc, veleroNs, { backup: second, sourceNamespace: appNs, sourcePVC: 'model', volumeSnapshot: again.vs, datamover: 'tender' }), context);
+    // The next agent takes the waiting one: a new snapshot, moved completely.
     const completed = await retry.history.ended();
     retry.history.stop();
     expect(completed.status.phase, completed.status.message).toBe('Completed');

@@ -21,6 +21,7 @@ interface AgentCliOptions {
   veleroNamespace: string;
   dataMoverImage?: string;
   dataMoverPrepareTimeout: number;
+  dataMoverMaxJobs: number;
 }
 
 /**
@@ -44,6 +45,7 @@ export function registerAgent(program: Command): void {
     .option('--velero-namespace <ns>', "Velero's namespace (with --data-mover)", 'velero')
     .option('--data-mover-image <image>', 'image of the pods that hold an exposed volume mounted: the agent\'s own (env TENDER_IMAGE)')
     .addOption(new Option('--data-mover-prepare-timeout <seconds>', 'how long a snapshot may take to be exposed on this node before the DataUpload fails').argParser(positiveInt).default(1800))
+    .addOption(new Option('--data-mover-max-jobs <n>', 'DataUploads/DataDownloads this agent takes at once (more are left to other agents)').argParser(positiveInt).default(4))
     .action(async (opts: AgentCliOptions, command: Command) => {
       const g = globalOptions(command);
       const nodeName = opts.nodeName ?? process.env.NODE_NAME;
@@ -87,7 +89,7 @@ export function registerAgent(program: Command): void {
         ...(tokenFile ? { tokenFile } : {}),
         ...(opts.maxConcurrentRuns !== undefined ? { maxConcurrentRuns: opts.maxConcurrentRuns } : {}),
         maxFinishedRuns: opts.maxFinishedRuns,
-        ...(opts.dataMover ? { dataMover: { namespace: opts.veleroNamespace, image: image!, prepareTimeoutMs: opts.dataMoverPrepareTimeout * 1000 } } : {}),
+        ...(opts.dataMover ? { dataMover: { namespace: opts.veleroNamespace, image: image!, prepareTimeoutMs: opts.dataMoverPrepareTimeout * 1000, maxJobs: opts.dataMoverMaxJobs } } : {}),
         repository: {
           url,
           storage: {
