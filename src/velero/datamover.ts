@@ -160,7 +160,13 @@ export class DataMover {
     };
     watch(resources.dataUpload, (type, obj: DataUpload) => this.observe(type, { ...obj, kind: 'DataUpload' }));
     watch(resources.dataDownload, (type, obj: DataDownload) => this.observe(type, { ...obj, kind: 'DataDownload' }));
-    watch(resources.deleteBackupRequest, (_type, obj: DeleteBackupRequest) => this.track(this.onDeleteBackupRequest(obj)));
+    watch(resources.deleteBackupRequest, (_type, obj: DeleteBackupRequest) =>
+      this.track(
+        this.onDeleteBackupRequest(obj).catch((err: unknown) =>
+          this.log.warn({ request: obj.metadata?.name, err: messageOf(err) }, `cannot act on DeleteBackupRequest ${obj.metadata?.name}: ${messageOf(err)}; again at the next event or relist`),
+        ),
+      ),
+    );
     this.log.info({ namespace: ns, node: this.o.nodeName }, `Velero data mover started: DataUploads and DataDownloads in namespace ${ns} with spec.datamover "tender"`);
   }
 
@@ -494,9 +500,9 @@ export class DataMover {
     if (!name || !uid || !repo || this.forgotten.has(`${name}/${uid}`)) return;
     const backupObj = await this.kube.get<{ metadata: { uid: string } }>(resources.backup, this.o.namespace, dbr.spec.backupName);
     if (backupObj && backupObj.metadata.uid === uid) return;
-    this.forgotten.add(`${name}/${uid}`);
     const doomed = await listSnapshots(repo, { tags: [`${BACKUP_NAME_LABEL}=${name}`, `${BACKUP_UID_LABEL}=${uid}`] });
     for (const s of doomed) await repo.deleteSnapshot(s.id);
+    this.forgotten.add(`${name}/${uid}`);
     this.log.info({ backup: dbr.spec.backupName, uid, snapshots: doomed.map((s) => s.id) }, `Velero backup ${dbr.spec.backupName} was deleted: forgot its ${doomed.length} tender snapshots (a prune frees their data)`);
   }
 }

@@ -350,6 +350,27 @@ describe('DataUpload and DataDownload lifecycles', () => {
     expect(gone, `PersistentVolume ${pvName} deleted`).toBe(true);
   });
 
+  it('an agent stopped (SIGTERM) mid-upload fails the DataUpload itself and leaves nothing behind', async () => {
+    const src = await sourceVolume('stopped', { 'a.bin': { type: 'file', random: 4 * 1024 * 1024 } });
+    const b = await createBackup(kc, veleroNs, randomName('stop'));
+    const snap = await createSnapshot(kc, nodes, appNs, 'stopped', src);
+    const gate = faultyA!.hold({ op: 'put', prefix: 'data/', after: 1 });
+    const { du, history } = await upload({ backup: b, sourceNamespace: appNs, sourcePVC: 'stopped', volumeSnapshot: snap.vs, datamover: 'tender' });
+    await gate.reached;
+    await history.until('InProgress', (o) => o.status?.phase === 'InProgress');
+    const stopping = stopAgent(nodeA);
+    gate.release();
+    await stopping;
+    const done = await history.ended();
+    history.stop();
+    expect(done.status.phase).toBe('Failed');
+    expect(done.status.message).toBe('the agent was shut down during this run');
+    expect(history.phases()).toEqual(['New', 'Accepted', 'Prepared', 'InProgress', 'Failed']);
+    await expectNoLeftovers(du.metadata.name, du.metadata.uid);
+    expect(await withRepo((repo) => listSnapshots(repo, { tags: [`velero.io/backup-uid=${b.uid}`] }))).toEqual([]);
+    await startAgent(nodeA, (f) => (faultyA = f));
+  });
+
   it('two agents race for each DataUpload: exactly one accepts it', async () => {
     await startAgent(nodeB);
     // The acceptance itself: two replaces from the same read, one wins (resourceVersion).
