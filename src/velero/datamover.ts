@@ -327,7 +327,7 @@ export class DataMover {
     (outcome.phase === 'Completed' ? log.info.bind(log) : log.warn.bind(log))({ phase: outcome.phase, message: outcome.message }, `${what}: ${outcome.phase}: ${outcome.message}`);
   }
 
-  private async upload(job: Job, du: DataUpload, deadline: number, signal: AbortSignal, log: Logger): Promise<Partial<MoverStatus> & { path: string; snapshotID: string }> {
+  private async upload(job: Job, du: DataUpload, deadline: number, signal: AbortSignal, log: Logger): Promise<Partial<MoverStatus> & { path: string; snapshotID: string; nodeOS: string }> {
     await this.exposer.exposeSnapshot(du, deadline, signal);
     const exposed = await this.exposer.waitExposed(du, deadline, signal);
     await this.moveOn(du, 'Prepared', signal);
@@ -359,6 +359,8 @@ export class DataMover {
     return {
       snapshotID: encodeSnapshotRef({ snapshotId, root: du.spec.sourcePVC }),
       path: exposed.path,
+      // Velero's restore copies it into the DataDownload; tender runs on Linux nodes only.
+      nodeOS: 'linux',
       node: this.o.nodeName,
       progress: { totalBytes: total, bytesDone: total },
       message: `stored as tender snapshot ${snapshotId.slice(0, 8)}: ${summary?.files ?? 0} files, ${total} bytes (${summary?.bytesAdded ?? 0} bytes new, ${summary?.bytesStored ?? 0} stored)`,

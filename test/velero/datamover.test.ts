@@ -195,6 +195,7 @@ describe('DataUpload and DataDownload lifecycles', () => {
     const s = done.status;
     expect(s.node).toBe(nodeA);
     expect(s.snapshotID).toMatch(/^tender-v1:[0-9a-f]{64}:data$/);
+    expect(s.nodeOS).toBe('linux');
     expect(s.path).toContain(path.join(podsDirs[nodeA]!, ''));
     expect(s.path).toMatch(/volumes\/kubernetes\.io~csi\/pvc-[^/]+\/mount$/);
     const total = 3 * 1024 * 1024 + 17 + 200_000 + 'epoch 1\n'.length;
