@@ -61,7 +61,7 @@ let faultyA: FaultyStorage | undefined;
 const moverSettings = (): DataMoverSettings => ({
   namespace: veleroNs,
   image: 'tender:test',
-  prepareTimeoutMs: 8000,
+  prepareTimeoutMs: 12_000,
   pollMs: 50,
   progressIntervalMs: 100,
   resyncMs: 1000,
