@@ -62,20 +62,34 @@ export function applyVeleroCrds(kc: KubeConfig): Promise<void> {
         if (err.code !== 409) throw err;
       });
     }
-    for (const crd of crds) {
-      const version = crd.spec.versions.find((v) => v.storage)!.name;
-      for (let i = 0; ; i++) {
-        try {
-          await custom.listClusterCustomObject({ group: crd.spec.group, version, plural: crd.spec.names.plural });
-          break;
-        } catch (err) {
-          if (i > 300) throw err;
-          await sleep(100);
+    await Promise.all(
+      crds.map(async (crd) => {
+        const version = crd.spec.versions.find((v) => v.storage)!.name;
+        for (let i = 0; ; i++) {
+          try {
+            await custom.listClusterCustomObject({ group: crd.spec.group, version, plural: crd.spec.names.plural });
+            // For about a second after a CRD is established its watches get 429 (see
+            // shared/tools/kube-test-cluster.md): a watch that the server ends itself is served.
+            await probeWatch(kc, `/apis/${crd.spec.group}/${version}/${crd.spec.names.plural}`);
+            break;
+          } catch (err) {
+            if (i > 300) throw err;
+            await sleep(100);
+          }
         }
-      }
-    }
+      }),
+    );
   })();
   return crdsApplied;
+}
+
+/** Resolves when a 1 s watch of `path` ends without an error; rejects with the error. */
+function probeWatch(kc: KubeConfig, path: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    void new Watch(kc)
+      .watch(path, { allowWatchBookmarks: true, timeoutSeconds: 1 }, () => undefined, (err: unknown) => (err ? reject(err as Error) : resolve()))
+      .catch(reject);
+  });
 }
 
 export const veleroApi = {
