@@ -16,6 +16,7 @@
  * with its name and UID.
  */
 import { EventEmitter } from 'node:events';
+import { setTimeout as delay } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { backup } from '../backup/archiver.js';
@@ -319,11 +320,23 @@ export class DataMover {
     } catch (err) {
       log.warn({ err: apiErrorText(err) }, `cannot delete the intermediate objects of ${what}: ${apiErrorText(err)}`);
     }
-    await this.setStatus(accepted, (s) => {
-      if (terminalPhases.has(s.phase || 'New')) return false;
-      Object.assign(s, outcome, { completionTimestamp: timestamp(new Date()) });
-      return true;
-    });
+    // The outcome must land (a stored snapshot must not turn into an orphan's failure later):
+    // the job stays in hand while the API server is away, retrying from 1 s, doubling to 30 s.
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await this.setStatus(accepted, (s) => {
+          if (terminalPhases.has(s.phase || 'New')) return false;
+          Object.assign(s, outcome, { completionTimestamp: timestamp(new Date()) });
+          return true;
+        });
+        break;
+      } catch (err) {
+        if (attempt >= 10) throw err;
+        const wait = Math.min(30_000, 1000 * 2 ** attempt);
+        log.warn({ err: apiErrorText(err), retryInMs: wait }, `cannot write the outcome of ${what} (${outcome.phase}): ${apiErrorText(err)}; again in ${wait} ms`);
+        await delay(wait);
+      }
+    }
     (outcome.phase === 'Completed' ? log.info.bind(log) : log.warn.bind(log))({ phase: outcome.phase, message: outcome.message }, `${what}: ${outcome.phase}: ${outcome.message}`);
   }
 
