@@ -14,13 +14,16 @@
  *   operations: backup/ restore/ prune/ check/ policy/ snapshots/
  *                                repo and everything under it except storage/ (only the
  *                                repository touches storage objects), and each other
+ *   velero/                      the Velero data-mover controller, at the agent's level: operations,
+ *                                repo, storage/open, util, errors; never agent/ or cli/ (the agent
+ *                                composes it and hands it the run queue)
  *   cli/ agent/                  anything; cli/ may use agent/ only through its entry
  *                                (agent/agent.ts), agent/ never uses cli/
  *
  * Plus: no import cycles; src/ never imports test code, vitest or a devDependency at run time.
  * Run by hand: `npm run lint:deps`; test/boundaries.test.ts runs it with the tests.
  */
-const known = 'errors|util|crypto|transform|workers|storage|repo|checkpoint|backup|restore|prune|check|policy|snapshots|cli|agent';
+const known = 'errors|util|crypto|transform|workers|storage|repo|checkpoint|backup|restore|prune|check|policy|snapshots|velero|cli|agent';
 const operations = 'backup|restore|prune|check|policy|snapshots';
 
 /** A rule: files under `from` may import from src/ only what is under `allowed` (folder names). */
@@ -63,10 +66,17 @@ module.exports = {
     ),
     {
       name: 'operations-not-cli-agent',
-      comment: 'Operations are a library: cli/ and agent/ call them, never the other way.',
+      comment: 'Operations are a library: cli/, agent/ and velero/ call them, never the other way.',
       severity: 'error',
       from: { path: `^src/(${operations})/` },
-      to: { path: '^src/(cli|agent)/' },
+      to: { path: '^src/(cli|agent|velero)/' },
+    },
+    {
+      name: 'velero-agent-level',
+      comment: 'velero/ is a controller the agent composes: operations, repo, storage/open, util, errors; never agent/, cli/ or the storage backends.',
+      severity: 'error',
+      from: { path: '^src/velero/' },
+      to: { path: '^src/', pathNot: `^src/(velero|${operations}|repo|util|errors)/|^src/storage/open[.]ts$` },
     },
     {
       name: 'operations-not-storage',

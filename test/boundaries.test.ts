@@ -79,7 +79,8 @@ describe('import boundaries of src/', () => {
       if (rel.startsWith('src/repo/') || rel.startsWith('src/storage/')) continue;
       const lines = (await readFile(file, 'utf8')).split('\n');
       lines.forEach((line, i) => {
-        if (line.includes('.storage.')) found.push(`${rel}:${i + 1}: ${line.trim()}`);
+        // The Kubernetes API group of CSI snapshots (src/velero/) is a name, not a member access.
+        if (line.replaceAll('snapshot.storage.k8s.io', '').includes('.storage.')) found.push(`${rel}:${i + 1}: ${line.trim()}`);
       });
     }
     expect(found, `storage reached around the repository:\n  ${found.join('\n  ')}\n`).toEqual([]);
@@ -106,6 +107,7 @@ describe('the layer rules catch what they forbid (fixture tree)', () => {
     { rule: 'operations-not-cli-agent', from: 'src/prune/p.ts', to: 'src/cli/main.ts' },
     { rule: 'cli-only-agent-entry', from: 'src/cli/main.ts', to: 'src/agent/state.ts' },
     { rule: 'agent-not-cli', from: 'src/agent/agent.ts', to: 'src/cli/args.ts' },
+    { rule: 'velero-agent-level', from: 'src/velero/v.ts', to: 'src/agent/state.ts' },
     { rule: 'layer-unknown', from: 'src/model/m.ts', to: 'src/errors/errors.ts' },
     { rule: 'src-not-test-code', from: 'src/check/k.ts', to: 'test/helpers/h.ts' },
     { rule: 'no-circular', from: 'src/snapshots/one.ts', to: 'src/snapshots/two.ts' },
@@ -124,6 +126,9 @@ describe('the layer rules catch what they forbid (fixture tree)', () => {
     { from: 'src/util/ok.ts', to: 'src/errors/ok.ts' },
     { from: 'src/backup/ok.ts', to: 'src/checkpoint/ok.ts' },
     { from: 'src/checkpoint/ok.ts', to: 'src/util/ok.ts' },
+    { from: 'src/velero/ok.ts', to: 'src/storage/open.ts' },
+    { from: 'src/velero/ok.ts', to: 'src/backup/ok.ts' },
+    { from: 'src/agent/ok.ts', to: 'src/velero/ok.ts' },
   ];
 
   it('reports each broken rule once, and nothing that is allowed', { timeout: 120_000 }, async () => {

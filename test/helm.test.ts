@@ -238,11 +238,25 @@ interface Expect {
   serviceMonitor?: boolean;
   /** The ClusterRole also gets namespaces (a namespaceSelector in the policy). */
   readNamespaces?: boolean;
+  /** dataMover.enabled: the ClusterRole also grants what the Velero data mover does. */
+  dataMover?: boolean;
 }
 
 const LEAST_PRIVILEGE: Rule[] = [
   { apiGroups: [''], resources: ['persistentvolumeclaims', 'persistentvolumes', 'pods'], verbs: ['get', 'list', 'watch'] },
   { apiGroups: ['apps'], resources: ['replicasets'], verbs: ['get'] },
+];
+
+/** What the Velero data mover adds (docs/design.md, "Velero data mover"). */
+const DATA_MOVER: Rule[] = [
+  { apiGroups: ['velero.io'], resources: ['datauploads', 'datadownloads'], verbs: ['get', 'list', 'watch', 'update'] },
+  { apiGroups: ['velero.io'], resources: ['deletebackuprequests'], verbs: ['get', 'list', 'watch'] },
+  { apiGroups: ['velero.io'], resources: ['backups'], verbs: ['get'] },
+  { apiGroups: ['snapshot.storage.k8s.io'], resources: ['volumesnapshots'], verbs: ['get', 'create', 'delete'] },
+  { apiGroups: ['snapshot.storage.k8s.io'], resources: ['volumesnapshotcontents'], verbs: ['get', 'create', 'update', 'delete'] },
+  { apiGroups: [''], resources: ['pods'], verbs: ['create', 'delete'] },
+  { apiGroups: [''], resources: ['persistentvolumeclaims'], verbs: ['create', 'update', 'delete'] },
+  { apiGroups: [''], resources: ['persistentvolumes'], verbs: ['update', 'delete'] },
 ];
 
 /** Rules as a set of (group, resource, verb) triples, so that how they are grouped does not matter. */
@@ -414,7 +428,11 @@ function checkAgent(objs: K8sObject[], ex: Expect): DaemonSet {
 
   // ---- RBAC: exactly the least-privilege set, bound to the pod's ServiceAccount
   const role = only<K8sObject & { rules: Rule[] }>(objs, 'ClusterRole');
-  const wanted = ex.readNamespaces ? [...LEAST_PRIVILEGE, { apiGroups: [''], resources: ['namespaces'], verbs: ['get'] }] : LEAST_PRIVILEGE;
+  const wanted = [
+    ...LEAST_PRIVILEGE,
+    ...(ex.readNamespaces ? [{ apiGroups: [''], resources: ['namespaces'], verbs: ['get'] }] : []),
+    ...(ex.dataMover ? DATA_MOVER : []),
+  ];
   expect(ruleTriples(role.rules)).toEqual(ruleTriples(wanted));
   expect(byKind(objs, 'Role'), 'no namespaced Role').toEqual([]);
   const binding = only<K8sObject & { roleRef: Record<string, string>; subjects: Array<Record<string, string>> }>(objs, 'ClusterRoleBinding');
@@ -722,6 +740,20 @@ describe('charts/tender rendered by helm', () => {
     checkAgent(await render({ rbac: { readNamespaces: true } }), { namespace: 'velero', readNamespaces: true });
   });
 
+  it("dataMover.enabled: --data-mover flags the CLI has, TENDER_IMAGE is the agent's image, the data mover's RBAC", async () => {
+    const objs = await render({ dataMover: { enabled: true, prepareTimeoutSeconds: 600 } });
+    const ds = checkAgent(objs, { namespace: 'velero', dataMover: true });
+    const args = agentArgs(objs);
+    expect(args).toEqual(expect.arrayContaining(['--data-mover', '--velero-namespace=velero', '--data-mover-prepare-timeout=600']));
+    expect(agentArgvProblems(args)).toEqual([]);
+    expect(container(ds).env?.find((e) => e.name === 'TENDER_IMAGE')?.value).toBe(container(ds).image);
+    expect(agentArgs(await render({ dataMover: { enabled: true, veleroNamespace: 'backup-system' } }))).toContain('--velero-namespace=backup-system');
+    // Off by default: no flag, no variable, the read-only ClusterRole (checked by checkAgent).
+    const plain = only<DaemonSet>(await render({}), 'DaemonSet');
+    expect(agentArgs(await render({})).filter((a) => a.startsWith('--data-mover'))).toEqual([]);
+    expect(container(plain).env?.some((e) => e.name === 'TENDER_IMAGE')).toBe(false);
+  });
+
   it('the ServiceMonitor: only when the CRD is served or autodetect is off', async () => {
     const on = { metrics: { serviceMonitor: { enabled: true } } };
     expect(byKind(await render(on), 'ServiceMonitor')).toHaveLength(0);
@@ -841,6 +873,31 @@ class Kube {
 
 const uid = () => randomBytes(3).toString('hex');
 
+
+describe('deploy/datamover/ (the data mover overlay)', () => {
+  it('grants what the chart grants with dataMover.enabled, to the agent, and passes flags the CLI has', () => {
+    const dir = path.join(deployDir, 'datamover');
+    const objs = parseDocs(fs.readFileSync(path.join(dir, 'rbac.yaml'), 'utf8'), 'deploy/datamover/rbac.yaml');
+    const role = only<K8sObject & { rules: Rule[] }>(objs, 'ClusterRole');
+    expect(ruleTriples(role.rules)).toEqual(ruleTriples(DATA_MOVER));
+    const binding = only<K8sObject & { roleRef: Record<string, string>; subjects: Array<Record<string, string>> }>(objs, 'ClusterRoleBinding');
+    expect(binding.roleRef).toEqual({ apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: role.metadata.name });
+    const sa = only(deployObjects(), 'ServiceAccount');
+    expect(binding.subjects).toEqual([{ kind: 'ServiceAccount', name: sa.metadata.name, namespace: 'velero' }]);
+    const kustomization = YAML.parse(fs.readFileSync(path.join(dir, 'kustomization.yaml'), 'utf8')) as { resources: string[]; patches: Array<{ target: { kind: string; name: string }; patch: string }> };
+    expect(kustomization.resources).toEqual(['../', 'rbac.yaml']);
+    const ds = only<DaemonSet>(deployObjects(), 'DaemonSet');
+    const ops = kustomization.patches.flatMap((p) => {
+      expect(p.target).toEqual({ kind: 'DaemonSet', name: ds.metadata.name });
+      return YAML.parse(p.patch) as Array<{ op: string; path: string; value: unknown }>;
+    });
+    const args = ops.filter((o) => o.path === '/spec/template/spec/containers/0/args/-').map((o) => o.value as string);
+    expect(args).toEqual(['--data-mover', '--velero-namespace=velero']);
+    expect(agentArgvProblems(args)).toEqual([]);
+    const env = ops.filter((o) => o.path === '/spec/template/spec/containers/0/env/-').map((o) => o.value as { name: string });
+    expect(env.map((e) => e.name)).toEqual(['TENDER_IMAGE']);
+  });
+});
 describe('in the real kube-apiserver', () => {
   let kube: Kube;
 

@@ -18,15 +18,17 @@ import { backup } from '../backup/archiver.js';
 import { Repository } from '../repo/repository.js';
 import { listSnapshots } from '../snapshots/select.js';
 import { openStorage } from '../storage/open.js';
-import type { StorageOptions } from '../storage/open.js';
+import type { OpenStorageOptions } from '../storage/open.js';
 import { type Identity, type OperationEventMap, createOperationContext, processIdentity } from '../util/operation.js';
 import { Discovery, type ProtectedVolume } from './discovery.js';
 import { AgentHttpServer, type Readiness, TokenSource } from './http.js';
+import { DataMover, type DataMoverRuns, type RunContext, type RunEnd, type RunOutput } from '../velero/datamover.js';
 import { AgentMetrics } from './metrics.js';
 import { PolicyWatcher } from './policy.js';
 import { type ExecuteContext, type ExecuteResult, type RunRecord, Runner, describeError, describeVolume } from './runs.js';
 import { Scheduler } from './scheduler.js';
 import { StateStore } from './state.js';
+import { checkVolumePath, locateVolume, readMountPoints } from './volumes.js';
 
 export interface AgentOptions {
   nodeName: string;
@@ -45,7 +47,8 @@ export interface AgentOptions {
   maxFinishedRuns?: number;
   repository: {
     url: string;
-    storage?: StorageOptions;
+    /** Tests may add fault injection (`faults`). */
+    storage?: OpenStorageOptions;
     /** Read at each attempt to open the repository (a Secret may be fixed meanwhile). */
     password: () => Promise<string>;
     workers?: number;
@@ -57,6 +60,22 @@ export interface AgentOptions {
   discovery?: { resyncMs?: number; checkMounts?: boolean };
   /** Retry a failed scheduled run after this long (or the interval, if shorter). */
   failureRetryMs?: number;
+  /** Move Velero's CSI snapshot data (DataUploads/DataDownloads with spec.datamover "tender"); off unless given. */
+  dataMover?: DataMoverSettings;
+}
+
+export interface DataMoverSettings {
+  /** Velero's namespace. */
+  namespace: string;
+  /** The image of the pods that hold an exposed volume mounted (the agent's own image). */
+  image: string;
+  prepareTimeoutMs?: number;
+  /** DataUploads/DataDownloads held at once (default 4). */
+  maxJobs?: number;
+  /** Tests: polling, progress and resync intervals. */
+  pollMs?: number;
+  progressIntervalMs?: number;
+  resyncMs?: number;
 }
 
 /** A volume that cannot be backed up now (gone, not mounted, unreadable). */
@@ -83,6 +102,9 @@ export class Agent {
   /** The volume each running run backs up (to abort it when its pod goes away). */
   private readonly executing = new Map<string, ProtectedVolume>();
   private stopping: Promise<void> | undefined;
+  private dataMover: DataMover | undefined;
+  /** Data-mover runs: their work and who waits for their end, by run ID. */
+  private readonly moverRuns = new Map<string, { work: (ctx: RunContext) => Promise<RunOutput>; ended: (end: RunEnd) => void }>();
 
   constructor(private readonly options: AgentOptions) {
     this.log = options.logger;
@@ -145,6 +167,7 @@ export class Agent {
     for (const run of interrupted) this.metrics.runFinished(run);
     this.runner.on('finished', (run: RunRecord) => {
       this.executing.delete(run.id);
+      this.endMoverRun(run);
       this.metrics.runFinished(run);
       this.scheduler.refresh();
     });
@@ -171,6 +194,25 @@ export class Agent {
     const { port } = await this.http.start();
 
     this.opening = this.openRepository();
+    if (o.dataMover) {
+      this.dataMover = new DataMover({
+        kubeConfig: o.kubeConfig,
+        nodeName: o.nodeName,
+        ...o.dataMover,
+        repository: () => this.repo,
+        runs: this.moverQueue(),
+        volumePath: async (pod, volume, pvc, pv) => {
+          const spec = pod.spec?.volumes?.find((v) => v.name === volume);
+          if (!spec) return { ok: false, reason: `pod ${pod.metadata?.name} has no volume ${volume}` };
+          const loc = locateVolume(pod, spec, o.podsDir, new Map([[pvc.metadata?.name ?? '', { pvc, pv }]]));
+          const checkMounts = o.discovery?.checkMounts ?? true;
+          return checkVolumePath(loc, { podsDir: o.podsDir, checkMounts, ...(checkMounts ? { mountPoints: await readMountPoints() } : {}) });
+        },
+        username: this.identity.username,
+        logger: this.log.child({ component: 'datamover' }),
+      });
+      this.dataMover.start();
+    }
     await this.discovery.start();
     this.scheduler.start();
     this.updateReady();
@@ -197,6 +239,8 @@ export class Agent {
     if (this.readyTimer) clearInterval(this.readyTimer);
     this.scheduler?.stop();
     await this.runner?.stop(2000);
+    // After the runner: a data-mover job in a run ends with it (and fails its DataUpload/DataDownload).
+    await this.dataMover?.stop();
     await Promise.allSettled([this.http?.close(), this.discovery?.stop(), this.policy?.stop()]);
     await this.opening?.catch(() => undefined);
     await this.repo?.close().catch(() => undefined);
@@ -276,7 +320,39 @@ export class Agent {
     );
   }
 
+  /** The run queue as the data mover sees it: a run of trigger `datamover` executes the work given. */
+  private moverQueue(): DataMoverRuns {
+    return {
+      submit: (what, work) => {
+        const queued = this.runner.enqueue(what, 'datamover');
+        if (queued.outcome !== 'queued') {
+          const error = queued.outcome === 'full' ? `the agent's run queue is full (${queued.queued} runs waiting) or the agent is stopping` : 'a run of this object is already queued';
+          return { id: '', done: Promise.resolve({ state: 'failed', error }) };
+        }
+        const done = new Promise<RunEnd>((ended) => this.moverRuns.set(queued.run.id, { work, ended }));
+        return { id: queued.run.id, done };
+      },
+      cancel: (id, message) => {
+        // A queued run ends at once, without a 'finished' event.
+        const result = this.runner.cancel(id, message);
+        if (result.outcome === 'cancelled') this.endMoverRun(result.run);
+      },
+    };
+  }
+
+  private endMoverRun(run: RunRecord): void {
+    const mover = this.moverRuns.get(run.id);
+    if (!mover) return;
+    this.moverRuns.delete(run.id);
+    mover.ended({ state: run.state, ...(run.error ? { error: run.error } : {}) });
+  }
+
   private async execute(run: RunRecord, ctx: ExecuteContext): Promise<ExecuteResult> {
+    if (run.trigger === 'datamover') {
+      const mover = this.moverRuns.get(run.id);
+      if (!mover) throw new Error('this data-mover run belongs to an earlier agent process');
+      return mover.work(ctx);
+    }
     const what = describeVolume(run);
     const volume = this.resolve(run);
     if (!volume) {

@@ -199,20 +199,28 @@ export class Runner extends EventEmitter {
   /**
    * Restores the state: finished runs are kept for reporting; a run found `running` was cut
    * short by a crash or SIGKILL: it is marked `interrupted` and its volume is queued again
-   * (trigger `startup`); queued runs stay queued. Nothing starts until `setReady(true)`.
+   * (trigger `startup`); queued runs stay queued. Nothing starts until `setReady(true)`. Data-mover
+   * runs are not queued again: their work was a closure of the old process (the data mover fails
+   * their DataUpload/DataDownload).
    */
   load(data: AgentStateData): RunRecord[] {
     const interrupted: RunRecord[] = [];
     for (const v of data.volumes) this.volumeStates.set(v.identity, v);
     const ended = new Date(this.now()).toISOString();
     for (const run of data.runs) {
+      const again = run.trigger !== 'datamover';
       if (run.state === 'running') {
         run.state = 'interrupted';
         run.endedAt = ended;
-        run.error = 'the agent stopped during this run (killed, crashed or its node restarted); the volume was queued again';
-        interrupted.push(run);
+        run.error = `the agent stopped during this run (killed, crashed or its node restarted)${again ? '; the volume was queued again' : ''}`;
+        if (again) interrupted.push(run);
         this.finished.push(run);
         this.noteFinished(run);
+      } else if (run.state === 'queued' && !again) {
+        run.state = 'interrupted';
+        run.endedAt = ended;
+        run.error = 'the agent stopped before this run started';
+        this.finished.push(run);
       } else if (run.state === 'queued') {
         if (!this.queue.find((r) => r.identity === run.identity)) this.queue.push(run);
       } else if (finishedStates.has(run.state)) {
@@ -353,7 +361,7 @@ export class Runner extends EventEmitter {
   private finishInterrupted(run: RunRecord, message: string): void {
     this.finish(run, 'interrupted', { error: message });
     // Queued again, for the next agent.
-    if (!this.queue.find((r) => r.identity === run.identity)) this.queue.push(this.queuedRecord(run, 'startup'));
+    if (run.trigger !== 'datamover' && !this.queue.find((r) => r.identity === run.identity)) this.queue.push(this.queuedRecord(run, 'startup'));
   }
 
   /** A new run of the volume, waiting in the queue. */

@@ -17,6 +17,11 @@ interface AgentCliOptions {
   tokenFile?: string;
   maxConcurrentRuns?: number;
   maxFinishedRuns: number;
+  dataMover?: boolean;
+  veleroNamespace: string;
+  dataMoverImage?: string;
+  dataMoverPrepareTimeout: number;
+  dataMoverMaxJobs: number;
 }
 
 /**
@@ -36,6 +41,11 @@ export function registerAgent(program: Command): void {
     .option('--token-file <file>', 'bearer token required by POST and DELETE (env TENDER_AGENT_TOKEN_FILE; e.g. a mounted Secret)')
     .addOption(new Option('--max-concurrent-runs <n>', 'backups running at once on this node (default: the policy file, else 1)').argParser(positiveInt))
     .addOption(new Option('--max-finished-runs <n>', 'finished runs kept in the state directory').argParser(positiveInt).default(100))
+    .option('--data-mover', "also be Velero's data mover for `velero backup create --snapshot-move-data --data-mover tender` (DataUploads/DataDownloads)")
+    .option('--velero-namespace <ns>', "Velero's namespace (with --data-mover)", 'velero')
+    .option('--data-mover-image <image>', 'image of the pods that hold an exposed volume mounted: the agent\'s own (env TENDER_IMAGE)')
+    .addOption(new Option('--data-mover-prepare-timeout <seconds>', 'how long a snapshot may take to be exposed on this node before the DataUpload fails').argParser(positiveInt).default(1800))
+    .addOption(new Option('--data-mover-max-jobs <n>', 'DataUploads/DataDownloads this agent takes at once (more are left to other agents)').argParser(positiveInt).default(4))
     .action(async (opts: AgentCliOptions, command: Command) => {
       const g = globalOptions(command);
       const nodeName = opts.nodeName ?? process.env.NODE_NAME;
@@ -54,6 +64,12 @@ export function registerAgent(program: Command): void {
       }
       if (opts.maxConcurrentRuns === 0) throw new TenderError('TENDER_USAGE', '--max-concurrent-runs must be at least 1');
       if (opts.maxFinishedRuns === 0) throw new TenderError('TENDER_USAGE', '--max-finished-runs must be at least 1');
+      const image = opts.dataMoverImage ?? process.env.TENDER_IMAGE;
+      if (opts.dataMover && !image) {
+        throw new TenderError('TENDER_USAGE', '--data-mover needs the image of the pods that hold exposed volumes', {
+          hint: 'pass --data-mover-image or set TENDER_IMAGE (the agent\'s own image; the Helm chart sets it)',
+        });
+      }
       // Loaded here, not at the top: the Kubernetes client and the agent cost every other command
       // half a second of startup.
       const { Agent } = await import('../../agent/agent.js');
@@ -73,6 +89,7 @@ export function registerAgent(program: Command): void {
         ...(tokenFile ? { tokenFile } : {}),
         ...(opts.maxConcurrentRuns !== undefined ? { maxConcurrentRuns: opts.maxConcurrentRuns } : {}),
         maxFinishedRuns: opts.maxFinishedRuns,
+        ...(opts.dataMover ? { dataMover: { namespace: opts.veleroNamespace, image: image!, prepareTimeoutMs: opts.dataMoverPrepareTimeout * 1000, maxJobs: opts.dataMoverMaxJobs } } : {}),
         repository: {
           url,
           storage: {
