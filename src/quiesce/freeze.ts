@@ -66,7 +66,9 @@ export class FreezeGuard {
   ) {
     this.expired = new Promise((resolve) => (this.expire = resolve));
     this.lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
-    // Writing to a guard that has died fails with EPIPE: its end is handled through its stdout.
+    // A guard that could not start or has died (EPIPE on writes) is handled through its stdout,
+    // which then ends without the expected line.
+    child.on('error', () => undefined);
     child.stdin.on('error', () => undefined);
   }
 
@@ -243,13 +245,16 @@ export async function fsyncFile(file: string): Promise<void> {
   }
 }
 
-/** syncfs(2) on the filesystem holding `target`: writes back every dirty page of the volume. */
-export async function syncVolume(target: string): Promise<void> {
+/**
+ * syncfs(2) on the filesystem holding `target`: writes back every dirty page of the volume. False
+ * when the addon is missing (TENDER_NATIVE=0, not built, not Linux): then only the files read are
+ * fsynced, which covers everything tender stores.
+ */
+export async function syncVolume(target: string): Promise<boolean> {
   const addon = loadNative();
-  if (!addon?.syncFs) {
-    throw new Error(`syncfs needs the native addon: ${addon ? (addon.freezeUnavailable ?? 'it has no syncFs') : nativeUnavailableReason()}`);
-  }
+  if (!addon?.syncFs) return false;
   await addon.syncFs(target);
+  return true;
 }
 
 /** The record directory the CLI uses: $TENDER_RUN_DIR/frozen (default /run/tender/frozen; /run is cleared at boot, as freezes are). */

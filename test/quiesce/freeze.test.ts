@@ -6,11 +6,12 @@
  * start thaws; tmpfs (no FIFREEZE) is a clear error or "not quiesced", per policy.
  */
 import { type ChildProcess, execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { fsyncFile, syncVolume } from '../../src/quiesce/freeze.js';
 import { describeRun, jsonLines, runTender, startTender, tenderOk, writeRandomFile } from '../helpers/cli.js';
 import { type LoopFs, cleanupLoopFs, guardPids, hasMkfs, makeLoopFs, startWriter, unmount, untilBlocked } from './loopfs.js';
 
@@ -123,6 +124,33 @@ describe.each(types)('fsfreeze on %s', (type) => {
     expect(quiesce).toMatchObject({ path: volume, quiesced: true });
     expect(typeof quiesce.frozenMs).toBe('number');
     expect(records()).toEqual([]);
+  });
+});
+
+describe('syncfs and fsync write dirty pages back', () => {
+  /** Sectors written to the loop device so far (/sys/block/loopN/stat, field 7). */
+  const sectorsWritten = () => Number(readFileSync(`/sys/block/${path.basename(ext4.device)}/stat`, 'utf8').trim().split(/\s+/)[6]);
+
+  beforeAll(() => {
+    // Dirty pages younger than this are not written back by the kernel's flusher on its own.
+    const expireCs = Number(readFileSync('/proc/sys/vm/dirty_expire_centisecs', 'utf8'));
+    if (expireCs < 1000) throw new Error(`vm.dirty_expire_centisecs is ${expireCs}: the flusher could write the test's pages back itself`);
+  });
+
+  it('syncVolume writes back a file just written', async () => {
+    const file = path.join(ext4.mount, 'dirty-syncfs.bin');
+    await writeRandomFile(file, 8 << 20);
+    const before = sectorsWritten();
+    expect(await syncVolume(file)).toBe(true);
+    expect(sectorsWritten() - before).toBeGreaterThanOrEqual((8 << 20) / 512);
+  });
+
+  it('fsyncFile (opened read-only) writes back a file just written', async () => {
+    const file = path.join(ext4.mount, 'dirty-fsync.bin');
+    await writeRandomFile(file, 8 << 20);
+    const before = sectorsWritten();
+    await fsyncFile(file);
+    expect(sectorsWritten() - before).toBeGreaterThanOrEqual((8 << 20) / 512);
   });
 });
 

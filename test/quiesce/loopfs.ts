@@ -28,12 +28,12 @@ export function hasMkfs(type: 'ext4' | 'xfs'): boolean {
   return ['/usr/sbin', '/sbin', '/usr/bin'].some((dir) => existsSync(path.join(dir, `mkfs.${type}`)));
 }
 
-/** A fresh filesystem of `type` mounted at dir/mnt-<type>, on a loop device over dir/<type>.img. */
-export function makeLoopFs(dir: string, type: 'ext4' | 'xfs', sizeMiB = 320): LoopFs {
+/** A fresh filesystem of `type` mounted at dir/mnt-<name>, on a loop device over dir/<name>.img. */
+export function makeLoopFs(dir: string, type: 'ext4' | 'xfs', sizeMiB = 320, name: string = type): LoopFs {
   if (process.getuid?.() !== 0) throw new Error('the quiesce tests need root (losetup, mount, FIFREEZE)');
   if (!existsSync('/dev/loop-control')) throw new Error('no /dev/loop-control: loop devices are unavailable here, the freeze tests cannot run');
-  const image = path.join(dir, `${type}.img`);
-  const mount = path.join(dir, `mnt-${type}`);
+  const image = path.join(dir, `${name}.img`);
+  const mount = path.join(dir, `mnt-${name}`);
   mkdirSync(mount, { recursive: true });
   run('truncate', ['-s', `${sizeMiB}M`, image]);
   run(`mkfs.${type}`, type === 'ext4' ? ['-q', '-F', image] : ['-q', '-f', image]);
