@@ -217,7 +217,11 @@ describe('tender agent with quiesce (real API server, real ext4)', () => {
     current.status = { ...current.status, phase: 'Running', podIP: '127.0.0.1', podIPs: [{ ip: '127.0.0.1' }] };
     await core.replaceNamespacedPodStatus({ name: 'trainer-0', namespace: ns, body: current });
 
-    await until('the volume to be protected with its IP', async () => {
+    await until('the volume to be protected with the pod IP', async () => {
+      const r = await call('GET', '/v1/volumes');
+      return (r.json.volumes as Array<Record<string, unknown>>).some((v) => v.pod === 'trainer-0' && v.podIP === '127.0.0.1' && v.path === dir);
+    });
+    await until('the run to be accepted', async () => {
       const r = await call('POST', '/v1/runs', { namespace: ns, pod: 'trainer-0', volume: 'ckpt' });
       return r.status === 202 && r.json.id;
     }).then(async (id: string) => {

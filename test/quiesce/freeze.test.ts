@@ -6,12 +6,12 @@
  * start thaws; tmpfs (no FIFREEZE) is a clear error or "not quiesced", per policy.
  */
 import { type ChildProcess, execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { fsyncFile, syncVolume } from '../../src/quiesce/freeze.js';
+import { fsyncFile, syncVolume, thawLeftFrozen } from '../../src/quiesce/freeze.js';
 import { describeRun, jsonLines, runTender, startTender, tenderOk, writeRandomFile } from '../helpers/cli.js';
 import { type LoopFs, cleanupLoopFs, guardPids, hasMkfs, makeLoopFs, startWriter, unmount, untilBlocked } from './loopfs.js';
 
@@ -216,6 +216,28 @@ describe('SIGKILL while frozen', () => {
     expect(r.stderr).toContain(`${volume}: thawed, left frozen by an earlier run`);
     await writer.done;
     expect(records()).toEqual([]);
+  });
+});
+
+describe('the startup check (thawLeftFrozen)', () => {
+  it('leaves a live owner within its deadline alone, thaws once the deadline passed, drops damaged records', async () => {
+    const dir = path.join(tmp, 'records-check');
+    mkdirSync(dir, { recursive: true });
+    const stat = readFileSync(`/proc/${process.pid}/stat`, 'utf8');
+    const ownerStart = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+    const record = (deadlineAt: number) =>
+      writeFileSync(path.join(dir, 'live-1.json'), JSON.stringify({ path: ext4.mount, ownerPid: process.pid, ownerStart, deadlineAt }));
+    writeFileSync(path.join(dir, 'damaged-1.json'), '{"path": ');
+    execFileSync('fsfreeze', ['-f', ext4.mount]);
+    const writer = startWriter(path.join(ext4.mount, 'after-check'));
+    await untilBlocked(writer.child.pid!);
+    record(Date.now() + 60_000);
+    expect(thawLeftFrozen(dir)).toEqual([]);
+    expect(readdirSync(dir)).toEqual(['live-1.json']);
+    record(Date.now() - 1);
+    expect(thawLeftFrozen(dir)).toEqual([{ path: ext4.mount, thawed: true }]);
+    await writer.done;
+    expect(readdirSync(dir)).toEqual([]);
   });
 });
 

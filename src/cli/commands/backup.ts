@@ -47,13 +47,7 @@ export function registerBackup(program: Command): void {
     .action(async (paths: string[], opts: BackupCliOptions, command: Command) => {
       const g = globalOptions(command);
       const quiesce = quiesceOptions(opts, localRepositoryPath(g.repo ?? process.env.TENDER_REPOSITORY ?? ''));
-      for (const left of thawLeftFrozen(defaultFreezeRecordDir())) {
-        process.stderr.write(
-          left.error
-            ? `warning: ${left.path} may still be frozen by an earlier run and could not be thawed: ${left.error}\n`
-            : `${left.path}: ${left.thawed ? 'thawed, left frozen by an earlier run' : 'an earlier run had frozen it; it is thawed'}\n`,
-        );
-      }
+      thawWhatEarlierRunsLeftFrozen();
       await withRepository(g, async (repo, ctx) => {
         const absolute = paths.map((p) => path.resolve(p));
         const host = opts.host ?? ctx.identity.hostname;
@@ -144,4 +138,23 @@ function describeQuiesce(o: QuiesceOutcome): string {
   const frozen = o.frozenMs !== undefined ? `, frozen for ${o.frozenMs} ms` : '';
   const state = o.quiesced ? `quiesced${frozen}` : `NOT quiesced${frozen}: ${o.reasons!.join('; ')}`;
   return `${o.path}: ${state}${o.postHookError ? `; post-hook failed: ${o.postHookError}` : ''}`;
+}
+
+/** The startup check (docs/design.md, "Quiesce"); a record directory this user cannot read is a warning, not a failure. */
+function thawWhatEarlierRunsLeftFrozen(): void {
+  const dir = defaultFreezeRecordDir();
+  let left;
+  try {
+    left = thawLeftFrozen(dir);
+  } catch (err) {
+    process.stderr.write(`warning: cannot check ${dir} for filesystems an earlier run left frozen: ${(err as Error).message}\n`);
+    return;
+  }
+  for (const l of left) {
+    process.stderr.write(
+      l.error
+        ? `warning: ${l.path} may still be frozen by an earlier run and could not be thawed: ${l.error}\n`
+        : `${l.path}: ${l.thawed ? 'thawed, left frozen by an earlier run' : 'an earlier run had frozen it; it is no longer frozen'}\n`,
+    );
+  }
 }
