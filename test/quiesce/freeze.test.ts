@@ -176,6 +176,20 @@ describe('SIGKILL while frozen', () => {
     expect(Math.max(...thawedAfter), `thawed after (ms): ${thawedAfter.map((t) => t.toFixed(0)).join(', ')}`).toBeLessThan(2000);
   });
 
+  it('and with the 10 s default deadline', async () => {
+    const volume = path.join(ext4.mount, 'ckpt');
+    const { tender, hookPid } = await startFrozen(volume, 'kill-default');
+    const writer = startWriter(path.join(volume, 'after-kill-default'));
+    await untilBlocked(writer.child.pid!);
+    const killedAt = performance.now();
+    tender.kill('SIGKILL');
+    await writer.done;
+    expect(performance.now() - killedAt).toBeLessThan(10_000);
+    killGroup(hookPid);
+    await untilNoGuard(ext4.mount);
+    expect(records()).toEqual([]);
+  });
+
   it('a hung tender (SIGSTOP) is thawed at the 10 s default deadline, then SIGKILLed', async () => {
     const volume = path.join(ext4.mount, 'ckpt');
     const { tender, hookPid } = await startFrozen(volume, 'stop');
