@@ -32,7 +32,7 @@ export interface ThawResult {
 }
 
 /** Why a filesystem cannot be frozen: the freeze step fails with this message. */
-export class FreezeRefused extends Error {}
+class FreezeRefused extends Error {}
 
 let records = 0;
 

@@ -51,8 +51,6 @@ export interface QuiesceOutcome {
 export interface QuiesceHooks {
   aroundRoot<T>(root: string, run: () => Promise<T>): Promise<T>;
   aroundFile<T>(path: string, size: number, read: () => Promise<T>): Promise<T>;
-  /** The outcomes of the volumes quiesced so far, in order. */
-  outcomes(): QuiesceOutcome[];
   /** The snapshot's `quiesce` field (absent when no volume was quiesced). */
   annotate(): { quiesce?: QuiesceOutcome[] };
 }
@@ -73,7 +71,6 @@ export function quiesceHooks(optionsFor: (root: string) => QuiesceOptions | unde
   let fsyncUnder: string | undefined;
 
   return {
-    outcomes: () => outcomes.map((o) => ({ ...o })),
     annotate: () => (outcomes.length > 0 ? { quiesce: outcomes.map((o) => ({ ...o })) } : {}),
 
     async aroundFile(file, _size, read) {
