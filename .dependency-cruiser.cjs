@@ -8,6 +8,8 @@
  *   transform/                   crypto, util, errors
  *   workers/                     transform, crypto, util, errors
  *   storage/                     util, errors  (knows nothing of repositories)
+ *   quiesce/                     util, errors  (hooks, syncfs, fsfreeze around a volume's read;
+ *                                cli/ and agent/ hand it to a backup as BackupHooks)
  *   repo/                        storage, transform, crypto, workers, util, errors
  *   checkpoint/                  util, errors  (checkpoint layouts and completeness; used by
  *                                operations and cli/agent)
@@ -23,7 +25,7 @@
  * Plus: no import cycles; src/ never imports test code, vitest or a devDependency at run time.
  * Run by hand: `npm run lint:deps`; test/boundaries.test.ts runs it with the tests.
  */
-const known = 'errors|util|crypto|transform|workers|storage|repo|checkpoint|backup|restore|prune|check|policy|snapshots|velero|cli|agent';
+const known = 'errors|util|crypto|transform|workers|storage|quiesce|repo|checkpoint|backup|restore|prune|check|policy|snapshots|velero|cli|agent';
 const operations = 'backup|restore|prune|check|policy|snapshots';
 
 /** A rule: files under `from` may import from src/ only what is under `allowed` (folder names). */
@@ -52,6 +54,14 @@ module.exports = {
     onlyImports('transform-only-crypto', 'transform', 'transform|crypto|util|errors', 'transform/ may use crypto/, util/, errors/.'),
     onlyImports('workers-only-transform', 'workers', 'workers|transform|crypto|util|errors', 'workers/ may use transform/, crypto/, util/, errors/.'),
     onlyImports('storage-only-util', 'storage', 'storage|util|errors', 'storage/ knows nothing of repositories: util/ and errors/ only.'),
+    onlyImports('quiesce-only-util', 'quiesce', 'quiesce|util|errors', 'quiesce/ runs hooks and freezes filesystems: util/ and errors/ only.'),
+    {
+      name: 'operations-not-quiesce',
+      comment: 'The quiesce protocol wraps an operation from outside (BackupHooks): cli/ and agent/ compose it, operations never call it.',
+      severity: 'error',
+      from: { path: `^src/(${operations})/` },
+      to: { path: '^src/quiesce/' },
+    },
     onlyImports(
       'checkpoint-only-util',
       'checkpoint',

@@ -54,6 +54,8 @@ COPY --from=build /app/dist ./dist
 COPY --from=build /app/bin ./bin
 # Loaded from <package root>/native/build/Release/tender_native.node (src/backup/chunk/native.ts).
 COPY --from=build /app/native/build/Release/tender_native.node ./native/build/Release/tender_native.node
+# The freeze guard of `backup --fsfreeze` / tender.io/fsfreeze (native/src/freeze_guard.cc).
+COPY --from=build /app/native/build/Release/tender-freeze-guard ./native/build/Release/tender-freeze-guard
 
 # `tender` on PATH, for scripts (docker-compose.yml runs `sh -c 'tender ...'`).
 RUN ln -s /app/bin/tender.js /usr/local/bin/tender

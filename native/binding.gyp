@@ -6,7 +6,7 @@
   "targets": [
     {
       "target_name": "tender_native",
-      "sources": ["src/addon.cc", "src/gear.cc", "src/shuffle.cc", "src/seal.cc", "src/pagecache.cc", "src/lease.cc"],
+      "sources": ["src/addon.cc", "src/gear.cc", "src/shuffle.cc", "src/seal.cc", "src/pagecache.cc", "src/lease.cc", "src/freeze.cc"],
       "include_dirs": ["<!@(node -p \"require('node-addon-api').include\")"],
       # NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS: a worker thread that is being terminated cannot
       # take a JS exception; without it node-addon-api aborts the whole process when a call into
@@ -54,6 +54,21 @@
           "msvs_settings": {
             "VCCLCompilerTool": { "Optimization": 2, "ExceptionHandling": 1 }
           }
+        }]
+      ]
+    },
+    {
+      # The freeze guard (src/freeze_guard.cc): a process of its own that freezes a filesystem for
+      # `tender backup --fsfreeze` and thaws it whatever happens to tender. Linux only.
+      "target_name": "tender-freeze-guard",
+      "type": "executable",
+      "conditions": [
+        ["OS=='linux'", {
+          "sources": ["src/freeze_guard.cc", "src/freeze.cc"],
+          "cflags_cc!": ["-std=gnu++17", "-std=gnu++20", "-fno-exceptions"],
+          "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra"]
+        }, {
+          "type": "none"
         }]
       ]
     }

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <string>
 
+#include "freeze.h"
 #include "gear.h"
 #include "lease.h"
 #include "pagecache.h"
@@ -365,6 +366,64 @@ Napi::Value OpenForWriting(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, rc == 1);
 }
 
+// ---- filesystem freeze and sync (freeze.h) ------------------------------------------------------
+
+#ifdef TENDER_HAVE_FSTATAT
+// Opens `path` read-only (a directory or a file: any open file of a filesystem names it).
+int openForIoctl(const Napi::Env& env, const Napi::Value& v, const char* call) {
+  if (!v.IsString()) throw Napi::TypeError::New(env, std::string(call) + "(path: string)");
+  const int fd = open(v.As<Napi::String>().Utf8Value().c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw errnoError(env, "open", errno);
+  return fd;
+}
+
+// thawFs(path): true when the filesystem holding path was frozen and is thawed now, false when it
+// was not frozen (FITHAW gives EINVAL); throws for anything else (EPERM: not root). FITHAW only
+// lifts the freeze, so it is quick and runs on the calling thread.
+Napi::Value ThawFs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int fd = openForIoctl(env, info[0], "thawFs");
+  const int err = tender::thawFs(fd);
+  close(fd);
+  if (err != 0 && err != EINVAL) throw errnoError(env, "FITHAW", err);
+  return Napi::Boolean::New(env, err == 0);
+}
+
+// syncFs(path): Promise<void>: syncfs(2) on the filesystem holding path, on a libuv worker
+// thread (writing back a volume's dirty pages can take seconds).
+class SyncFsWorker : public Napi::AsyncWorker {
+ public:
+  SyncFsWorker(Napi::Env env, int fd) : Napi::AsyncWorker(env), fd_(fd), deferred_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+ protected:
+  void Execute() override {
+    err_ = tender::syncFs(fd_);
+    close(fd_);
+  }
+  void OnOK() override {
+    if (err_ == 0) {
+      deferred_.Resolve(Env().Undefined());
+    } else {
+      deferred_.Reject(errnoError(Env(), "syncfs", err_).Value());
+    }
+  }
+
+ private:
+  int fd_;
+  int err_ = 0;
+  Napi::Promise::Deferred deferred_;
+};
+
+Napi::Value SyncFs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto* worker = new SyncFsWorker(env, openForIoctl(env, info[0], "syncFs"));
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+#endif
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("GearChunker", GearChunker::Init(env));
   exports.Set("shuffle", Napi::Function::New<Shuffle<true>>(env, "shuffle"));
@@ -390,6 +449,14 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   }
 #ifdef TENDER_HAVE_FSTATAT
   exports.Set("lstatAt", Napi::Function::New<LstatAt>(env, "lstatAt"));
+  if (const char* why = tender::freezeUnavailableReason()) {
+    exports.Set("freezeUnavailable", Napi::String::New(env, why));
+  } else {
+    exports.Set("thawFs", Napi::Function::New<ThawFs>(env, "thawFs"));
+    exports.Set("syncFs", Napi::Function::New<SyncFs>(env, "syncFs"));
+  }
+#else
+  exports.Set("freezeUnavailable", Napi::String::New(env, tender::freezeUnavailableReason()));
 #endif
   // Adding functions keeps abiVersion at 1: src/backup/chunk/native.ts checks it, and callers of
   // the new functions test for them (src/crypto/seal-into.ts).

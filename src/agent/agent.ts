@@ -12,12 +12,17 @@
 import { EventEmitter } from 'node:events';
 import { constants } from 'node:fs';
 import { access, stat } from 'node:fs/promises';
+import path from 'node:path';
 import type { KubeConfig } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { backup } from '../backup/archiver.js';
 import { Repository } from '../repo/repository.js';
 import { listSnapshots } from '../snapshots/select.js';
-import { openStorage } from '../storage/open.js';
+import { TenderError } from '../errors/errors.js';
+import { thawLeftFrozen } from '../quiesce/freeze.js';
+import { withHost } from '../quiesce/hooks.js';
+import { type QuiesceHooks, type QuiesceOptions, quiesceHooks } from '../quiesce/quiesce.js';
+import { localRepositoryPath, openStorage } from '../storage/open.js';
 import type { OpenStorageOptions } from '../storage/open.js';
 import { type Identity, type OperationEventMap, createOperationContext, processIdentity } from '../util/operation.js';
 import { Discovery, type ProtectedVolume } from './discovery.js';
@@ -120,6 +125,7 @@ export class Agent {
       onWriteError: () => this.metrics?.error('state_write'),
     });
     const state = await this.store.load();
+    this.thawLeftFrozen();
     const token = o.tokenFile ? await TokenSource.open(o.tokenFile) : undefined;
 
     this.policy = new PolicyWatcher({ ...(o.configFile ? { file: o.configFile } : {}), logger: this.log.child({ component: 'policy' }) });
@@ -224,6 +230,45 @@ export class Agent {
       'tender agent started',
     );
     return { port };
+  }
+
+  /** Freeze records live in the state directory (a hostPath): they outlive a restarted agent container. */
+  private freezeRecordDir(): string {
+    return path.join(this.options.stateDir, 'frozen');
+  }
+
+  /** The startup check: thaws what an earlier agent (killed with its freeze guard) left frozen. */
+  private thawLeftFrozen(): void {
+    for (const left of thawLeftFrozen(this.freezeRecordDir())) {
+      if (left.error) this.log.error({ path: left.path, err: left.error }, 'a filesystem left frozen by an earlier run could not be thawed');
+      else this.log.warn({ path: left.path, wasFrozen: left.thawed }, 'thawed a filesystem an earlier run had frozen');
+    }
+  }
+
+  /** The quiesce hooks for a volume whose pod asks for them (http hooks with an empty host call the pod's IP). */
+  private quiesceFor(volume: ProtectedVolume, signal: AbortSignal, log: Logger): QuiesceHooks | undefined {
+    const q = volume.quiesce;
+    if (!q) return undefined;
+    if (q.problems) {
+      throw new TenderError('TENDER_USAGE', `${describeVolume(volume)}: malformed quiesce annotations: ${q.problems.join('; ')}`, {
+        hint: 'fix the pod annotations; the volume is not backed up unquiesced meanwhile',
+      });
+    }
+    const repositoryDir = localRepositoryPath(this.options.repository.url);
+    const options: QuiesceOptions = {
+      ...(q.preHook ? { preHook: withHost(q.preHook, volume.podIP) } : {}),
+      ...(q.postHook ? { postHook: withHost(q.postHook, volume.podIP) } : {}),
+      hookTimeoutMs: q.hookTimeoutMs,
+      onError: q.onError,
+      fsfreeze: q.fsfreeze,
+      freezeTimeoutMs: q.freezeTimeoutMs,
+      recordDir: this.freezeRecordDir(),
+      keepWritable: repositoryDir ? [this.options.stateDir, repositoryDir] : [this.options.stateDir],
+    };
+    return quiesceHooks(() => options, {
+      signal,
+      report: (o) => (o.quiesced && !o.postHookError ? log.info(o, 'quiesced') : log.warn(o, 'not fully quiesced')),
+    });
   }
 
   /** Stops: runs are interrupted (and queued again for the next start), the state written, everything closed. */
@@ -388,6 +433,7 @@ export class Agent {
       for (const key of r.damaged) log.error({ object: key }, `${key} is damaged and was not indexed; run \`tender check --read-data\``);
     });
     const opCtx = createOperationContext({ signal: ctx.signal, events, logger: log, identity: { hostname: volume.identity, username: this.identity.username } });
+    const hooks = this.quiesceFor(volume, ctx.signal, log);
     const result = await backup(
       repo,
       {
@@ -400,6 +446,7 @@ export class Agent {
         ...(parent ? { parent } : {}),
         cacheNeutral: this.policy.policy.cacheNeutral,
         scan: true,
+        ...(hooks ? { hooks } : {}),
       },
       opCtx,
     );

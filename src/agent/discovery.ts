@@ -29,7 +29,7 @@ import {
 } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { errorText, OwnerResolver, statusCode, volumeIdentity, volumeTags, type Owner } from './identity.js';
-import { podInScope, podPolicy, type AgentPolicy, type Schedule } from './policy.js';
+import { podInScope, podPolicy, type AgentPolicy, type PodQuiesce, type Schedule } from './policy.js';
 import { checkVolumePath, claimName, locateVolume, readMountPoints, type ResolvedClaim } from './volumes.js';
 
 export interface ProtectedVolume {
@@ -48,6 +48,10 @@ export interface ProtectedVolume {
   /** Why there is no path (not mounted, PVC unbound, a secret volume, ...), for the user. */
   problem?: string;
   schedule: Schedule;
+  /** The quiesce protocol the pod's annotations ask for. */
+  quiesce?: PodQuiesce;
+  /** The pod's IP (an http hook with an empty host calls it). */
+  podIP?: string;
 }
 
 export interface DiscoveryChange {
@@ -524,6 +528,8 @@ export class Discovery extends EventEmitter {
         tags: volumeTags(pod, vol, owner, this.#opts.nodeName),
         ...(result.ok ? { path: result.path } : { problem: result.reason }),
         schedule: { ...pp.schedule },
+        ...(pp.quiesce ? { quiesce: pp.quiesce } : {}),
+        ...(pod.status?.podIP ? { podIP: pod.status.podIP } : {}),
       });
     }
     return out;

@@ -7,6 +7,15 @@
  *   tender.io/schedule: "0 * * * *"         5-field cron, in UTC (or @hourly, @daily, @weekly, @monthly, @yearly)
  *   tender.io/interval: 10m                 every 10 minutes (d, h, m, s: 1h30m, 90s)
  *
+ * Quiesce annotations (docs/design.md, "Quiesce"; for every backed-up volume of the pod):
+ *   tender.io/pre-hook: http://:8080/quiesce   POST before the read (empty host: the pod's IP), or
+ *                                              file:.tender-quiesce (a marker the trainer acknowledges)
+ *   tender.io/post-hook: http://:8080/resume   after the read, also after an error or a cancel
+ *   tender.io/hook-timeout: 30s                limit of each hook (ms, s, m, h)
+ *   tender.io/hook-on-error: fail              fail the run, or continue and record "not quiesced"
+ *   tender.io/fsfreeze: "true"                 freeze the volume's filesystem while it is read
+ *   tender.io/freeze-timeout: 10s              the longest it stays frozen (the guard thaws then)
+ *
  * The config file (YAML, mounted from a ConfigMap; PolicyWatcher reloads it on change):
  *   defaultVolumes: none            # none | emptyDir | all: the volumes of a pod without
  *                                   #   tender.io/backup-volumes (all = emptyDir volumes and PVCs)
@@ -33,12 +42,20 @@ import { CronExpressionParser } from 'cron-parser';
 import { minimatch } from 'minimatch';
 import type { Logger } from 'pino';
 import { parseDocument } from 'yaml';
+import { type HookSpec, parseHookSpec } from '../quiesce/hooks.js';
+import { DEFAULT_FREEZE_TIMEOUT_MS, DEFAULT_HOOK_TIMEOUT_MS, parseOnError, parseTimeout } from '../quiesce/quiesce.js';
 import { neverReason, volumeClass } from './volumes.js';
 
 export const ANNOTATION_BACKUP = 'tender.io/backup-volumes';
 export const ANNOTATION_EXCLUDE = 'tender.io/exclude-volumes';
 export const ANNOTATION_SCHEDULE = 'tender.io/schedule';
 export const ANNOTATION_INTERVAL = 'tender.io/interval';
+export const ANNOTATION_PRE_HOOK = 'tender.io/pre-hook';
+export const ANNOTATION_POST_HOOK = 'tender.io/post-hook';
+export const ANNOTATION_HOOK_TIMEOUT = 'tender.io/hook-timeout';
+export const ANNOTATION_HOOK_ON_ERROR = 'tender.io/hook-on-error';
+export const ANNOTATION_FSFREEZE = 'tender.io/fsfreeze';
+export const ANNOTATION_FREEZE_TIMEOUT = 'tender.io/freeze-timeout';
 
 export type DefaultVolumes = 'none' | 'emptyDir' | 'all';
 
@@ -187,10 +204,24 @@ export interface SelectedVolume {
   problem?: string;
 }
 
+/** The quiesce protocol a pod's annotations ask for (http hooks may have an empty host: the pod's IP). */
+export interface PodQuiesce {
+  preHook?: HookSpec;
+  postHook?: HookSpec;
+  hookTimeoutMs: number;
+  onError: 'fail' | 'continue';
+  fsfreeze: boolean;
+  freezeTimeoutMs: number;
+  /** Malformed quiesce annotations: a run fails with them rather than back up unquiesced. */
+  problems?: string[];
+}
+
 export interface PodPolicy {
   /** The volumes to protect, in the pod's order. */
   volumes: SelectedVolume[];
   schedule: Schedule;
+  /** Absent when the pod has no quiesce annotation. */
+  quiesce?: PodQuiesce;
   /** Problems with the pod's annotations, each naming the pod, the annotation and what is wrong. */
   errors: string[];
 }
@@ -270,7 +301,42 @@ export function podPolicy(pod: V1Pod, policy: AgentPolicy): PodPolicy {
       errors.push(`${podRef}: annotation ${ANNOTATION_INTERVAL}: ${(err as Error).message}; the default schedule is used`);
     }
   }
-  return { volumes, schedule, errors };
+  const quiesce = podQuiesce(annotations, podRef);
+  errors.push(...(quiesce?.problems ?? []));
+  return { volumes, schedule, errors, ...(quiesce ? { quiesce } : {}) };
+}
+
+function podQuiesce(annotations: Record<string, string>, podRef: string): PodQuiesce | undefined {
+  const keys = [ANNOTATION_PRE_HOOK, ANNOTATION_POST_HOOK, ANNOTATION_HOOK_TIMEOUT, ANNOTATION_HOOK_ON_ERROR, ANNOTATION_FSFREEZE, ANNOTATION_FREEZE_TIMEOUT];
+  if (!keys.some((k) => annotations[k] !== undefined)) return undefined;
+  const problems: string[] = [];
+  const parse = <T>(key: string, fn: (text: string, where: string) => T): T | undefined => {
+    const text = annotations[key];
+    if (text === undefined) return undefined;
+    try {
+      return fn(text, `${podRef}: annotation ${key}`);
+    } catch (err) {
+      problems.push((err as Error).message);
+      return undefined;
+    }
+  };
+  // Commands are refused: an annotation must not run commands in the agent's privileged container.
+  const hook = (text: string, where: string) => parseHookSpec(text, where, { allowCommand: false });
+  const preHook = parse(ANNOTATION_PRE_HOOK, hook);
+  const postHook = parse(ANNOTATION_POST_HOOK, hook);
+  const fsfreeze = parse(ANNOTATION_FSFREEZE, (text, where) => {
+    if (text.trim() !== 'true' && text.trim() !== 'false') throw new Error(`${where}: ${JSON.stringify(text)} is neither "true" nor "false"`);
+    return text.trim() === 'true';
+  });
+  return {
+    ...(preHook ? { preHook } : {}),
+    ...(postHook ? { postHook } : {}),
+    hookTimeoutMs: parse(ANNOTATION_HOOK_TIMEOUT, parseTimeout) ?? DEFAULT_HOOK_TIMEOUT_MS,
+    onError: parse(ANNOTATION_HOOK_ON_ERROR, parseOnError) ?? 'fail',
+    fsfreeze: fsfreeze ?? false,
+    freezeTimeoutMs: parse(ANNOTATION_FREEZE_TIMEOUT, parseTimeout) ?? DEFAULT_FREEZE_TIMEOUT_MS,
+    ...(problems.length > 0 ? { problems } : {}),
+  };
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import { BlobType } from '../repo/blob.js';
 import { idLength } from '../repo/ids.js';
 import type { Repository, RepositoryWriter } from '../repo/repository.js';
 import type { WriterSession } from '../repo/sessions.js';
-import type { Snapshot, SnapshotSummary } from '../repo/snapshot/snapshot.js';
+import type { Snapshot, SnapshotAnnotations, SnapshotSummary } from '../repo/snapshot/snapshot.js';
 import { type Tree, type TreeNode, sameNode } from '../repo/snapshot/tree.js';
 import { type OperationContext, cancelledError, throwIfCancelled } from '../util/operation.js';
 import { Permits } from '../util/permits.js';
@@ -60,6 +60,8 @@ export interface BackupOptions {
 export interface BackupHooks {
   aroundRoot?<T>(root: string, run: () => Promise<T>): Promise<T>;
   aroundFile?<T>(path: string, size: number, read: () => Promise<T>): Promise<T>;
+  /** Fields for the snapshot (what the hooks found, e.g. how each root was quiesced); called once every root is read. */
+  annotate?(): SnapshotAnnotations;
 }
 
 export interface BackupResult {
@@ -399,6 +401,7 @@ async function runBackup(
       ...(options.parent ? { parent: options.parent.id } : {}),
       program: `tender ${version}`,
       summary,
+      ...hooks.annotate?.(),
     };
     throwIfCancelled(signal);
     const snapshotId = await session.commit(snapshot);

@@ -22,6 +22,8 @@ export type ErrorCode =
   /** The operation's AbortSignal fired (Ctrl-C, SIGTERM, an agent's DELETE /v1/runs/{id}). */
   | 'TENDER_CANCELLED'
   | 'TENDER_IO'
+  /** A quiesce step (hook, syncfs, fsfreeze) failed under the on-error policy "fail". */
+  | 'TENDER_QUIESCE'
   /** A bug or an unexpected failure inside tender (worker thread, invariant). */
   | 'TENDER_INTERNAL';
 

@@ -24,11 +24,18 @@ export async function openBackend(url: string, options: StorageOptions = {}): Pr
     const { openS3Storage } = await import('./s3.js');
     return openS3Storage(url, options);
   }
-  const dir = url.startsWith('local:') ? url.slice('local:'.length) : url;
-  if (dir === '' || /^[a-z][a-z0-9+.-]*:\/\//i.test(dir)) {
+  const dir = localRepositoryPath(url);
+  if (dir === undefined) {
     throw new TenderError('TENDER_USAGE', `unsupported repository location ${JSON.stringify(url)}`, {
       hint: 'use a directory path, local:/path or s3://bucket/prefix',
     });
   }
-  return new FsStorage(path.resolve(dir));
+  return new FsStorage(dir);
+}
+
+/** The directory of a local repository URL (`local:/path` or a plain path); undefined for any other. */
+export function localRepositoryPath(url: string): string | undefined {
+  if (url.startsWith('s3:')) return undefined;
+  const dir = url.startsWith('local:') ? url.slice('local:'.length) : url;
+  return dir === '' || /^[a-z][a-z0-9+.-]*:\/\//i.test(dir) ? undefined : path.resolve(dir);
 }

@@ -51,6 +51,12 @@ export interface NativeAddon {
   leaseUnavailable?: string;
   /** Why residentPages/dropPages are missing (not Linux). */
   pageCacheUnavailable?: string;
+  /** FITHAW on the filesystem holding `path`: true when it was frozen, false when it was not (EINVAL). */
+  thawFs?(path: string): boolean;
+  /** syncfs(2) on the filesystem holding `path`, on a libuv worker thread. */
+  syncFs?(path: string): Promise<void>;
+  /** Why thawFs/syncFs are missing (not Linux). */
+  freezeUnavailable?: string;
   abiVersion: number;
 }
 
@@ -77,6 +83,11 @@ export function packageRoot(): string {
 
 export function nativeAddonPath(): string {
   return join(packageRoot(), ADDON_RELATIVE_PATH);
+}
+
+/** The freeze guard executable built next to the addon (native/src/freeze_guard.cc; Linux only). */
+export function freezeGuardPath(): string {
+  return join(packageRoot(), 'native', 'build', 'Release', 'tender-freeze-guard');
 }
 
 export function nativeDisabled(): boolean {

@@ -1,6 +1,10 @@
 import type { Command } from 'commander';
 import { type BackupProgress, backup } from '../../backup/archiver.js';
-import { ExitCode } from '../../errors/errors.js';
+import { ExitCode, TenderError } from '../../errors/errors.js';
+import { defaultFreezeRecordDir, thawLeftFrozen } from '../../quiesce/freeze.js';
+import { parseHookSpec } from '../../quiesce/hooks.js';
+import { type QuiesceOptions, type QuiesceOutcome, parseOnError, parseTimeout, quiesceHooks } from '../../quiesce/quiesce.js';
+import { localRepositoryPath } from '../../storage/open.js';
 import { collect } from '../args.js';
 import { globalOptions, print, printJson, withRepository } from '../context.js';
 import { formatBytes, formatRate } from '../format.js';
@@ -14,6 +18,13 @@ interface BackupCliOptions {
   parent?: string;
   force?: boolean;
   cacheNeutral?: boolean;
+  preHook?: string;
+  postHook?: string;
+  hookTimeout: string;
+  hookOnError: string;
+  fsfreeze?: boolean;
+  freezeTimeout: string;
+  whileFrozen?: string;
 }
 
 export function registerBackup(program: Command): void {
@@ -26,8 +37,17 @@ export function registerBackup(program: Command): void {
     .option('--parent <snapshot>', 'compare with this snapshot to skip unchanged files (default: latest with the same host and paths)')
     .option('--force', 'read every file, ignoring the parent snapshot')
     .option('--cache-neutral', "leave the page cache as it was: evict what this backup's reads bring in (Linux)")
+    .option('--pre-hook <hook>', 'before each path is read: a shell command, http://HOST:PORT/PATH (POST, 2xx = quiesced) or file:NAME (a marker the trainer acknowledges)')
+    .option('--post-hook <hook>', 'after each path is read, also after an error or a cancel (same forms)')
+    .option('--hook-timeout <duration>', 'limit of each hook', '30s')
+    .option('--hook-on-error <policy>', 'a failed quiesce step: fail (end the backup) or continue (record "not quiesced")', 'fail')
+    .option('--fsfreeze', "freeze each path's filesystem (FIFREEZE, root): while --while-frozen runs, else while the path is read")
+    .option('--freeze-timeout <duration>', 'the longest a filesystem stays frozen: a guard process thaws it then, even if tender is killed', '10s')
+    .option('--while-frozen <command>', 'run while the filesystem is frozen (take a storage snapshot); the read follows the thaw')
     .action(async (paths: string[], opts: BackupCliOptions, command: Command) => {
       const g = globalOptions(command);
+      const quiesce = quiesceOptions(opts, localRepositoryPath(g.repo ?? process.env.TENDER_REPOSITORY ?? ''));
+      thawWhatEarlierRunsLeftFrozen();
       await withRepository(g, async (repo, ctx) => {
         const absolute = paths.map((p) => path.resolve(p));
         const host = opts.host ?? ctx.identity.hostname;
@@ -37,6 +57,15 @@ export function registerBackup(program: Command): void {
             ? await selectSnapshot(repo, opts.parent)
             : (await listSnapshots(repo, { host, paths: absolute })).filter((s) => s.snapshot.paths.length === absolute.length).at(-1);
         const progress = createProgress(progressMode(!!g.json, !!g.quiet), 'backup');
+        const hooks = quiesce
+          ? quiesceHooks(() => quiesce, {
+              signal: ctx.signal,
+              report: (o) => {
+                if (g.json) printJson({ message_type: 'quiesce', ...o });
+                else if (!g.quiet || !o.quiesced || o.postHookError) process.stderr.write(describeQuiesce(o) + '\n');
+              },
+            })
+          : undefined;
         let result;
         try {
           ctx.events.on('progress', (p) => progress.update(p as BackupProgress));
@@ -57,6 +86,7 @@ export function registerBackup(program: Command): void {
               ...(parent ? { parent } : {}),
               scan: !g.quiet,
               cacheNeutral: opts.cacheNeutral === true,
+              ...(hooks ? { hooks } : {}),
             },
             ctx,
           );
@@ -78,4 +108,53 @@ export function registerBackup(program: Command): void {
         }
       });
     });
+}
+
+/** The quiesce protocol the flags ask for, or undefined when they ask for none. */
+function quiesceOptions(opts: BackupCliOptions, localRepository: string | undefined): QuiesceOptions | undefined {
+  const hookTimeoutMs = parseTimeout(opts.hookTimeout, '--hook-timeout');
+  const freezeTimeoutMs = parseTimeout(opts.freezeTimeout, '--freeze-timeout');
+  const onError = parseOnError(opts.hookOnError, '--hook-on-error');
+  if (opts.whileFrozen !== undefined && !opts.fsfreeze) {
+    throw new TenderError('TENDER_USAGE', '--while-frozen runs while the filesystem is frozen: it needs --fsfreeze', { hint: 'add --fsfreeze' });
+  }
+  if (opts.preHook === undefined && opts.postHook === undefined && !opts.fsfreeze) return undefined;
+  const hook = (text: string | undefined, flag: string, name: 'preHook' | 'postHook' | 'whileFrozen') =>
+    text === undefined ? {} : { [name]: parseHookSpec(text, flag, { allowCommand: true }) };
+  return {
+    ...hook(opts.preHook, '--pre-hook', 'preHook'),
+    ...hook(opts.postHook, '--post-hook', 'postHook'),
+    ...hook(opts.whileFrozen, '--while-frozen', 'whileFrozen'),
+    hookTimeoutMs,
+    onError,
+    fsfreeze: opts.fsfreeze === true,
+    freezeTimeoutMs,
+    recordDir: defaultFreezeRecordDir(),
+    keepWritable: localRepository ? [localRepository] : [],
+  };
+}
+
+function describeQuiesce(o: QuiesceOutcome): string {
+  const frozen = o.frozenMs !== undefined ? `, frozen for ${o.frozenMs} ms` : '';
+  const state = o.quiesced ? `quiesced${frozen}` : `NOT quiesced${frozen}: ${o.reasons!.join('; ')}`;
+  return `${o.path}: ${state}${o.postHookError ? `; post-hook failed: ${o.postHookError}` : ''}`;
+}
+
+/** The startup check (docs/design.md, "Quiesce"); a record directory this user cannot read is a warning, not a failure. */
+function thawWhatEarlierRunsLeftFrozen(): void {
+  const dir = defaultFreezeRecordDir();
+  let left;
+  try {
+    left = thawLeftFrozen(dir);
+  } catch (err) {
+    process.stderr.write(`warning: cannot check ${dir} for filesystems an earlier run left frozen: ${(err as Error).message}\n`);
+    return;
+  }
+  for (const l of left) {
+    process.stderr.write(
+      l.error
+        ? `warning: ${l.path} may still be frozen by an earlier run and could not be thawed: ${l.error}\n`
+        : `${l.path}: ${l.thawed ? 'thawed, left frozen by an earlier run' : 'an earlier run had frozen it; it is no longer frozen'}\n`,
+    );
+  }
 }

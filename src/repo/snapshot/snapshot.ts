@@ -61,6 +61,21 @@ export function emptyKindSummary(layout: string, dtype: string): KindSummary {
 
 /** Orders kinds by layout, then dtype. */
 export const compareKinds = (a: KindSummary, b: KindSummary): number => a.layout.localeCompare(b.layout) || a.dtype.localeCompare(b.dtype);
+/** How one backup path was quiesced around its read (docs/design.md, "Quiesce"). */
+export interface SnapshotQuiesce {
+  path: string;
+  /** Every configured step (hooks, syncfs, fsfreeze) succeeded. */
+  quiesced: boolean;
+  /** Why not: one line per failed step. */
+  reasons?: string[];
+  /** How long the filesystem was frozen, when it was. */
+  frozenMs?: number;
+  /** The post-hook failed (the data is unaffected; the trainer may not have been told to go on). */
+  postHookError?: string;
+}
+
+/** Fields a backup's hooks add to its snapshot. */
+export type SnapshotAnnotations = Pick<Snapshot, 'quiesce'>;
 
 export interface Snapshot {
   version: 1;
@@ -74,6 +89,8 @@ export interface Snapshot {
   parent?: string;
   program: string;
   summary?: SnapshotSummary;
+  /** One entry per backup path that was quiesced; absent when no quiesce was asked for. */
+  quiesce?: SnapshotQuiesce[];
 }
 
 export function encodeSnapshot(encryptionKey: Uint8Array, snapshot: Snapshot): Buffer {
@@ -102,9 +119,23 @@ export function decodeSnapshot(encryptionKey: Uint8Array, stored: Buffer): Snaps
     typeof s.username !== 'string' ||
     !strings(s.paths) ||
     !strings(s.tags) ||
-    (s.parent !== undefined && (typeof s.parent !== 'string' || !isHexId(s.parent)))
+    (s.parent !== undefined && (typeof s.parent !== 'string' || !isHexId(s.parent))) ||
+    (s.quiesce !== undefined && !(Array.isArray(s.quiesce) && s.quiesce.every(isQuiesceEntry)))
   ) {
     throw new FormatError('snapshot lacks required fields or has malformed ones');
   }
   return s;
+}
+
+function isQuiesceEntry(q: unknown): boolean {
+  const e = q as SnapshotQuiesce;
+  return (
+    typeof e === 'object' &&
+    e !== null &&
+    typeof e.path === 'string' &&
+    typeof e.quiesced === 'boolean' &&
+    (e.reasons === undefined || (Array.isArray(e.reasons) && e.reasons.every((r) => typeof r === 'string'))) &&
+    (e.frozenMs === undefined || (typeof e.frozenMs === 'number' && e.frozenMs >= 0)) &&
+    (e.postHookError === undefined || typeof e.postHookError === 'string')
+  );
 }
