@@ -22,6 +22,8 @@
 // hierarchy (/sys/fs/cgroup/unified) for its PSI. Targets (issue 13): polite tender costs the
 // trainer ≤ 5% throughput and ≤ 10% p99; with the idle-phased trainer it runs at ≥ 50% of its
 // unthrottled speed. Results: printed, and written to bench/results/polite-<timestamp>.md/.json.
+// The trainer's io stall % (its cgroup's PSI) shows what the pressure threshold acts on: set
+// --polite's io= between the stall of "trainer alone" and that of "trainer + tender unthrottled".
 import { execFileSync, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -130,11 +132,19 @@ async function runTender(extra) {
   return { MiBps: bytes / MiB / seconds, notes };
 }
 
+/** Microseconds the trainer's tasks were stalled on I/O so far (its cgroup's io.pressure `some` total). */
+function trainerStallUs() {
+  return Number(/^some .*total=(\d+)/m.exec(fs.readFileSync(path.join(psiDir, 'io.pressure'), 'utf8'))[1]);
+}
+
 async function scenario(label, { trainer, tender, idlePhased = false }) {
   dropCaches();
   console.error(`-- ${label}`);
+  const stallBefore = trainerStallUs();
+  const started = performance.now();
   const [t, b] = await Promise.all([trainer ? startTrainer(idlePhased) : undefined, tender ? runTender(tender) : undefined]);
-  return { label, trainer: t, tender: b };
+  const stallPercent = ((trainerStallUs() - stallBefore) / ((performance.now() - started) * 1000)) * 100;
+  return { label, trainer: t && { ...t, ioStallPercent: stallPercent }, tender: b };
 }
 
 const polite = [...politeFlags, '--pressure-cgroup', psiDir];
@@ -170,12 +180,13 @@ const rows = results.map((r) => {
     t && base.trainer && r !== base ? pct(t.readMiBps, base.trainer.readMiBps) : '',
     t ? t.p99ms.toFixed(1) : '',
     t && base.trainer && r !== base ? pct(t.p99ms, base.trainer.p99ms) : '',
+    t ? t.ioStallPercent.toFixed(1) : '',
     r.tender ? r.tender.MiBps.toFixed(1) : '',
-    r.tender && unthrottled.tender && r !== unthrottled ? `${((r.tender.MiBps / unthrottled.tender.MiBps) * 100).toFixed(0)}%` : '',
+    r.tender && r.trainer && unthrottled.tender && r !== unthrottled ? `${((r.tender.MiBps / unthrottled.tender.MiBps) * 100).toFixed(0)}%` : '',
     r.tender ? String(r.tender.notes.length) : '',
   ];
 });
-const header = ['case', 'trainer MiB/s', 'Δ vs alone', 'trainer p99 ms', 'Δ p99', 'tender MiB/s', 'of unthrottled', 'throttle changes'];
+const header = ['case', 'trainer MiB/s', 'Δ vs alone', 'trainer p99 ms', 'Δ p99', 'trainer io stall %', 'tender MiB/s', 'of unthrottled', 'throttle changes'];
 const table = [header, header.map(() => '---'), ...rows].map((r) => `| ${r.join(' | ')} |`).join('\n');
 const setup = `${seconds} s per case; trainer ${trainerOps} ops/s (1 MiB read + 256 KiB write), idle phases ${phases}; dataset ${datasetMiB} MiB; polite flags: ${polite.join(' ')}; cgroup ${v2 ? 'v2' : 'v1 + unified PSI'}`;
 console.log(`\n${setup}\n\n${table}\n`);
