@@ -6,13 +6,14 @@
 // trainer (busy and idle spells, as a trainer between epochs or evaluating), where polite tender
 // should run at least at half its unthrottled speed. Tender alone gives its baseline speed.
 //
-//   sudo node bench/polite.mjs                         # defaults: 60 s per case, 4 GiB dataset
+//   sudo node bench/polite.mjs                         # defaults: 90 s per case, 4 GiB dataset
 //   node bench/polite.mjs --seconds 8 --dataset-mib 512 --trainer-file-mib 256   # smoke
 //
-// Options: --seconds S (per case, default 60), --dataset-mib N (what tender backs up, default
+// Options: --seconds S (per case, default 90), --dataset-mib N (what tender backs up, default
 // 4096), --trainer-file-mib N (what the trainer reads, default 2048), --trainer-ops N (operations
 // per second, default 50: 50 MiB/s of reads + 12.5 MiB/s of writes), --phases B:I (busy:idle
-// seconds of the idle-phased trainer, default 10:10), --polite "FLAGS" (default
+// seconds of the idle-phased trainer, default 15:30: polite tender waits 5 s of quiet before it
+// speeds up again), --polite "FLAGS" (default
 // "--pressure-backoff io=10"; --pressure-cgroup is added), --data-dir DIR (default
 // bench/.data/polite), --keep.
 //
@@ -36,11 +37,11 @@ const opt = (name, fallback) => {
   const i = argv.indexOf(`--${name}`);
   return i >= 0 ? argv[i + 1] : fallback;
 };
-const seconds = Number(opt('seconds', 60));
+const seconds = Number(opt('seconds', 90));
 const datasetMiB = Number(opt('dataset-mib', 4096));
 const trainerFileMiB = Number(opt('trainer-file-mib', 2048));
 const trainerOps = Number(opt('trainer-ops', 50));
-const phases = opt('phases', '10:10');
+const phases = opt('phases', '15:30');
 const politeFlags = opt('polite', '--pressure-backoff io=10').split(/\s+/).filter(Boolean);
 const dataDir = path.resolve(opt('data-dir', path.join(ROOT, 'bench/.data/polite')));
 const keep = argv.includes('--keep');
