@@ -10,12 +10,15 @@
  *   storage/                     util, errors  (knows nothing of repositories)
  *   quiesce/                     util, errors  (hooks, syncfs, fsfreeze around a volume's read;
  *                                cli/ and agent/ hand it to a backup as BackupHooks)
+ *   polite/                      util, errors  (budgets, cgroup box, PSI, the governor; cli/
+ *                                and agent/ plug it into operations through their hooks)
  *   repo/                        storage, transform, crypto, workers, util, errors
  *   checkpoint/                  util, errors  (checkpoint layouts and completeness; used by
  *                                operations and cli/agent)
  *   operations: backup/ restore/ prune/ check/ policy/ snapshots/
  *                                repo and everything under it except storage/ (only the
  *                                repository touches storage objects), and each other
+ *                                (never polite/: cli/ and agent/ hand it in through hooks)
  *   velero/                      the Velero data-mover controller, at the agent's level: operations,
  *                                repo, storage/open, util, errors; never agent/ or cli/ (the agent
  *                                composes it and hands it the run queue)
@@ -25,7 +28,7 @@
  * Plus: no import cycles; src/ never imports test code, vitest or a devDependency at run time.
  * Run by hand: `npm run lint:deps`; test/boundaries.test.ts runs it with the tests.
  */
-const known = 'errors|util|crypto|transform|workers|storage|quiesce|repo|checkpoint|backup|restore|prune|check|policy|snapshots|velero|cli|agent';
+const known = 'errors|util|crypto|transform|workers|storage|quiesce|polite|repo|checkpoint|backup|restore|prune|check|policy|snapshots|velero|cli|agent';
 const operations = 'backup|restore|prune|check|policy|snapshots';
 
 /** A rule: files under `from` may import from src/ only what is under `allowed` (folder names). */
@@ -68,6 +71,7 @@ module.exports = {
       'checkpoint|util|errors',
       'checkpoint/ reads checkpoint files on its own: util/ and errors/ only.',
     ),
+    onlyImports('polite-only-util', 'polite', 'polite|util|errors', 'polite/ sits on util/ and errors/ only: it is handed to operations and storage by cli/ and agent/.'),
     onlyImports(
       'repo-not-operations',
       'repo',
@@ -94,6 +98,13 @@ module.exports = {
       severity: 'error',
       from: { path: `^src/(${operations})/` },
       to: { path: '^src/storage/' },
+    },
+    {
+      name: 'operations-not-polite',
+      comment: 'Politeness is policy: cli/ and agent/ plug it into operations through BackupHooks and the storage stack.',
+      severity: 'error',
+      from: { path: `^src/(${operations})/` },
+      to: { path: '^src/polite/' },
     },
     {
       name: 'cli-only-agent-entry',

@@ -62,6 +62,12 @@ export interface BackupHooks {
   aroundFile?<T>(path: string, size: number, read: () => Promise<T>): Promise<T>;
   /** Fields for the snapshot (what the hooks found, e.g. how each root was quiesced); called once every root is read. */
   annotate?(): SnapshotAnnotations;
+  /**
+   * Awaited before each read of file content with the bytes about to be read (a small file's
+   * size; at most 1 MiB of a large file): a rate limit or pause on reading. Rejecting with the
+   * signal's reason cancels the backup; any other rejection fails the file being read.
+   */
+  beforeRead?(bytes: number, signal: AbortSignal): Promise<void>;
 }
 
 export interface BackupResult {
@@ -217,6 +223,7 @@ async function runBackup(
     },
     readCache,
     signal,
+    hooks.beforeRead ? (bytes, s) => hooks.beforeRead!(bytes, s) : undefined,
   );
   const readers: LimitFunction = pLimit(fileConcurrency);
   const hardlinks = new Map<string, Promise<FileContent>>();

@@ -22,6 +22,7 @@ interface AgentCliOptions {
   dataMoverImage?: string;
   dataMoverPrepareTimeout: number;
   dataMoverMaxJobs: number;
+  cgroupRoot: string;
 }
 
 /**
@@ -38,7 +39,8 @@ export function registerAgent(program: Command): void {
     .option('--listen <addr>', 'HTTP API and metrics address: HOST:PORT or :PORT', ':8085')
     .option('--config <file>', 'policy file (YAML, e.g. a mounted ConfigMap), reloaded when it changes')
     .option('--state-dir <dir>', 'where run records are kept across restarts', '/var/lib/tender')
-    .option('--token-file <file>', 'bearer token required by POST and DELETE (env TENDER_AGENT_TOKEN_FILE; e.g. a mounted Secret)')
+    .option('--token-file <file>', 'bearer token required by POST, PUT and DELETE (env TENDER_AGENT_TOKEN_FILE; e.g. a mounted Secret)')
+    .option('--cgroup-root <dir>', "the host's cgroup v2 mount as seen here, where the pods' cgroups and their PSI are found", '/sys/fs/cgroup')
     .addOption(new Option('--max-concurrent-runs <n>', 'backups running at once on this node (default: the policy file, else 1)').argParser(positiveInt))
     .addOption(new Option('--max-finished-runs <n>', 'finished runs kept in the state directory').argParser(positiveInt).default(100))
     .option('--data-mover', "also be Velero's data mover for `velero backup create --snapshot-move-data --data-mover tender` (DataUploads/DataDownloads)")
@@ -90,6 +92,7 @@ export function registerAgent(program: Command): void {
         ...(opts.maxConcurrentRuns !== undefined ? { maxConcurrentRuns: opts.maxConcurrentRuns } : {}),
         maxFinishedRuns: opts.maxFinishedRuns,
         ...(opts.dataMover ? { dataMover: { namespace: opts.veleroNamespace, image: image!, prepareTimeoutMs: opts.dataMoverPrepareTimeout * 1000, maxJobs: opts.dataMoverMaxJobs } } : {}),
+        cgroupRoot: opts.cgroupRoot,
         repository: {
           url,
           storage: {
