@@ -7,6 +7,7 @@
 #include <string>
 
 #include "gear.h"
+#include "nvml.h"
 #include "pagecache.h"
 
 #if defined(__linux__) || defined(__APPLE__)
@@ -372,6 +373,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
 #ifdef TENDER_HAVE_FSTATAT
   exports.Set("lstatAt", Napi::Function::New<LstatAt>(env, "lstatAt"));
 #endif
+  tender::exportNvml(env, exports);
   // Adding functions keeps abiVersion at 1: src/backup/chunk/native.ts checks it, and callers of
   // the new functions test for them (src/crypto/seal-into.ts).
   exports.Set("abiVersion", Napi::Number::New(env, 1));
