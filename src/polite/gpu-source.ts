@@ -29,6 +29,31 @@ export interface FoundGpuReader extends GpuReader {
   readonly description: string;
 }
 
+/** Which source to use, as a user names it (the CLI's --gpu-source, the agent's gpuSource). */
+export type GpuSourceChoice = Pick<GpuSourceOptions, 'sources' | 'nvmlLibrary' | 'nvidiaSmi' | 'dcgmUrl'>;
+
+const choiceSyntax = 'nvml[=LIBRARY], nvidia-smi[=PATH] or dcgm=URL';
+
+/** `nvml[=LIBRARY]`, `nvidia-smi[=PATH]` or `dcgm=URL`: that source only. */
+export function parseGpuSource(text: string): GpuSourceChoice {
+  const eq = text.indexOf('=');
+  const kind = eq < 0 ? text : text.slice(0, eq);
+  const value = eq < 0 ? undefined : text.slice(eq + 1);
+  if (value === '') throw new Error(`${JSON.stringify(text)} names nothing after "=" (expected ${choiceSyntax})`);
+  switch (kind) {
+    case 'nvml':
+      return { sources: ['nvml'], ...(value !== undefined ? { nvmlLibrary: value } : {}) };
+    case 'nvidia-smi':
+      return { sources: ['nvidia-smi'], ...(value !== undefined ? { nvidiaSmi: value } : {}) };
+    case 'dcgm':
+      if (value === undefined) throw new Error(`dcgm needs the exporter's URL, e.g. dcgm=http://127.0.0.1:9400/metrics`);
+      if (!/^https?:\/\/./.test(value)) throw new Error(`${JSON.stringify(value)} is not an http(s) URL of a DCGM exporter`);
+      return { sources: ['dcgm'], dcgmUrl: value };
+    default:
+      throw new Error(`${JSON.stringify(text)} is not a GPU source (expected ${choiceSyntax})`);
+  }
+}
+
 const sourceLabel: Record<GpuSourceKind, string> = { nvml: 'NVML', 'nvidia-smi': 'nvidia-smi', dcgm: 'DCGM' };
 
 /**

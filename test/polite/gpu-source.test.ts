@@ -4,7 +4,7 @@ import path from 'node:path';
 import { Writable } from 'node:stream';
 import { type Logger, pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openGpuReader } from '../../src/polite/gpu-source.js';
+import { openGpuReader, parseGpuSource } from '../../src/polite/gpu-source.js';
 import {
   type FakeDcgmExporter,
   type FakeNvidiaSmi,
@@ -138,5 +138,19 @@ describe('openGpuReader', () => {
     expect(reader).toBeNull();
     await flushed();
     expect(lines.map((l) => l.msg)).toEqual([`no GPU found (DCGM: GET ${dcgm.url} answered HTTP 404 Not Found): GPU backoff is off`]);
+  });
+});
+
+describe('parseGpuSource', () => {
+  it('names one source, with its library, command or URL', () => {
+    expect(parseGpuSource('nvml')).toEqual({ sources: ['nvml'] });
+    expect(parseGpuSource('nvml=/opt/nvidia/libnvidia-ml.so.1')).toEqual({ sources: ['nvml'], nvmlLibrary: '/opt/nvidia/libnvidia-ml.so.1' });
+    expect(parseGpuSource('nvidia-smi')).toEqual({ sources: ['nvidia-smi'] });
+    expect(parseGpuSource('nvidia-smi=/usr/bin/nvidia-smi')).toEqual({ sources: ['nvidia-smi'], nvidiaSmi: '/usr/bin/nvidia-smi' });
+    expect(parseGpuSource('dcgm=http://10.0.0.5:9400/metrics')).toEqual({ sources: ['dcgm'], dcgmUrl: 'http://10.0.0.5:9400/metrics' });
+    expect(() => parseGpuSource('dcgm')).toThrow("dcgm needs the exporter's URL, e.g. dcgm=http://127.0.0.1:9400/metrics");
+    expect(() => parseGpuSource('dcgm=10.0.0.5:9400')).toThrow('"10.0.0.5:9400" is not an http(s) URL of a DCGM exporter');
+    expect(() => parseGpuSource('nvml=')).toThrow('"nvml=" names nothing after "=" (expected nvml[=LIBRARY], nvidia-smi[=PATH] or dcgm=URL)');
+    expect(() => parseGpuSource('rocm')).toThrow('"rocm" is not a GPU source (expected nvml[=LIBRARY], nvidia-smi[=PATH] or dcgm=URL)');
   });
 });
