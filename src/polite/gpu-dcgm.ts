@@ -1,3 +1,5 @@
+import { request as httpRequest } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import { checkTimeout, checkedSamples, settleWithin } from './gpu-common.js';
 import type { GpuReader, GpuSample } from './gpu-reader.js';
 
@@ -58,28 +60,31 @@ class DcgmReader implements GpuReader {
 
   async close(): Promise<void> {}
 
-  async #get(signal: AbortSignal): Promise<string> {
+  /** One GET on a connection of its own (no keep-alive: an idle pooled socket would hold the process open at exit). */
+  #get(signal: AbortSignal): Promise<string> {
     const where = this.#url.href;
-    let response: Response;
-    try {
-      response = await fetch(where, { signal, headers: { accept: 'text/plain' } });
-    } catch (err) {
-      if (signal.aborted) throw err;
-      const cause = (err as { cause?: { message?: string } }).cause?.message;
-      throw new Error(`cannot GET ${where}: ${cause ?? (err as Error).message}`);
-    }
-    if (response.status !== 200) {
-      await response.body?.cancel();
-      throw new Error(`GET ${where} answered HTTP ${response.status} ${response.statusText}`.trimEnd());
-    }
-    const chunks: Uint8Array[] = [];
-    let bytes = 0;
-    for await (const chunk of response.body ?? []) {
-      bytes += chunk.length;
-      if (bytes > maxBodyBytes) throw new Error(`GET ${where} sent more than ${maxBodyBytes} bytes: not an exporter's metrics`);
-      chunks.push(chunk);
-    }
-    return Buffer.concat(chunks).toString('utf8');
+    const request = this.#url.protocol === 'https:' ? httpsRequest : httpRequest;
+    return new Promise<string>((resolve, reject) => {
+      const req = request(this.#url, { signal, agent: false, headers: { accept: 'text/plain' } }, (res) => {
+        if (res.statusCode !== 200) {
+          res.resume();
+          reject(new Error(`GET ${where} answered HTTP ${res.statusCode} ${res.statusMessage ?? ''}`.trimEnd()));
+          return;
+        }
+        const chunks: Buffer[] = [];
+        let bytes = 0;
+        res.on('data', (chunk: Buffer) => {
+          bytes += chunk.length;
+          if (bytes <= maxBodyBytes) return void chunks.push(chunk);
+          req.destroy();
+          reject(new Error(`GET ${where} sent more than ${maxBodyBytes} bytes: not an exporter's metrics`));
+        });
+        res.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+        res.on('error', (err) => reject(new Error(`GET ${where} broke off: ${err.message}`)));
+      });
+      req.on('error', (err) => reject(signal.aborted ? signal.reason : new Error(`cannot GET ${where}: ${err.message}`)));
+      req.end();
+    });
   }
 }
 
