@@ -1,4 +1,3 @@
-import type { Logger } from 'pino';
 import { dcgmReader } from './gpu-dcgm.js';
 import { defaultNvmlLibrary, openNvmlReader } from './gpu-nvml.js';
 import type { GpuReader, GpuSample } from './gpu-reader.js';
@@ -20,7 +19,8 @@ export interface GpuSourceOptions {
   readonly dcgmUrl?: string;
   /** The limit on every call into a source: opening it, each reading. */
   readonly timeoutMs: number;
-  readonly logger: Logger;
+  /** Gets the one line saying which source was found, or that none was (a pino Logger fits). */
+  readonly logger: { info(fields: Record<string, unknown>, message: string): void };
 }
 
 /** The reader that was found, and what it found, for startup logs and metrics. */
