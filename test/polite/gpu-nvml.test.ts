@@ -164,6 +164,25 @@ describe('NVML reader (stub libnvidia-ml)', () => {
     for (const open of opens) await expect(open).rejects.toThrow(/did not answer nvmlInit_v2 within 1500 ms/);
   });
 
+  it('close() returns at the timeout when nvmlShutdown hangs', async () => {
+    await stub.script(['count 1']);
+    const r = await reader();
+    await stub.script(['hang nvmlShutdown']);
+    await r.close();
+    expect(await stub.hung()).toContain('nvmlShutdown');
+  });
+
+  it('without the native addon, NVML says why it cannot be read', async () => {
+    const saved = process.env.TENDER_NATIVE;
+    process.env.TENDER_NATIVE = '0';
+    try {
+      await expect(reader()).rejects.toThrow("NVML is read through tender's native addon, which is unavailable: disabled by TENDER_NATIVE=0");
+    } finally {
+      if (saved === undefined) delete process.env.TENDER_NATIVE;
+      else process.env.TENDER_NATIVE = saved;
+    }
+  });
+
   it('a process whose NVML call hangs for good still exits by itself', async () => {
     // dist/ is what bin/tender.js runs (npm run build); the child is a plain node process.
     const script = `
