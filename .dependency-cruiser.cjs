@@ -8,18 +8,20 @@
  *   transform/                   crypto, util, errors
  *   workers/                     transform, crypto, util, errors
  *   storage/                     util, errors  (knows nothing of repositories)
- *   polite/                      util, errors  (the politeness governor and its sensors; cli/ and agent/ use it)
+ *   polite/                      util, errors  (budgets, cgroup box, PSI, the governor; cli/
+ *                                and agent/ plug it into operations through their hooks)
  *   repo/                        storage, transform, crypto, workers, util, errors
  *   operations: backup/ restore/ prune/ check/ policy/ snapshots/
  *                                repo and everything under it except storage/ (only the
  *                                repository touches storage objects), and each other
+ *                                (never polite/: cli/ and agent/ hand it in through hooks)
  *   cli/ agent/                  anything; cli/ may use agent/ only through its entry
  *                                (agent/agent.ts), agent/ never uses cli/
  *
  * Plus: no import cycles; src/ never imports test code, vitest or a devDependency at run time.
  * Run by hand: `npm run lint:deps`; test/boundaries.test.ts runs it with the tests.
  */
-const known = 'errors|util|crypto|transform|workers|storage|repo|backup|restore|prune|check|policy|snapshots|polite|cli|agent';
+const known = 'errors|util|crypto|transform|workers|storage|polite|repo|backup|restore|prune|check|policy|snapshots|cli|agent';
 const operations = 'backup|restore|prune|check|policy|snapshots';
 
 /** A rule: files under `from` may import from src/ only what is under `allowed` (folder names). */
@@ -48,7 +50,7 @@ module.exports = {
     onlyImports('transform-only-crypto', 'transform', 'transform|crypto|util|errors', 'transform/ may use crypto/, util/, errors/.'),
     onlyImports('workers-only-transform', 'workers', 'workers|transform|crypto|util|errors', 'workers/ may use transform/, crypto/, util/, errors/.'),
     onlyImports('storage-only-util', 'storage', 'storage|util|errors', 'storage/ knows nothing of repositories: util/ and errors/ only.'),
-    onlyImports('polite-only-util', 'polite', 'polite|util|errors', 'polite/ (the politeness governor and its sensors) may use util/ and errors/ only.'),
+    onlyImports('polite-only-util', 'polite', 'polite|util|errors', 'polite/ sits on util/ and errors/ only: it is handed to operations and storage by cli/ and agent/.'),
     onlyImports(
       'repo-not-operations',
       'repo',
@@ -68,6 +70,13 @@ module.exports = {
       severity: 'error',
       from: { path: `^src/(${operations})/` },
       to: { path: '^src/storage/' },
+    },
+    {
+      name: 'operations-not-polite',
+      comment: 'Politeness is policy: cli/ and agent/ plug it into operations through BackupHooks and the storage stack.',
+      severity: 'error',
+      from: { path: `^src/(${operations})/` },
+      to: { path: '^src/polite/' },
     },
     {
       name: 'cli-only-agent-entry',

@@ -15,6 +15,10 @@ import { access, stat } from 'node:fs/promises';
 import type { KubeConfig } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { backup } from '../backup/archiver.js';
+import { type BoxSizing, type CgroupBox, describeBox, detectBox, sizeToBox } from '../polite/cgroup.js';
+import { Governor, type PolitePolicy } from '../polite/governor.js';
+import type { GpuReader } from '../polite/gpu-reader.js';
+import { findPodCgroup } from '../polite/psi.js';
 import { Repository } from '../repo/repository.js';
 import { listSnapshots } from '../snapshots/select.js';
 import { openStorage } from '../storage/open.js';
@@ -57,6 +61,12 @@ export interface AgentOptions {
   discovery?: { resyncMs?: number; checkMounts?: boolean };
   /** Retry a failed scheduled run after this long (or the interval, if shorter). */
   failureRetryMs?: number;
+  /** The host's cgroup v2 mount as seen here, where the pods' cgroups (and their PSI) are found (default /sys/fs/cgroup). */
+  cgroupRoot?: string;
+  /** GPU utilisation for the politeness policy's GPU backoff. */
+  gpuReader?: GpuReader;
+  /** Where the node's pressure files are (default /proc/pressure; tests). */
+  procPressure?: string;
 }
 
 /** A volume that cannot be backed up now (gone, not mounted, unreadable). */
@@ -83,6 +93,13 @@ export class Agent {
   /** The volume each running run backs up (to abort it when its pod goes away). */
   private readonly executing = new Map<string, ProtectedVolume>();
   private stopping: Promise<void> | undefined;
+  private governor!: Governor;
+  private box!: { box: CgroupBox; sizing: BoxSizing };
+  /** Limits set through the API; they stay until the config's politeness section changes. */
+  private limitOverrides: Pick<PolitePolicy, 'readLimit' | 'uploadLimit'> = {};
+  private appliedPoliteness = '';
+  /** Pod UID → its cgroup v2 directory (undefined: not visible here), for the pods being read. */
+  private readonly podCgroups = new Map<string, string | undefined>();
 
   constructor(private readonly options: AgentOptions) {
     this.log = options.logger;
@@ -102,6 +119,19 @@ export class Agent {
 
     this.policy = new PolicyWatcher({ ...(o.configFile ? { file: o.configFile } : {}), logger: this.log.child({ component: 'policy' }) });
     await this.policy.start();
+
+    const box = detectBox();
+    // --workers (repository.workers) overrides what the box suggests.
+    this.box = { box, sizing: { ...sizeToBox(box), ...(o.repository.workers !== undefined ? { workers: o.repository.workers } : {}) } };
+    this.log.info({ box, sizing: this.box.sizing }, `box: ${describeBox(box, this.box.sizing)}`);
+    this.governor = new Governor({
+      ...this.policy.policy.politeness,
+      watch: () => this.trainerCgroups(),
+      logger: this.log.child({ component: 'polite' }),
+      ...(o.gpuReader ? { gpuReader: o.gpuReader } : {}),
+      ...(o.procPressure ? { procPressure: o.procPressure } : {}),
+    });
+    this.appliedPoliteness = JSON.stringify(this.policy.policy.politeness);
 
     this.runner = new Runner({
       execute: (run, ctx) => this.execute(run, ctx),
@@ -128,7 +158,11 @@ export class Agent {
         return at === undefined ? undefined : Date.parse(at);
       },
       repositoryReady: () => this.repo !== undefined,
+      politeness: () => ({ decision: this.governor.current, policy: this.governor.settings }),
+      box: this.box,
     });
+    this.governor.on('change', (c) => this.metrics.throttleChanged(c));
+    this.governor.start();
     this.scheduler = new Scheduler({
       // Volumes without a path are not scheduled: discovery logged why, the metrics count them.
       volumes: () => this.discovery.volumes().filter((v) => v.path !== undefined),
@@ -150,6 +184,12 @@ export class Agent {
     });
     this.policy.on('change', () => {
       if (o.maxConcurrentRuns === undefined) this.runner.setMaxConcurrent(this.policy.policy.maxConcurrentRuns);
+      const politeness = JSON.stringify(this.policy.policy.politeness);
+      if (politeness !== this.appliedPoliteness) {
+        this.appliedPoliteness = politeness;
+        this.limitOverrides = {};
+        this.governor.reconfigure(this.policy.policy.politeness);
+      }
       void this.discovery.refresh();
     });
     this.discovery.on('change', (change: { removed: ProtectedVolume[] }) => this.onVolumesChanged(change.removed));
@@ -164,6 +204,15 @@ export class Agent {
       },
       readiness: () => this.readiness(),
       metrics: this.metrics,
+      limits: {
+        get: () => this.describeLimits(),
+        set: (change) => {
+          this.limitOverrides = { ...this.limitOverrides, ...change };
+          this.governor.reconfigure({ ...this.policy.policy.politeness, ...this.limitOverrides });
+          this.log.info({ change, readLimit: this.governor.settings.readLimit ?? null, uploadLimit: this.governor.settings.uploadLimit ?? null }, 'limits changed through the API');
+          return this.describeLimits();
+        },
+      },
       ...(token ? { token } : {}),
       nodeName: o.nodeName,
       logger: this.log.child({ component: 'http' }),
@@ -199,6 +248,7 @@ export class Agent {
     await this.runner?.stop(2000);
     await Promise.allSettled([this.http?.close(), this.discovery?.stop(), this.policy?.stop()]);
     await this.opening?.catch(() => undefined);
+    await this.governor?.close();
     await this.repo?.close().catch(() => undefined);
     await this.store?.flush();
     this.log.info('tender agent stopped');
@@ -219,15 +269,16 @@ export class Agent {
 
   /** Opens the repository, retrying with backoff until it opens or the agent stops. */
   private async openRepository(): Promise<void> {
-    const { url, storage: storageOptions, password, workers } = this.options.repository;
+    const { url, storage: storageOptions, password } = this.options.repository;
     const { initialMs, maxMs } = this.options.repositoryBackoff ?? { initialMs: 1000, maxMs: 60_000 };
     let delay = initialMs;
     for (let attempt = 1; !this.stopped; attempt++) {
       try {
-        const storage = await openStorage(url, storageOptions ?? {});
+        // Every run's uploads share the one upload budget.
+        const storage = await openStorage(url, { ...storageOptions, limits: { upload: this.governor.uploadBudget } });
         let repo: Repository;
         try {
-          repo = await Repository.open(storage, password, { identity: this.identity, ...(workers !== undefined ? { workers } : {}) });
+          repo = await Repository.open(storage, password, { identity: this.identity, workers: this.box.sizing.workers });
         } catch (err) {
           await storage.close().catch(() => undefined);
           throw err;
@@ -324,10 +375,46 @@ export class Agent {
         ...(parent ? { parent } : {}),
         cacheNeutral: this.policy.policy.cacheNeutral,
         scan: true,
+        // A memory limit that leaves room for few read slots reads fewer files at once.
+        ...(this.box.sizing.bufferBudgetBytes !== undefined && this.box.sizing.bufferBudgetBytes < 8 * repo.config.chunker.maxSize ? { fileConcurrency: 1 } : {}),
+        hooks: { beforeRead: this.governor.beforeRead },
       },
       opCtx,
     );
     return { snapshotId: result.snapshotId, ...(result.snapshot.summary ? { summary: result.snapshot.summary } : {}), warnings: result.errors.length };
+  }
+
+  /**
+   * The cgroup v2 directories of the pods whose volumes are being read: their PSI says whether
+   * the trainers stall (the node's PSI counts tender's own stalls too). Empty when none is
+   * visible (cgroup v1, or the host's cgroups not mounted here): the governor reads the node's.
+   */
+  private trainerCgroups(): string[] {
+    const reading = new Set([...this.executing.values()].map((v) => v.podUid).filter((uid): uid is string => !!uid));
+    for (const uid of this.podCgroups.keys()) if (!reading.has(uid)) this.podCgroups.delete(uid);
+    const dirs: string[] = [];
+    for (const uid of reading) {
+      if (!this.podCgroups.has(uid)) this.podCgroups.set(uid, findPodCgroup(uid, this.options.cgroupRoot));
+      const dir = this.podCgroups.get(uid);
+      if (dir) dirs.push(dir);
+    }
+    return dirs;
+  }
+
+  /** For GET/PUT /v1/limits: the limits and backoff in force, what reading does now, and the box. */
+  private describeLimits(): unknown {
+    const p = this.governor.settings;
+    const d = this.governor.current;
+    return {
+      read: { limit: p.readLimit ?? null, rate: d.rate ?? null, state: d.state, cause: d.cause, reason: d.reason },
+      upload: { limit: p.uploadLimit ?? null },
+      ...(p.pressure ? { pressureBackoff: p.pressure } : {}),
+      ...(p.cpuShareCores !== undefined ? { cpuShare: p.cpuShareCores } : {}),
+      ...(p.readFloor !== undefined ? { readFloor: p.readFloor } : {}),
+      ...(p.gpu ? { gpu: p.gpu } : {}),
+      overrides: this.limitOverrides,
+      box: { ...this.box.box, ...this.box.sizing },
+    };
   }
 
   /** For GET /v1/volumes: each protected volume with its next due time and last run. */

@@ -6,12 +6,15 @@
  *   GET    /v1/runs/{id}       → the run record
  *   DELETE /v1/runs/{id}       → cancel: 202 (running: stopping) or 200 (was queued)
  *   GET    /v1/volumes         → {"volumes": [...]}: the protected volumes of this node
+ *   GET    /v1/limits          → the read/upload limits and backoff in force, what reading does now, the cgroup box
+ *   PUT    /v1/limits          {"readLimit"?, "uploadLimit"?}: "200MiB", bytes/s, or null (none) → 200 + as GET;
+ *                              they hold for every run until the config's politeness section changes
  *   GET    /metrics            Prometheus text format
  *   GET    /healthz            200 while the process serves
  *   GET    /readyz             200 when the repository is open and pods are watched; else 503 + why
  *
  * Errors are JSON, `{"error": "...", "hint"?: "..."}`, naming what was not found or which
- * field is wrong. POST and DELETE need `Authorization: Bearer TOKEN` when a token is
+ * field is wrong. POST, PUT and DELETE need `Authorization: Bearer TOKEN` when a token is
  * configured; without a token they are served only on a loopback address: listening on any
  * other address without a token serves the read-only endpoints and refuses mutations (403).
  */
@@ -21,6 +24,8 @@ import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { TenderError } from '../errors/errors.js';
+import type { Rate } from '../polite/budget.js';
+import { parseByteSize } from '../polite/parse.js';
 import type { AgentMetrics } from './metrics.js';
 import { type RunVolume, type Runner, describeVolume } from './runs.js';
 import type { RunState } from './state.js';
@@ -51,6 +56,11 @@ export interface AgentHttpOptions {
   token?: TokenSource;
   nodeName: string;
   logger: Logger;
+  /** The politeness limits (GET/PUT /v1/limits); without it the endpoint answers 404. */
+  limits?: {
+    get(): unknown;
+    set(change: { readLimit?: Rate; uploadLimit?: Rate }): unknown;
+  };
 }
 
 export interface ListenAddress {
@@ -228,6 +238,10 @@ export class AgentHttpServer {
       if (parts[0] === 'v1' && parts[1] === 'volumes' && parts.length === 2) {
         return this.only(method, ['GET'], () => sendJson(res, 200, { node: this.options.nodeName, volumes: this.options.volumes.list() }));
       }
+      if (parts[0] === 'v1' && parts[1] === 'limits' && parts.length === 2 && this.options.limits) {
+        if (method === 'PUT') return await this.setLimits(req, res);
+        return this.only(method, ['GET', 'PUT'], () => sendJson(res, 200, this.options.limits!.get()));
+      }
       if (parts[0] === 'v1' && parts[1] === 'runs' && parts.length === 2) {
         if (method === 'POST') return await this.createRun(req, res);
         return this.only(method, ['GET', 'POST'], () => this.listRuns(url, res));
@@ -241,7 +255,7 @@ export class AgentHttpServer {
           sendJson(res, 200, run);
         });
       }
-      throw new HttpError(404, `no such endpoint: ${method} ${url.pathname}`, 'endpoints: /v1/runs, /v1/runs/{id}, /v1/volumes, /metrics, /healthz, /readyz');
+      throw new HttpError(404, `no such endpoint: ${method} ${url.pathname}`, 'endpoints: /v1/runs, /v1/runs/{id}, /v1/volumes, /v1/limits, /metrics, /healthz, /readyz');
     } catch (err) {
       if (!(err instanceof HttpError)) throw err;
       sendJson(res, err.status, { error: err.message, ...(err.hint ? { hint: err.hint } : {}) }, err.headers);
@@ -322,6 +336,30 @@ export class AgentHttpServer {
       .list()
       .filter((r) => (q.get('namespace') ?? r.namespace) === r.namespace && (q.get('pod') ?? r.pod) === r.pod && (q.get('volume') ?? r.volume) === r.volume && (state ?? r.state) === r.state);
     sendJson(res, 200, { runs });
+  }
+
+  private async setLimits(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    await this.authorize(req);
+    const body = await readJsonBody(req);
+    const hint = 'send {"readLimit": "200MiB", "uploadLimit": "100MiB"}: a size per second with a unit, a number of bytes per second, or null for no limit';
+    const unknown = Object.keys(body).filter((k) => k !== 'readLimit' && k !== 'uploadLimit');
+    if (unknown.length > 0) throw new HttpError(400, `unknown field${unknown.length > 1 ? 's' : ''} ${unknown.map((k) => JSON.stringify(k)).join(', ')} (known: "readLimit", "uploadLimit")`, hint);
+    if (Object.keys(body).length === 0) throw new HttpError(400, 'nothing to change: the body names no limit', hint);
+    const change: { readLimit?: Rate; uploadLimit?: Rate } = {};
+    for (const key of ['readLimit', 'uploadLimit'] as const) {
+      if (!(key in body)) continue;
+      const v = body[key];
+      if (v === null) change[key] = undefined;
+      else if (typeof v === 'number' && Number.isSafeInteger(v) && v > 0) change[key] = v;
+      else if (typeof v === 'string') {
+        try {
+          change[key] = parseByteSize(v);
+        } catch (err) {
+          throw new HttpError(400, `field "${key}": ${(err as Error).message}`, hint);
+        }
+      } else throw new HttpError(400, `field "${key}" must be a size such as "200MiB", a positive whole number of bytes per second, or null`, hint);
+    }
+    sendJson(res, 200, this.options.limits!.set(change));
   }
 
   private async cancelRun(req: IncomingMessage, res: ServerResponse, id: string): Promise<void> {

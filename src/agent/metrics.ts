@@ -6,6 +6,8 @@
  * this node (they are rebuilt at each scrape), so a churn of pods does not grow the registry.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { BoxSizing, CgroupBox } from '../polite/cgroup.js';
+import type { Decision, PolitePolicy, ThrottleCause, ThrottleChange, ThrottleState } from '../polite/governor.js';
 import type { RunRecord } from './state.js';
 
 export interface MetricsVolume {
@@ -24,7 +26,14 @@ export interface MetricsSources {
   /** Last success of a volume identity (ms since the epoch). */
   lastSuccess: (identity: string) => number | undefined;
   repositoryReady: () => boolean;
+  /** The governor's state and policy (see src/polite/governor.ts). */
+  politeness?: () => { decision: Decision; policy: PolitePolicy };
+  /** The cgroup found at startup and how the agent sized itself to it. */
+  box?: { box: CgroupBox; sizing: BoxSizing };
 }
+
+const throttleStates: readonly ThrottleState[] = ['full', 'throttled', 'paused'];
+const throttleCauses: readonly ThrottleCause[] = ['none', 'limit', 'pressure', 'cpu', 'recovering', 'gpu', 'trainer-stall', 'checkpoint'];
 
 /** Failure kinds outside runs: `auth` (missing or wrong token), `state_write`, `repository_open`, `discovery`, `volume`. */
 export type ErrorKind = 'auth' | 'state_write' | 'repository_open' | 'discovery' | 'volume';
@@ -54,6 +63,7 @@ export class AgentMetrics {
   private readonly runs: Counter<'trigger' | 'outcome'>;
   private readonly failures: Counter<'reason'>;
   private readonly errors: Counter<'kind'>;
+  private readonly throttleChanges: Counter<'state' | 'cause'>;
 
   constructor(sources: MetricsSources, options: { defaultMetrics?: boolean } = {}) {
     if (options.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry });
@@ -132,6 +142,77 @@ export class AgentMetrics {
       },
     });
     for (const kind of ['auth', 'state_write', 'repository_open', 'discovery', 'volume'] as const) this.errors.inc({ kind }, 0);
+    this.throttleChanges = new Counter({
+      name: 'tender_read_throttle_changes_total',
+      help: 'Changes of the read rate by the politeness governor, by the state and cause they led to (each is logged with its reason)',
+      labelNames: ['state', 'cause'],
+      registers,
+    });
+    const politeness = sources.politeness;
+    if (politeness) this.registerPoliteness(politeness, registers);
+    if (sources.box) this.registerBox(sources.box, registers);
+  }
+
+  private registerPoliteness(politeness: NonNullable<MetricsSources['politeness']>, registers: Registry[]): void {
+    /** Bytes per second; +Inf for no limit. */
+    const rate = (r: number | undefined) => r ?? Infinity;
+    new Gauge({
+      name: 'tender_read_rate_limit_bytes_per_second',
+      help: 'The read rate in force now, shared by all runs: the configured limit or the backoff below it (0 paused, +Inf unlimited)',
+      registers,
+      collect() {
+        this.set(rate(politeness().decision.rate));
+      },
+    });
+    new Gauge({
+      name: 'tender_read_limit_bytes_per_second',
+      help: 'The configured read limit (+Inf: none)',
+      registers,
+      collect() {
+        this.set(rate(politeness().policy.readLimit));
+      },
+    });
+    new Gauge({
+      name: 'tender_upload_limit_bytes_per_second',
+      help: 'The configured upload limit, shared by all runs (+Inf: none)',
+      registers,
+      collect() {
+        this.set(rate(politeness().policy.uploadLimit));
+      },
+    });
+    new Gauge({
+      name: 'tender_read_throttle_state',
+      help: 'Reading now: 1 for the state in force (full, throttled, paused)',
+      labelNames: ['state'],
+      registers,
+      collect() {
+        const now = politeness().decision.state;
+        for (const state of throttleStates) this.set({ state }, state === now ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'tender_read_throttle_cause',
+      help: 'What binds the read rate now: 1 for the cause in force (none, limit, pressure, cpu, recovering, gpu, trainer-stall, checkpoint)',
+      labelNames: ['cause'],
+      registers,
+      collect() {
+        const now = politeness().decision.cause;
+        for (const cause of throttleCauses) this.set({ cause }, cause === now ? 1 : 0);
+      },
+    });
+  }
+
+  private registerBox({ box, sizing }: NonNullable<MetricsSources['box']>, registers: Registry[]): void {
+    new Gauge({ name: 'tender_cgroup_info', help: 'The cgroup the agent runs in (found at startup)', labelNames: ['version', 'path'], registers }).set({ version: String(box.version), path: box.path }, 1);
+    new Gauge({ name: 'tender_cgroup_cpus', help: 'CPUs the agent may use: its cgroup CPU quota in cores, else the CPUs allowed', registers }).set(box.cpuQuotaCores ?? box.cpusAllowed);
+    if (box.memoryLimitBytes !== undefined) new Gauge({ name: 'tender_cgroup_memory_limit_bytes', help: "The agent cgroup's memory limit", registers }).set(box.memoryLimitBytes);
+    const io = new Gauge({ name: 'tender_cgroup_io_read_limit_bytes_per_second', help: "The agent cgroup's read limit per disk (io.max, blkio throttle)", labelNames: ['device'], registers });
+    for (const d of box.io) if (d.readBytesPerSecond !== undefined) io.set({ device: d.device }, d.readBytesPerSecond);
+    new Gauge({ name: 'tender_workers', help: 'Worker threads for sealing, sized to the CPU quota', registers }).set(sizing.workers);
+  }
+
+  throttleChanged(change: ThrottleChange): void {
+    this.throttleChanges.inc({ state: change.state, cause: change.cause });
   }
 
   runFinished(run: RunRecord): void {

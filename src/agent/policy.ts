@@ -18,6 +18,15 @@
  *   podSelector: { matchExpressions: [{ key: team, operator: In, values: [llm] }] }
  *   maxConcurrentRuns: 1            # backups running at once on this node
  *   cacheNeutral: true              # read files without filling the node's page cache
+ *   politeness:                     # stay out of the trainers' way (src/polite/); each key optional
+ *     readLimit: 200MiB             #   bytes/s read from volumes, shared by all runs
+ *     uploadLimit: 100MiB           #   bytes/s uploaded, shared by all runs
+ *     pressureBackoff: io=20        #   slow down while PSI (% of time stalled) is above these
+ *     cpuShare: 1.5                 #   cores tender may use on average
+ *     readFloor: 1MiB               #   the lowest rate backoff cuts to before it pauses
+ *     gpuBackoff: 80                #   pause while a GPU is busier than this (%)
+ *     gpuHold: 30s                  #   full speed only after the GPUs stayed below it this long
+ *     gpuMode: pause                #   pause | cap (at readFloor) while GPUs are busy
  *
  * Selectors choose the pods the agent looks at at all; in those pods the annotation picks the
  * volumes, or defaultVolumes where there is none. A malformed annotation is an error naming the
@@ -33,6 +42,8 @@ import { CronExpressionParser } from 'cron-parser';
 import { minimatch } from 'minimatch';
 import type { Logger } from 'pino';
 import { parseDocument } from 'yaml';
+import type { PolitePolicy } from '../polite/governor.js';
+import { parseByteSize, parsePercent, parsePressureThresholds } from '../polite/parse.js';
 import { neverReason, volumeClass } from './volumes.js';
 
 export const ANNOTATION_BACKUP = 'tender.io/backup-volumes';
@@ -71,6 +82,8 @@ export interface AgentPolicy {
   podSelector?: LabelSelector;
   maxConcurrentRuns: number;
   cacheNeutral: boolean;
+  /** Budgets and backoff (empty: none); the API may change the limits at run time. */
+  politeness: PolitePolicy;
 }
 
 export const DEFAULT_POLICY: Readonly<AgentPolicy> = Object.freeze({
@@ -79,6 +92,7 @@ export const DEFAULT_POLICY: Readonly<AgentPolicy> = Object.freeze({
   excludeNamespaces: Object.freeze([]) as unknown as string[],
   maxConcurrentRuns: 1,
   cacheNeutral: true,
+  politeness: Object.freeze({}),
 }) as AgentPolicy;
 
 // ---------------------------------------------------------------------------------------------
@@ -286,7 +300,44 @@ const CONFIG_KEYS = new Set([
   'podSelector',
   'maxConcurrentRuns',
   'cacheNeutral',
+  'politeness',
 ]);
+
+const POLITENESS_KEYS = ['readLimit', 'uploadLimit', 'pressureBackoff', 'cpuShare', 'readFloor', 'gpuBackoff', 'gpuHold', 'gpuMode'];
+
+/** The `politeness` map (see the top of this file); throws naming the key and what is wrong. */
+export function parsePoliteness(v: unknown): PolitePolicy {
+  if (!isRecord(v)) throw new Error(`politeness must be a map of ${POLITENESS_KEYS.join(', ')}`);
+  const unknown = Object.keys(v).filter((k) => !POLITENESS_KEYS.includes(k));
+  if (unknown.length > 0) throw new Error(`politeness: unknown key${unknown.length > 1 ? 's' : ''} ${unknown.join(', ')} (known: ${POLITENESS_KEYS.join(', ')})`);
+  const text = (key: string) => {
+    const x = v[key];
+    if (typeof x !== 'string' && typeof x !== 'number') throw new Error(`politeness.${key} must be a string or a number, not ${JSON.stringify(x)}`);
+    return String(x);
+  };
+  const out: PolitePolicy = {};
+  const size = (key: string) => setting(`politeness.${key}`, () => parseByteSize(text(key)));
+  if (v.readLimit !== undefined && v.readLimit !== null) out.readLimit = size('readLimit');
+  if (v.uploadLimit !== undefined && v.uploadLimit !== null) out.uploadLimit = size('uploadLimit');
+  if (v.readFloor !== undefined) out.readFloor = size('readFloor');
+  if (v.pressureBackoff !== undefined) out.pressure = setting('politeness.pressureBackoff', () => parsePressureThresholds(text('pressureBackoff')));
+  if (v.cpuShare !== undefined) {
+    if (typeof v.cpuShare !== 'number' || !(v.cpuShare > 0) || !Number.isFinite(v.cpuShare)) throw new Error(`politeness.cpuShare must be a positive number of cores, not ${JSON.stringify(v.cpuShare)}`);
+    out.cpuShareCores = v.cpuShare;
+  }
+  if (v.gpuBackoff !== undefined) {
+    const mode = v.gpuMode ?? 'pause';
+    if (mode !== 'pause' && mode !== 'cap') throw new Error(`politeness.gpuMode must be pause or cap, not ${JSON.stringify(mode)}`);
+    out.gpu = {
+      busyPercent: setting('politeness.gpuBackoff', () => parsePercent(text('gpuBackoff'))),
+      holdLowMs: v.gpuHold === undefined ? 30_000 : setting('politeness.gpuHold', () => parseInterval(text('gpuHold'))),
+      mode,
+    };
+  } else if (v.gpuHold !== undefined || v.gpuMode !== undefined) {
+    throw new Error('politeness.gpuHold and gpuMode need gpuBackoff (the busy threshold, e.g. 80)');
+  }
+  return out;
+}
 
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -401,6 +452,7 @@ export function parsePolicy(text: string, source = 'config'): AgentPolicy {
       if (typeof data.cacheNeutral !== 'boolean') throw new Error('cacheNeutral must be true or false');
       policy.cacheNeutral = data.cacheNeutral;
     }
+    if (data.politeness !== undefined && data.politeness !== null) policy.politeness = parsePoliteness(data.politeness);
   } catch (err) {
     throw new Error(`${source}: ${(err as Error).message}`);
   }

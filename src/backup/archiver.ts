@@ -60,6 +60,12 @@ export interface BackupOptions {
 export interface BackupHooks {
   aroundRoot?<T>(root: string, run: () => Promise<T>): Promise<T>;
   aroundFile?<T>(path: string, size: number, read: () => Promise<T>): Promise<T>;
+  /**
+   * Awaited before each read of file content with the bytes about to be read (a small file's
+   * size; at most 1 MiB of a large file): a rate limit or pause on reading. Rejecting with the
+   * signal's reason cancels the backup; any other rejection fails the file being read.
+   */
+  beforeRead?(bytes: number, signal: AbortSignal): Promise<void>;
 }
 
 export interface BackupResult {
@@ -215,6 +221,7 @@ async function runBackup(
     },
     readCache,
     signal,
+    hooks.beforeRead ? (bytes, s) => hooks.beforeRead!(bytes, s) : undefined,
   );
   const readers: LimitFunction = pLimit(fileConcurrency);
   const hardlinks = new Map<string, Promise<FileContent>>();

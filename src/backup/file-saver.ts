@@ -32,6 +32,9 @@ export interface SaveCounters {
   bytesStored: number;
 }
 
+/** With a beforeRead hook, reads are this large at most, so a rate limit paces a large file smoothly and a pause is felt within one read. */
+const pacedReadBytes = 1 << 20;
+
 export class FileSaver {
   private readonly inflight = new Set<string>();
 
@@ -47,6 +50,8 @@ export class FileSaver {
     private readonly readCache: ReadCachePolicy = cachingReads,
     /** Cancel: reads stop at the next slot; what is being sealed ends first. */
     private readonly signal: AbortSignal = new AbortController().signal,
+    /** Paid before each read (BackupHooks.beforeRead); reads are then at most pacedReadBytes each. */
+    private readonly beforeRead?: (bytes: number, signal: AbortSignal) => Promise<void>,
   ) {
     // Each filled slot must yield a chunk: the carried tail is < maxSize, so the slot must be larger.
     if (slots.bufferSize <= params.maxSize) throw new Error('slot size must exceed the maximum chunk size');
@@ -60,10 +65,11 @@ export class FileSaver {
   async save(path: string, size: number): Promise<FileContent> {
     throwIfCancelled(this.signal);
     if (size <= this.params.minSize) {
+      await this.paceRead(size);
       const small = await this.saveSmall(path);
       if (small) return small;
     }
-    return this.saveLarge(path);
+    return this.saveLarge(path, size);
   }
 
   private batch: SmallFileBatch | undefined;
@@ -125,7 +131,7 @@ export class FileSaver {
     );
   }
 
-  private async saveLarge(path: string): Promise<FileContent> {
+  private async saveLarge(path: string, size: number): Promise<FileContent> {
     const handle = await open(path, 'r');
     const cache = this.readCache.open(handle.fd);
     const content = new ContentBuilder(this.repo);
@@ -144,10 +150,14 @@ export class FileSaver {
         let end = carry;
         let eof = false;
         while (end < slot.view.length) {
-          const wanted = slot.view.length - end;
+          const wanted = Math.min(slot.view.length - end, this.beforeRead ? pacedReadBytes : Infinity);
+          // Paid for what the file holds (its size at lstat); what a growing file adds, after.
+          const paid = Math.min(wanted, Math.max(0, size - position));
+          await this.paceRead(paid);
           cache.beforeRead(position, wanted);
           const { bytesRead } = await handle.read(slot.view, end, wanted, position);
           cache.afterRead(position, bytesRead);
+          await this.paceRead(bytesRead - paid);
           if (bytesRead === 0) {
             eof = true;
             break;
@@ -193,6 +203,17 @@ export class FileSaver {
       // a later flush and snapshot must see every blob that was counted as present.
       await Promise.allSettled(inProgress);
       await chain.catch(() => undefined);
+    }
+  }
+
+  /** Waits for BackupHooks.beforeRead; a cancel while waiting ends the backup as a cancel, not a file error. */
+  private async paceRead(bytes: number): Promise<void> {
+    if (!this.beforeRead || bytes <= 0) return;
+    try {
+      await this.beforeRead(bytes, this.signal);
+    } catch (err) {
+      throwIfCancelled(this.signal);
+      throw err;
     }
   }
 

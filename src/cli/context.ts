@@ -1,7 +1,8 @@
 import type { Command } from 'commander';
 import { TenderError } from '../errors/errors.js';
+import { detectBox, sizeToBox } from '../polite/cgroup.js';
 import { Repository } from '../repo/repository.js';
-import { openStorage } from '../storage/open.js';
+import { type OpenStorageOptions, openStorage } from '../storage/open.js';
 import type { Storage } from '../storage/storage.js';
 import { cancelOnInterrupt } from '../util/interrupt.js';
 import { type OperationContext, createOperationContext } from '../util/operation.js';
@@ -22,23 +23,27 @@ export function globalOptions(command: Command): GlobalOptions {
   return command.optsWithGlobals<GlobalOptions>();
 }
 
-export async function openRepoStorage(opts: GlobalOptions): Promise<Storage> {
+export async function openRepoStorage(opts: GlobalOptions, stack: OpenStorageOptions = {}): Promise<Storage> {
   const url = opts.repo ?? process.env.TENDER_REPOSITORY;
   if (!url) {
     throw new TenderError('TENDER_USAGE', 'no repository given', { hint: 'pass --repo or set TENDER_REPOSITORY' });
   }
   return openStorage(url, {
+    ...stack,
     ...(opts.s3Endpoint ? { s3Endpoint: opts.s3Endpoint } : {}),
     ...(opts.caBundle ? { caBundle: opts.caBundle } : {}),
   });
 }
 
-/** Opens the repository (every operation refreshes the index it needs itself). */
-export async function openRepository(opts: GlobalOptions): Promise<Repository> {
-  const storage = await openRepoStorage(opts);
+/**
+ * Opens the repository (every operation refreshes the index it needs itself). Without --workers
+ * the worker count follows the CPU quota of the process's cgroup, not the host's core count.
+ */
+export async function openRepository(opts: GlobalOptions, stack: OpenStorageOptions = {}): Promise<Repository> {
+  const storage = await openRepoStorage(opts, stack);
   try {
     return await Repository.open(storage, () => readPassword(repositoryPassword(opts.passwordFile), 'open'), {
-      ...(opts.workers !== undefined ? { workers: opts.workers } : {}),
+      workers: opts.workers ?? sizeToBox(detectBox()).workers,
     });
   } catch (err) {
     await storage.close();
@@ -50,8 +55,8 @@ export async function openRepository(opts: GlobalOptions): Promise<Repository> {
  * Runs one command's operation with an open repository and always closes it. Its context is
  * cancelled by Ctrl-C and SIGTERM (bin/tender.js), so the operation unwinds cleanly.
  */
-export async function withRepository<T>(opts: GlobalOptions, fn: (repo: Repository, ctx: OperationContext) => Promise<T>): Promise<T> {
-  const repo = await openRepository(opts);
+export async function withRepository<T>(opts: GlobalOptions, fn: (repo: Repository, ctx: OperationContext) => Promise<T>, stack: OpenStorageOptions = {}): Promise<T> {
+  const repo = await openRepository(opts, stack);
   const controller = new AbortController();
   const unregister = cancelOnInterrupt(controller);
   try {

@@ -3,6 +3,7 @@ import { ExitCode, TenderError, exitCodeFor } from '../errors/errors.js';
 import { positiveInt } from './args.js';
 import { registerAgent } from './commands/agent.js';
 import { registerBackup } from './commands/backup.js';
+import { registerBox } from './commands/box.js';
 import { registerCat } from './commands/cat.js';
 import { registerCheck } from './commands/check.js';
 import { registerForget } from './commands/forget.js';
@@ -41,6 +42,7 @@ export function buildProgram(): Command {
   registerRepair(program);
   registerForget(program);
   registerAgent(program);
+  registerBox(program);
   return program;
 }
 

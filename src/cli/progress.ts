@@ -14,12 +14,15 @@ export interface ProgressSample {
 
 export interface ProgressView {
   update(sample: ProgressSample): void;
+  /** A line about the operation (reading throttled, and why): above the bar, a JSON line, or a plain line on stderr. */
+  note(line: string, fields?: Record<string, unknown>): void;
   stop(): void;
 }
 
 const mb = (n: number) => (n / 1e6).toFixed(1);
 
-export function createProgress(mode: 'tty' | 'json' | 'none', action: string): ProgressView {
+/** `quiet`: notes are dropped too (mode 'none' because of --quiet, not for want of a terminal). */
+export function createProgress(mode: 'tty' | 'json' | 'none', action: string, quiet = false): ProgressView {
   const started = Date.now();
   let last = 0;
   const rate = (bytes: number) => bytes / Math.max(0.001, (Date.now() - started) / 1000);
@@ -35,10 +38,19 @@ export function createProgress(mode: 'tty' | 'json' | 'none', action: string): P
           JSON.stringify({ message_type: 'status', action, seconds_elapsed: seconds, ...s, bytes_per_second: Math.round(rate(s.bytesDone)), ...(eta !== undefined ? { seconds_remaining: Math.round(eta) } : {}) }) + '\n',
         );
       },
+      note(line, fields = {}) {
+        process.stdout.write(JSON.stringify({ message_type: 'note', action, message: line, ...fields }) + '\n');
+      },
       stop() {},
     };
   }
-  if (mode === 'none') return { update() {}, stop() {} };
+  if (mode === 'none') {
+    return {
+      update() {},
+      note: quiet ? () => {} : (line) => process.stderr.write(`${line}\n`),
+      stop() {},
+    };
+  }
   const bar = new cliProgress.SingleBar(
     {
       format: `${action} [{bar}] {percentage}% | {files} files | {done}/{total} MB | {speed} MB/s | ETA {eta_formatted}`,
@@ -60,6 +72,10 @@ export function createProgress(mode: 'tty' | 'json' | 'none', action: string): P
         total: s.totalBytes !== undefined ? mb(s.totalBytes) : '?',
         speed: mb(rate(s.bytesDone)),
       });
+    },
+    note(line) {
+      // Clear the bar's line and write the note; the bar redraws below it at its next change.
+      process.stderr.write(`\r\x1b[2K${line}\n`);
     },
     stop() {
       bar.stop();

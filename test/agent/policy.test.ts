@@ -167,6 +167,13 @@ podSelector:
     - { key: spot, operator: DoesNotExist }
 maxConcurrentRuns: 2
 cacheNeutral: false
+politeness:
+  readLimit: 200MiB
+  uploadLimit: 100M
+  pressureBackoff: io=20,memory=10
+  cpuShare: 1.5
+  gpuBackoff: 80
+  gpuHold: 45s
 `);
     expect(p).toEqual({
       defaultVolumes: 'emptyDir',
@@ -182,6 +189,13 @@ cacheNeutral: false
       },
       maxConcurrentRuns: 2,
       cacheNeutral: false,
+      politeness: {
+        readLimit: 200 * 2 ** 20,
+        uploadLimit: 100e6,
+        pressure: { io: 20, memory: 10 },
+        cpuShareCores: 1.5,
+        gpu: { busyPercent: 80, holdLowMs: 45_000, mode: 'pause' },
+      },
     });
     expect(parsePolicy('schedule: "0 3 * * *"').schedule).toEqual({ cron: '0 3 * * *' });
   });
@@ -208,6 +222,11 @@ cacheNeutral: false
       ['podSelector: { matchExpressions: [{ key: a, operator: In }] }', /values must be a list/],
       ['podSelector: { labels: {} }', /unknown key "labels"/],
       ['a: 1\na: 2', /not valid YAML/],
+      ['politeness: { readLimit: fast }', /cfg: politeness.readLimit: "fast" is not a size/],
+      ['politeness: { pressureBackoff: disk=5 }', /politeness.pressureBackoff: unknown resource "disk"/],
+      ['politeness: { gpuMode: cap }', /gpuHold and gpuMode need gpuBackoff/],
+      ['politeness: { readlimit: 5M }', /politeness: unknown key readlimit/],
+      ['politeness: { cpuShare: -1 }', /politeness.cpuShare must be a positive number of cores/],
     ];
     for (const [text, re] of cases) expect(() => parsePolicy(text, 'cfg'), text).toThrow(re);
   });

@@ -17,6 +17,7 @@ interface AgentCliOptions {
   tokenFile?: string;
   maxConcurrentRuns?: number;
   maxFinishedRuns: number;
+  cgroupRoot: string;
 }
 
 /**
@@ -33,7 +34,8 @@ export function registerAgent(program: Command): void {
     .option('--listen <addr>', 'HTTP API and metrics address: HOST:PORT or :PORT', ':8085')
     .option('--config <file>', 'policy file (YAML, e.g. a mounted ConfigMap), reloaded when it changes')
     .option('--state-dir <dir>', 'where run records are kept across restarts', '/var/lib/tender')
-    .option('--token-file <file>', 'bearer token required by POST and DELETE (env TENDER_AGENT_TOKEN_FILE; e.g. a mounted Secret)')
+    .option('--token-file <file>', 'bearer token required by POST, PUT and DELETE (env TENDER_AGENT_TOKEN_FILE; e.g. a mounted Secret)')
+    .option('--cgroup-root <dir>', "the host's cgroup v2 mount as seen here, where the pods' cgroups and their PSI are found", '/sys/fs/cgroup')
     .addOption(new Option('--max-concurrent-runs <n>', 'backups running at once on this node (default: the policy file, else 1)').argParser(positiveInt))
     .addOption(new Option('--max-finished-runs <n>', 'finished runs kept in the state directory').argParser(positiveInt).default(100))
     .action(async (opts: AgentCliOptions, command: Command) => {
@@ -73,6 +75,7 @@ export function registerAgent(program: Command): void {
         ...(tokenFile ? { tokenFile } : {}),
         ...(opts.maxConcurrentRuns !== undefined ? { maxConcurrentRuns: opts.maxConcurrentRuns } : {}),
         maxFinishedRuns: opts.maxFinishedRuns,
+        cgroupRoot: opts.cgroupRoot,
         repository: {
           url,
           storage: {

@@ -5,10 +5,12 @@ import { collect } from '../args.js';
 import { globalOptions, print, printJson, withRepository } from '../context.js';
 import { formatBytes, formatRate } from '../format.js';
 import { createProgress, progressMode } from '../progress.js';
+import { type PoliteCliOptions, addPoliteOptions, governorFromOptions, processBox } from '../polite.js';
+import { describeChange } from '../../polite/governor.js';
 import { listSnapshots, selectSnapshot } from '../../snapshots/select.js';
 import path from 'node:path';
 
-interface BackupCliOptions {
+interface BackupCliOptions extends PoliteCliOptions {
   tag: string[];
   host?: string;
   parent?: string;
@@ -17,7 +19,7 @@ interface BackupCliOptions {
 }
 
 export function registerBackup(program: Command): void {
-  program
+  const command = program
     .command('backup')
     .description('back up files and directories into a new snapshot')
     .argument('<paths...>', 'files or directories to back up')
@@ -25,57 +27,67 @@ export function registerBackup(program: Command): void {
     .option('--host <name>', 'hostname recorded in the snapshot (default: this host)')
     .option('--parent <snapshot>', 'compare with this snapshot to skip unchanged files (default: latest with the same host and paths)')
     .option('--force', 'read every file, ignoring the parent snapshot')
-    .option('--cache-neutral', "leave the page cache as it was: evict what this backup's reads bring in (Linux)")
-    .action(async (paths: string[], opts: BackupCliOptions, command: Command) => {
-      const g = globalOptions(command);
-      await withRepository(g, async (repo, ctx) => {
-        const absolute = paths.map((p) => path.resolve(p));
-        const host = opts.host ?? ctx.identity.hostname;
-        const parent = opts.force
-          ? undefined
-          : opts.parent
-            ? await selectSnapshot(repo, opts.parent)
-            : (await listSnapshots(repo, { host, paths: absolute })).filter((s) => s.snapshot.paths.length === absolute.length).at(-1);
-        const progress = createProgress(progressMode(!!g.json, !!g.quiet), 'backup');
-        let result;
-        try {
-          ctx.events.on('progress', (p) => progress.update(p as BackupProgress));
-          ctx.events.on('resume', ({ packs, damaged }) => {
-            if (!g.quiet && !g.json) process.stderr.write(`resuming: indexed ${packs} packs left by an interrupted backup\n`);
-            for (const key of damaged) process.stderr.write(`warning: ${key} is damaged and was not indexed; run \`tender check --read-data\`\n`);
-          });
-          ctx.events.on('warning', (e) => {
-            if (g.json) printJson({ message_type: 'error', path: e.path, error: e.message });
-            else process.stderr.write(`warning: skipped ${e.path}: ${e.message}\n`);
-          });
-          result = await backup(
-            repo,
-            {
-              paths: absolute,
-              tags: opts.tag,
-              hostname: host,
-              ...(parent ? { parent } : {}),
-              scan: !g.quiet,
-              cacheNeutral: opts.cacheNeutral === true,
-            },
-            ctx,
-          );
-        } finally {
-          progress.stop();
-        }
-        const s = result.snapshot.summary!;
-        if (g.json) {
-          printJson({ message_type: 'summary', snapshot_id: result.snapshotId, ...s });
-        } else if (!g.quiet) {
-          print(`files: ${s.files} (${s.filesRead} read, ${s.filesUnchanged} unchanged), dirs: ${s.dirs}`);
-          print(`read ${formatBytes(s.bytesRead)} of ${formatBytes(s.totalBytes)} in ${(s.durationMs / 1000).toFixed(1)} s (${formatRate(s.bytesRead, s.durationMs)})`);
-          print(`added ${s.blobsAdded} chunks, ${formatBytes(s.bytesAdded)} (${formatBytes(s.bytesStored)} stored)`);
-          print(`snapshot ${result.snapshotId.slice(0, 8)} saved`);
-        }
-        if (result.errors.length > 0) {
-          process.stderr.write(`warning: ${result.errors.length} files or directories could not be read and are not in the snapshot\n`);
-          process.exitCode = ExitCode.incomplete;
-        }
-      });
-    });
+    .option('--cache-neutral', "leave the page cache as it was: evict what this backup's reads bring in (Linux)");
+  addPoliteOptions(command).action(async (paths: string[], opts: BackupCliOptions, command: Command) => {
+    const g = globalOptions(command);
+    const { box, sizing } = processBox();
+    const governor = governorFromOptions(opts, box, paths);
+    await withRepository(g, async (repo, ctx) => {
+      const absolute = paths.map((p) => path.resolve(p));
+      const host = opts.host ?? ctx.identity.hostname;
+      const parent = opts.force
+        ? undefined
+        : opts.parent
+          ? await selectSnapshot(repo, opts.parent)
+          : (await listSnapshots(repo, { host, paths: absolute })).filter((s) => s.snapshot.paths.length === absolute.length).at(-1);
+      const progress = createProgress(progressMode(!!g.json, !!g.quiet), 'backup', !!g.quiet);
+      governor.on('change', (c) => progress.note(describeChange(c), { state: c.state, rate: c.rate ?? null, reason: c.reason }));
+      governor.on('note', (line) => progress.note(line));
+      governor.start();
+      let result;
+      try {
+        ctx.events.on('progress', (p) => progress.update(p as BackupProgress));
+        ctx.events.on('resume', ({ packs, damaged }) => {
+          if (!g.quiet && !g.json) process.stderr.write(`resuming: indexed ${packs} packs left by an interrupted backup\n`);
+          for (const key of damaged) process.stderr.write(`warning: ${key} is damaged and was not indexed; run \`tender check --read-data\`\n`);
+        });
+        ctx.events.on('warning', (e) => {
+          if (g.json) printJson({ message_type: 'error', path: e.path, error: e.message });
+          else process.stderr.write(`warning: skipped ${e.path}: ${e.message}\n`);
+        });
+        result = await backup(
+          repo,
+          {
+            paths: absolute,
+            tags: opts.tag,
+            hostname: host,
+            ...(parent ? { parent } : {}),
+            scan: !g.quiet,
+            cacheNeutral: opts.cacheNeutral === true,
+            // A memory limit that leaves room for few read slots reads fewer files at once.
+            ...(sizing.bufferBudgetBytes !== undefined && sizing.bufferBudgetBytes < 8 * repo.config.chunker.maxSize ? { fileConcurrency: 1 } : {}),
+            // Reads are paced (in pieces of at most 1 MiB) only when something limits them.
+            ...(governor.pacesReads ? { hooks: { beforeRead: governor.beforeRead } } : {}),
+          },
+          ctx,
+        );
+      } finally {
+        await governor.close();
+        progress.stop();
+      }
+      const s = result.snapshot.summary!;
+      if (g.json) {
+        printJson({ message_type: 'summary', snapshot_id: result.snapshotId, ...s });
+      } else if (!g.quiet) {
+        print(`files: ${s.files} (${s.filesRead} read, ${s.filesUnchanged} unchanged), dirs: ${s.dirs}`);
+        print(`read ${formatBytes(s.bytesRead)} of ${formatBytes(s.totalBytes)} in ${(s.durationMs / 1000).toFixed(1)} s (${formatRate(s.bytesRead, s.durationMs)})`);
+        print(`added ${s.blobsAdded} chunks, ${formatBytes(s.bytesAdded)} (${formatBytes(s.bytesStored)} stored)`);
+        print(`snapshot ${result.snapshotId.slice(0, 8)} saved`);
+      }
+      if (result.errors.length > 0) {
+        process.stderr.write(`warning: ${result.errors.length} files or directories could not be read and are not in the snapshot\n`);
+        process.exitCode = ExitCode.incomplete;
+      }
+    }, { limits: { upload: governor.uploadBudget } });
+  });
 }
