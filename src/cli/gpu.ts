@@ -1,12 +1,7 @@
 import { type Command, Option } from 'commander';
 import { TenderError } from '../errors/errors.js';
 import type { GpuReader } from '../polite/gpu-reader.js';
-import { type GpuSourceChoice, openGpuReader, parseGpuSource } from '../polite/gpu-source.js';
-
-/** How long a GPU source may take to open, and to answer one reading. */
-// Under the governor's own limit on a reading (2 s), so that a hung NVML call is reported by the
-// reader, which then stops calling NVML, rather than cut off by the governor.
-export const gpuSourceTimeoutMs = 1500;
+import { type GpuSourceChoice, gpuSourceTimeoutMs, openGpuReader, parseGpuSource } from '../polite/gpu-source.js';
 
 const gpuSourceHint = 'e.g. --gpu-source nvml, --gpu-source nvidia-smi=/usr/bin/nvidia-smi or --gpu-source dcgm=http://127.0.0.1:9400/metrics';
 

@@ -25,8 +25,10 @@ export interface GpuSourceOptions {
 
 /** The reader that was found, and what it found, for startup logs and metrics. */
 export interface FoundGpuReader extends GpuReader {
-  /** E.g. "NVML (libnvidia-ml.so.1): 2 GPUs (GPU-…, GPU-…)". */
+  /** E.g. "NVML (libnvidia-ml.so.1): 2 GPUs (GPU-… 3%, GPU-… 0%)". */
   readonly description: string;
+  /** How many GPUs the first reading saw. */
+  readonly gpus: number;
 }
 
 /** Which source to use, as a user names it (the CLI's --gpu-source, the agent's gpuSource). */
@@ -54,6 +56,13 @@ export function parseGpuSource(text: string): GpuSourceChoice {
   }
 }
 
+/**
+ * The limit on each call into a GPU source that the CLI and the agent use: under the governor's
+ * own limit on a reading (2 s), so that a hung NVML call is reported by the reader, which then
+ * stops calling NVML, rather than cut off by the governor.
+ */
+export const gpuSourceTimeoutMs = 1500;
+
 const sourceLabel: Record<GpuSourceKind, string> = { nvml: 'NVML', 'nvidia-smi': 'nvidia-smi', dcgm: 'DCGM' };
 
 /**
@@ -69,7 +78,7 @@ export async function openGpuReader(options: GpuSourceOptions): Promise<FoundGpu
     try {
       reader = await open(source, options);
       const samples = await reader.read();
-      const found = describedReader(reader, `${sourceLabel[source]} (${whereFrom(source, options)}): ${describeSamples(samples)}`);
+      const found = describedReader(reader, `${sourceLabel[source]} (${whereFrom(source, options)}): ${describeSamples(samples)}`, samples.length);
       const tried = failures.length ? ` (${failures.join('; ')})` : '';
       options.logger.info({ gpuSource: source, gpus: samples.length }, `GPU utilisation from ${found.description}${tried}`);
       return found;
@@ -111,10 +120,11 @@ export function describeSamples(samples: readonly GpuSample[]): string {
   return `${samples.length} GPU${samples.length === 1 ? '' : 's'} (${each.join(', ')})`;
 }
 
-function describedReader(reader: GpuReader, description: string): FoundGpuReader {
+function describedReader(reader: GpuReader, description: string, gpus: number): FoundGpuReader {
   return {
     source: reader.source,
     description,
+    gpus,
     read: (signal) => reader.read(signal),
     close: () => reader.close(),
   };
