@@ -6,13 +6,14 @@
 // trainer (busy and idle spells, as a trainer between epochs or evaluating), where polite tender
 // should run at least at half its unthrottled speed. Tender alone gives its baseline speed.
 //
-//   sudo node bench/polite.mjs                         # defaults: 60 s per case, 4 GiB dataset
+//   sudo node bench/polite.mjs                         # defaults: 90 s per case, 4 GiB dataset
 //   node bench/polite.mjs --seconds 8 --dataset-mib 512 --trainer-file-mib 256   # smoke
 //
-// Options: --seconds S (per case, default 60), --dataset-mib N (what tender backs up, default
+// Options: --seconds S (per case, default 90), --dataset-mib N (what tender backs up, default
 // 4096), --trainer-file-mib N (what the trainer reads, default 2048), --trainer-ops N (operations
 // per second, default 50: 50 MiB/s of reads + 12.5 MiB/s of writes), --phases B:I (busy:idle
-// seconds of the idle-phased trainer, default 10:10), --polite "FLAGS" (default
+// seconds of the idle-phased trainer, default 15:30: polite tender waits 5 s of quiet before it
+// speeds up again), --polite "FLAGS" (default
 // "--pressure-backoff io=10"; --pressure-cgroup is added), --data-dir DIR (default
 // bench/.data/polite), --keep.
 //
@@ -22,6 +23,8 @@
 // hierarchy (/sys/fs/cgroup/unified) for its PSI. Targets (issue 13): polite tender costs the
 // trainer ≤ 5% throughput and ≤ 10% p99; with the idle-phased trainer it runs at ≥ 50% of its
 // unthrottled speed. Results: printed, and written to bench/results/polite-<timestamp>.md/.json.
+// The trainer's io stall % (its cgroup's PSI) shows what the pressure threshold acts on: set
+// --polite's io= between the stall of "trainer alone" and that of "trainer + tender unthrottled".
 import { execFileSync, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -34,11 +37,11 @@ const opt = (name, fallback) => {
   const i = argv.indexOf(`--${name}`);
   return i >= 0 ? argv[i + 1] : fallback;
 };
-const seconds = Number(opt('seconds', 60));
+const seconds = Number(opt('seconds', 90));
 const datasetMiB = Number(opt('dataset-mib', 4096));
 const trainerFileMiB = Number(opt('trainer-file-mib', 2048));
 const trainerOps = Number(opt('trainer-ops', 50));
-const phases = opt('phases', '10:10');
+const phases = opt('phases', '15:30');
 const politeFlags = opt('polite', '--pressure-backoff io=10').split(/\s+/).filter(Boolean);
 const dataDir = path.resolve(opt('data-dir', path.join(ROOT, 'bench/.data/polite')));
 const keep = argv.includes('--keep');
@@ -130,11 +133,19 @@ async function runTender(extra) {
   return { MiBps: bytes / MiB / seconds, notes };
 }
 
+/** Microseconds the trainer's tasks were stalled on I/O so far (its cgroup's io.pressure `some` total). */
+function trainerStallUs() {
+  return Number(/^some .*total=(\d+)/m.exec(fs.readFileSync(path.join(psiDir, 'io.pressure'), 'utf8'))[1]);
+}
+
 async function scenario(label, { trainer, tender, idlePhased = false }) {
   dropCaches();
   console.error(`-- ${label}`);
+  const stallBefore = trainerStallUs();
+  const started = performance.now();
   const [t, b] = await Promise.all([trainer ? startTrainer(idlePhased) : undefined, tender ? runTender(tender) : undefined]);
-  return { label, trainer: t, tender: b };
+  const stallPercent = ((trainerStallUs() - stallBefore) / ((performance.now() - started) * 1000)) * 100;
+  return { label, trainer: t && { ...t, ioStallPercent: stallPercent }, tender: b };
 }
 
 const polite = [...politeFlags, '--pressure-cgroup', psiDir];
@@ -170,12 +181,13 @@ const rows = results.map((r) => {
     t && base.trainer && r !== base ? pct(t.readMiBps, base.trainer.readMiBps) : '',
     t ? t.p99ms.toFixed(1) : '',
     t && base.trainer && r !== base ? pct(t.p99ms, base.trainer.p99ms) : '',
+    t ? t.ioStallPercent.toFixed(1) : '',
     r.tender ? r.tender.MiBps.toFixed(1) : '',
-    r.tender && unthrottled.tender && r !== unthrottled ? `${((r.tender.MiBps / unthrottled.tender.MiBps) * 100).toFixed(0)}%` : '',
+    r.tender && r.trainer && unthrottled.tender && r !== unthrottled ? `${((r.tender.MiBps / unthrottled.tender.MiBps) * 100).toFixed(0)}%` : '',
     r.tender ? String(r.tender.notes.length) : '',
   ];
 });
-const header = ['case', 'trainer MiB/s', 'Δ vs alone', 'trainer p99 ms', 'Δ p99', 'tender MiB/s', 'of unthrottled', 'throttle changes'];
+const header = ['case', 'trainer MiB/s', 'Δ vs alone', 'trainer p99 ms', 'Δ p99', 'trainer io stall %', 'tender MiB/s', 'of unthrottled', 'throttle changes'];
 const table = [header, header.map(() => '---'), ...rows].map((r) => `| ${r.join(' | ')} |`).join('\n');
 const setup = `${seconds} s per case; trainer ${trainerOps} ops/s (1 MiB read + 256 KiB write), idle phases ${phases}; dataset ${datasetMiB} MiB; polite flags: ${polite.join(' ')}; cgroup ${v2 ? 'v2' : 'v1 + unified PSI'}`;
 console.log(`\n${setup}\n\n${table}\n`);

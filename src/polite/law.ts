@@ -7,8 +7,10 @@
  *   bind would not be felt): ×0.5 for pressure, ×share/used for CPU; never below the floor.
  * - At the floor and still over for `pauseAfterMs`: pause.
  * - Recovery only after every signal stayed below `lowFraction` of its threshold for `holdMs`:
- *   then ×`increase` once per `recoverEveryMs` (a paused law comes back at the floor); past the
- *   ceiling, or far above what is read when there is no ceiling, the law lets go.
+ *   then ×`increase` once per `recoverEveryMs`, ×`quietIncrease` while every signal is below a
+ *   quarter of that (nothing competes: an idle trainer). A paused law comes back at a quarter of
+ *   the rate read before the episode's first cut (at least the floor). Past the ceiling, or, without
+ *   one, when its limit no longer binds (less than half of it is read), the law lets go.
  * - Between `lowFraction` × threshold and the threshold nothing changes: the hysteresis band
  *   that keeps the rate from oscillating around one level.
  *
@@ -55,6 +57,7 @@ export interface LawSettings {
   holdMs: number;
   recoverEveryMs: number;
   increase: number;
+  quietIncrease: number;
   pauseAfterMs: number;
   gpu?: GpuPolicy;
 }
@@ -65,6 +68,7 @@ export const defaultLawSettings: Omit<LawSettings, 'pressure'> = {
   holdMs: 5000,
   recoverEveryMs: 1000,
   increase: 1.25,
+  quietIncrease: 2,
   pauseAfterMs: 1000,
 };
 
@@ -89,6 +93,8 @@ export class ControlLaw {
   private lastRecover = -Infinity;
   private atFloorSince: number | undefined;
   private gpuIdleSince: number | undefined;
+  /** The rate read when this episode's first cut came (where recovery from a pause starts). */
+  private beforeCut: number | undefined;
   /** The ceiling: the configured read limit (undefined: none). */
   ceiling: Rate;
 
@@ -106,6 +112,7 @@ export class ControlLaw {
     if (over.length > 0) {
       this.lowSince = undefined;
       const factor = Math.min(...over.map((o) => o.factor));
+      if (this.lawRate === undefined) this.beforeCut = seen.readRate;
       const base = Math.min(this.lawRate === undefined || this.lawRate === 0 ? Infinity : this.lawRate, this.ceiling ?? Infinity, Math.max(seen.readRate, s.floor));
       if (this.lawRate === 0) {
         // Paused already: stay.
@@ -123,9 +130,10 @@ export class ControlLaw {
       if (this.lawRate !== undefined && now - this.lowSince >= s.holdMs && now - this.lastRecover >= s.recoverEveryMs) {
         this.lastRecover = now;
         this.atFloorSince = undefined;
-        const next = this.lawRate === 0 ? s.floor : this.lawRate * s.increase;
-        const unbound = this.ceiling !== undefined ? next >= this.ceiling : next >= 2 * Math.max(seen.readRate, s.floor);
+        const next = this.lawRate === 0 ? Math.max(s.floor, (this.beforeCut ?? 0) / 4) : this.lawRate * (this.isLow(seen, 0.25) ? s.quietIncrease : s.increase);
+        const unbound = this.ceiling !== undefined ? next >= this.ceiling : this.lawRate > 0 && this.lawRate >= 2 * seen.readRate;
         this.lawRate = unbound ? undefined : next;
+        if (unbound) this.beforeCut = undefined;
         this.lawReason = unbound ? '' : `recovering after low pressure for ${Math.round((now - this.lowSince) / 1000)} s`;
         this.lawCause = 'recovering';
       }
@@ -197,8 +205,9 @@ export class ControlLaw {
     return out;
   }
 
-  private isLow(seen: Observation): boolean {
-    const f = this.settings.lowFraction;
+  /** Every signal below `scale` × lowFraction of its threshold. */
+  private isLow(seen: Observation, scale = 1): boolean {
+    const f = this.settings.lowFraction * scale;
     for (const [resource, threshold] of Object.entries(this.settings.pressure) as Array<[PressureResource, number]>) {
       const p = seen.pressure[resource];
       if (p === undefined || p >= threshold * f) return false;

@@ -46,10 +46,11 @@ describe('ControlLaw: pressure', () => {
     expect(new Set(held.map((d) => d.rate))).toEqual(new Set([cut.rate]));
   });
 
-  it('recovers only after pressure stayed low for holdMs, by ×increase once per recoverEveryMs, and lets go past twice the rate read', () => {
+  it('recovers only after pressure stayed low for holdMs, by ×increase once per recoverEveryMs, and lets go once its limit no longer binds', () => {
     const l = law({ holdMs: 5000, recoverEveryMs: 1000, increase: 1.25, floor: MiB });
     l.step(0, seen(90, 16 * MiB)); // → 8 MiB/s
-    const low = run(l, 250, 80, 250, (prev) => seen(2, Math.min(prev?.rate ?? 8 * MiB, 10 * MiB)));
+    // Low (below 10%) but not quiet (above 2.5%): the slow increase.
+    const low = run(l, 250, 80, 250, (prev) => seen(5, Math.min(prev?.rate ?? 8 * MiB, 10 * MiB)));
     const rates = low.map((d) => d.rate);
     // Nothing changes before 5 s of low pressure (t = 250 + 5000).
     expect(new Set(rates.slice(0, 20))).toEqual(new Set([8 * MiB]));
@@ -57,16 +58,17 @@ describe('ControlLaw: pressure', () => {
     // One step per second: unchanged in between.
     expect(rates.slice(21, 24)).toEqual([10 * MiB, 10 * MiB, 10 * MiB]);
     expect(rates[24]).toBe(12.5 * MiB);
-    // Reading only 10 MiB/s (bound elsewhere): 15.6, 19.5, then 24.4 ≥ 2 × 10: no longer a limit.
+    // Reading only 10 MiB/s (bound elsewhere): 15.6, 19.5, 24.4; a limit of 24.4 ≥ 2 × 10 no longer binds.
     expect(rates[28]).toBe(15.625 * MiB);
     expect(rates[32]).toBe(19.53125 * MiB);
-    expect(low[36]).toEqual({ state: 'full', rate: undefined, reason: 'no limit', cause: 'none' });
+    expect(rates[36]).toBe(24.4140625 * MiB);
+    expect(low[40]).toEqual({ state: 'full', rate: undefined, reason: 'no limit', cause: 'none' });
   });
 
   it('a rise during recovery cuts again and restarts the hold', () => {
     const l = law({ holdMs: 1000, recoverEveryMs: 250 });
     l.step(0, seen(90, 16 * MiB));
-    const d = run(l, 250, 8, 250, seen(0, 16 * MiB));
+    const d = run(l, 250, 8, 250, (prev) => seen(5, prev?.rate ?? 8 * MiB));
     expect(d.at(-1)!.rate).toBeGreaterThan(8 * MiB);
     const cut = l.step(2500, seen(50, d.at(-1)!.rate!));
     expect(cut.rate).toBe(d.at(-1)!.rate! / 2);
@@ -81,6 +83,20 @@ describe('ControlLaw: pressure', () => {
     const back = run(l, 1000, 6, 250, seen(1, 0));
     expect(back[4]).toMatchObject({ state: 'throttled', rate: 2 * MiB });
     expect(back.slice(0, 4).every((d) => d.state === 'paused')).toBe(true);
+  });
+
+  it('with nothing competing (every signal below a quarter of low) recovery doubles; from a pause it starts at a quarter of the rate read before the first cut', () => {
+    const l = law({ holdMs: 1000, recoverEveryMs: 1000, pauseAfterMs: 0, floor: MiB });
+    // Reading 64 MiB/s when the pressure comes: 32, 16, ..., the floor, then a pause.
+    const cut = run(l, 0, 8, 250, (prev) => seen(60, prev?.rate ?? 64 * MiB));
+    expect(cut.at(-1)!.state).toBe('paused');
+    const quiet = run(l, 2000, 12, 500, (prev) => seen(0, prev?.rate ?? 0));
+    const rates = quiet.map((d) => d.rate);
+    // After the 1 s hold: 16 MiB/s (64 / 4), then ×2 per second, reading what the limit allows.
+    expect(rates[2]).toBe(16 * MiB);
+    expect(rates[4]).toBe(32 * MiB);
+    expect(rates[6]).toBe(64 * MiB);
+    expect(rates[8]).toBe(128 * MiB);
   });
 
   it('never goes above the ceiling (the read limit), and reports full speed at it', () => {
