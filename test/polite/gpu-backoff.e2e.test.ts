@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startTender, tenderOk, writeRandomFile } from '../helpers/cli.js';
+import { errorLine, runTender, startTender, tenderOk, writeRandomFile } from '../helpers/cli.js';
 import { type NvmlStub, buildNvmlStub } from '../helpers/gpu-stubs.js';
 
 // `tender backup --gpu-backoff` as a real process, its GPU read through NVML from the stub
@@ -133,5 +133,17 @@ describe('tender backup --gpu-backoff (stub NVML)', () => {
     const notes = lines.seen.filter((e) => e.line.message_type === 'note').map((e) => String(e.line.message));
     expect(notes.filter((m) => /GPU/.test(m))).toEqual([expect.stringMatching(/^no GPU found \(NVML: cannot load .*\): GPU backoff is off$/)]);
     expect(lines.seen.find((e) => e.line.message_type === 'summary')?.line.bytesRead).toBe(dataBytes);
+  });
+
+  it('a bad --gpu-source, or one without --gpu-backoff, is a usage error', async () => {
+    const bad = await runTender(['--repo', repo, 'backup', data, '--gpu-backoff', '80', '--gpu-source', 'rocm']);
+    expect(bad.code).toBe(2);
+    expect(errorLine(bad)).toEqual({
+      message: 'tender: --gpu-source: "rocm" is not a GPU source (expected nvml[=LIBRARY], nvidia-smi[=PATH] or dcgm=URL)',
+      hint: 'hint: e.g. --gpu-source nvml, --gpu-source nvidia-smi=/usr/bin/nvidia-smi or --gpu-source dcgm=http://127.0.0.1:9400/metrics',
+    });
+    const alone = await runTender(['--repo', repo, 'backup', data, '--gpu-source', 'nvml']);
+    expect(alone.code).toBe(2);
+    expect(errorLine(alone)).toEqual({ message: 'tender: --gpu-source needs --gpu-backoff', hint: 'hint: add --gpu-backoff PERCENT, e.g. --gpu-backoff 80' });
   });
 });
