@@ -422,7 +422,8 @@ export class Agent {
       ...(p.cpuShareCores !== undefined ? { cpuShare: p.cpuShareCores } : {}),
       ...(p.readFloor !== undefined ? { readFloor: p.readFloor } : {}),
       ...(p.gpu ? { gpu: p.gpu } : {}),
-      overrides: this.limitOverrides,
+      // An override of "no limit" is undefined in the policy: null here, as PUT takes it.
+      overrides: Object.fromEntries(Object.entries(this.limitOverrides).map(([k, v]) => [k, v ?? null])),
       box: { ...this.box.box, ...this.box.sizing },
     };
   }

@@ -1,3 +1,5 @@
+import { existsSync } from 'node:fs';
+import path from 'node:path';
 import { type Command, Option } from 'commander';
 import { TenderError } from '../errors/errors.js';
 import { type CgroupBox, type BoxSizing, detectBox, readLimitFor, sizeToBox } from '../polite/cgroup.js';
@@ -89,6 +91,16 @@ export function processBox(): Box {
  * instead of being stalled by the kernel.
  */
 export function governorFromOptions(opts: PoliteCliOptions, box: CgroupBox, paths: readonly string[], gpuReader?: GpuReader): Governor {
+  if (opts.pressureCgroup.length > 0 && !opts.pressureBackoff) {
+    throw new TenderError('TENDER_USAGE', '--pressure-cgroup needs --pressure-backoff', { hint: 'e.g. --pressure-backoff io=10 --pressure-cgroup DIR' });
+  }
+  for (const dir of opts.pressureCgroup) {
+    if (!existsSync(path.join(dir, 'io.pressure'))) {
+      throw new TenderError('TENDER_USAGE', `--pressure-cgroup ${dir}: no io.pressure there`, {
+        hint: 'give a cgroup v2 directory (e.g. /sys/fs/cgroup/kubepods.slice/…pod<uid>.slice); cgroup v1 has no per-cgroup pressure',
+      });
+    }
+  }
   const kernelLimit = readLimitFor(box, paths);
   const readLimit = [opts.readLimit, kernelLimit].filter((v): v is number => v !== undefined).reduce<number | undefined>((a, b) => (a === undefined ? b : Math.min(a, b)), undefined);
   return new Governor({

@@ -200,7 +200,7 @@ export class Governor extends EventEmitter<GovernorEvents> {
   }
 
   /** One step: observe, decide, apply. */
-  tick(): void {
+  private tick(): void {
     const seen = this.observe();
     if (!seen || !this.law) return;
     this.apply(this.law.step(this.clock.now(), seen));

@@ -33,6 +33,8 @@ describe('tender backup: politeness flags', () => {
       [['--pressure-backoff', 'io=20,gpu=3'], '--pressure-backoff: unknown resource "gpu"'],
       [['--gpu-backoff', '180'], '--gpu-backoff: "180": the percentage must be a number above 0 and at most 100'],
       [['--cpu-share', 'lots'], '--cpu-share: "lots" is not a positive number of cores'],
+      [['--pressure-backoff', 'io=10', '--pressure-cgroup', path.join(tmp, 'nowhere')], `--pressure-cgroup ${path.join(tmp, 'nowhere')}: no io.pressure there`],
+      [['--pressure-cgroup', tmp], '--pressure-cgroup needs --pressure-backoff'],
     ];
     for (const [flags, message] of cases) {
       const r = await runTender(['--repo', repo, 'backup', ...flags, data]);
