@@ -9,6 +9,7 @@
 #include "freeze.h"
 #include "gear.h"
 #include "lease.h"
+#include "nvml.h"
 #include "pagecache.h"
 
 #if defined(__linux__) || defined(__APPLE__)
@@ -458,6 +459,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
 #else
   exports.Set("freezeUnavailable", Napi::String::New(env, tender::freezeUnavailableReason()));
 #endif
+  tender::exportNvml(env, exports);
   // Adding functions keeps abiVersion at 1: src/backup/chunk/native.ts checks it, and callers of
   // the new functions test for them (src/crypto/seal-into.ts).
   exports.Set("abiVersion", Napi::Number::New(env, 1));

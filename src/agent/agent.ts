@@ -19,6 +19,7 @@ import { backup } from '../backup/archiver.js';
 import { type BoxSizing, type CgroupBox, describeBox, detectBox, sizeToBox } from '../polite/cgroup.js';
 import { Governor, type PolitePolicy } from '../polite/governor.js';
 import type { GpuReader } from '../polite/gpu-reader.js';
+import { type GpuSourceKind, gpuSourceTimeoutMs, openGpuReader } from '../polite/gpu-source.js';
 import { findPodCgroup } from '../polite/psi.js';
 import { Repository } from '../repo/repository.js';
 import { listSnapshots } from '../snapshots/select.js';
@@ -73,7 +74,7 @@ export interface AgentOptions {
   dataMover?: DataMoverSettings;
   /** The host's cgroup v2 mount as seen here, where the pods' cgroups (and their PSI) are found (default /sys/fs/cgroup). */
   cgroupRoot?: string;
-  /** GPU utilisation for the politeness policy's GPU backoff. */
+  /** GPU utilisation for the politeness policy's GPU backoff; default: the config's gpuSource, opened at start. */
   gpuReader?: GpuReader;
   /** Where the node's pressure files are (default /proc/pressure; tests). */
   procPressure?: string;
@@ -125,6 +126,8 @@ export class Agent {
   /** Limits set through the API; they stay until the config's politeness section changes. */
   private limitOverrides: Pick<PolitePolicy, 'readLimit' | 'uploadLimit'> = {};
   private appliedPoliteness = '';
+  /** The GPU source found at start (undefined: none). */
+  private gpuSource: { source: GpuSourceKind; gpus: number | undefined } | undefined;
   /** Pod UID → its cgroup v2 directory (undefined: not visible here), for the pods being read. */
   private readonly podCgroups = new Map<string, string | undefined>();
 
@@ -152,11 +155,17 @@ export class Agent {
     // --workers (repository.workers) overrides what the box suggests.
     this.box = { box, sizing: { ...sizeToBox(box), ...(o.repository.workers !== undefined ? { workers: o.repository.workers } : {}) } };
     this.log.info({ box, sizing: this.box.sizing }, `box: ${describeBox(box, this.box.sizing)}`);
+    // Opened whether or not GPU backoff is on yet: a config change may turn it on. No GPU: one line says so.
+    const found = o.gpuReader
+      ? undefined
+      : await openGpuReader({ ...this.policy.policy.gpuSource, timeoutMs: gpuSourceTimeoutMs, logger: this.log.child({ component: 'gpu' }) });
+    const gpuReader = o.gpuReader ?? found ?? undefined;
+    this.gpuSource = gpuReader ? { source: gpuReader.source, gpus: found?.gpus } : undefined;
     this.governor = new Governor({
       ...this.policy.policy.politeness,
       watch: () => this.trainerCgroups(),
       logger: this.log.child({ component: 'polite' }),
-      ...(o.gpuReader ? { gpuReader: o.gpuReader } : {}),
+      ...(gpuReader ? { gpuReader } : {}),
       ...(o.procPressure ? { procPressure: o.procPressure } : {}),
     });
     this.appliedPoliteness = JSON.stringify(this.policy.policy.politeness);
@@ -188,6 +197,7 @@ export class Agent {
       repositoryReady: () => this.repo !== undefined,
       politeness: () => ({ decision: this.governor.current, policy: this.governor.settings }),
       box: this.box,
+      gpuSource: this.gpuSource ?? null,
     });
     this.governor.on('change', (c) => this.metrics.throttleChanged(c));
     this.governor.start();

@@ -8,6 +8,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { BoxSizing, CgroupBox } from '../polite/cgroup.js';
 import type { Decision, PolitePolicy, ThrottleCause, ThrottleChange, ThrottleState } from '../polite/governor.js';
+import type { GpuSourceKind } from '../polite/gpu-source.js';
 import type { RunRecord } from './state.js';
 
 export interface MetricsVolume {
@@ -30,6 +31,8 @@ export interface MetricsSources {
   politeness?: () => { decision: Decision; policy: PolitePolicy };
   /** The cgroup found at startup and how the agent sized itself to it. */
   box?: { box: CgroupBox; sizing: BoxSizing };
+  /** The GPU source found at start (null: none; gpus undefined: a reader handed in, count unknown). */
+  gpuSource?: { source: GpuSourceKind; gpus: number | undefined } | null;
 }
 
 const throttleStates: readonly ThrottleState[] = ['full', 'throttled', 'paused'];
@@ -151,6 +154,7 @@ export class AgentMetrics {
     const politeness = sources.politeness;
     if (politeness) this.registerPoliteness(politeness, registers);
     if (sources.box) this.registerBox(sources.box, registers);
+    if (sources.gpuSource !== undefined) this.registerGpuSource(sources.gpuSource, registers);
   }
 
   private registerPoliteness(politeness: NonNullable<MetricsSources['politeness']>, registers: Registry[]): void {
@@ -200,6 +204,14 @@ export class AgentMetrics {
         for (const cause of throttleCauses) this.set({ cause }, cause === now ? 1 : 0);
       },
     });
+  }
+
+  private registerGpuSource(found: NonNullable<MetricsSources['gpuSource']> | null, registers: Registry[]): void {
+    new Gauge({ name: 'tender_gpu_source_info', help: 'Where GPU backoff reads utilisation (found at startup): nvml, nvidia-smi, dcgm or none', labelNames: ['source'], registers }).set(
+      { source: found?.source ?? 'none' },
+      1,
+    );
+    if (found?.gpus !== undefined) new Gauge({ name: 'tender_gpus', help: 'GPUs the GPU source saw at startup', registers }).set(found.gpus);
   }
 
   private registerBox({ box, sizing }: NonNullable<MetricsSources['box']>, registers: Registry[]): void {

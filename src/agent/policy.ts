@@ -27,6 +27,9 @@
  *   podSelector: { matchExpressions: [{ key: team, operator: In, values: [llm] }] }
  *   maxConcurrentRuns: 1            # backups running at once on this node
  *   cacheNeutral: true              # read files without filling the node's page cache
+ *   gpuSource: nvml                 # where GPU backoff reads utilisation: nvml[=LIBRARY],
+ *                                   #   nvidia-smi[=PATH] or dcgm=URL (default: NVML, else
+ *                                   #   nvidia-smi); read once, when the agent starts
  *   politeness:                     # stay out of the trainers' way (src/polite/); each key optional
  *     readLimit: 200MiB             #   bytes/s read from volumes, shared by all runs
  *     uploadLimit: 100MiB           #   bytes/s uploaded, shared by all runs
@@ -54,6 +57,7 @@ import { parseDocument } from 'yaml';
 import { type HookSpec, parseHookSpec } from '../quiesce/hooks.js';
 import { DEFAULT_FREEZE_TIMEOUT_MS, DEFAULT_HOOK_TIMEOUT_MS, parseOnError, parseTimeout } from '../quiesce/quiesce.js';
 import type { PolitePolicy } from '../polite/governor.js';
+import { type GpuSourceChoice, parseGpuSource } from '../polite/gpu-source.js';
 import { parseByteSize, parsePercent, parsePressureThresholds } from '../polite/parse.js';
 import { neverReason, volumeClass } from './volumes.js';
 
@@ -101,6 +105,8 @@ export interface AgentPolicy {
   cacheNeutral: boolean;
   /** Budgets and backoff (empty: none); the API may change the limits at run time. */
   politeness: PolitePolicy;
+  /** The GPU source for GPU backoff; undefined: NVML, else nvidia-smi. Used at agent start. */
+  gpuSource?: GpuSourceChoice;
 }
 
 export const DEFAULT_POLICY: Readonly<AgentPolicy> = Object.freeze({
@@ -367,6 +373,7 @@ const CONFIG_KEYS = new Set([
   'maxConcurrentRuns',
   'cacheNeutral',
   'politeness',
+  'gpuSource',
 ]);
 
 const POLITENESS_KEYS = ['readLimit', 'uploadLimit', 'pressureBackoff', 'cpuShare', 'readFloor', 'gpuBackoff', 'gpuHold', 'gpuMode'];
@@ -519,6 +526,10 @@ export function parsePolicy(text: string, source = 'config'): AgentPolicy {
       policy.cacheNeutral = data.cacheNeutral;
     }
     if (data.politeness !== undefined && data.politeness !== null) policy.politeness = parsePoliteness(data.politeness);
+    if (data.gpuSource !== undefined && data.gpuSource !== null) {
+      if (typeof data.gpuSource !== 'string') throw new Error('gpuSource must be a string: nvml[=LIBRARY], nvidia-smi[=PATH] or dcgm=URL');
+      policy.gpuSource = setting('gpuSource', () => parseGpuSource(data.gpuSource as string));
+    }
   } catch (err) {
     throw new Error(`${source}: ${(err as Error).message}`);
   }

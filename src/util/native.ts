@@ -24,6 +24,21 @@ export interface NativeGearChunkerHandle {
   readonly variant: NativeCutVariant;
 }
 
+/**
+ * One loaded libnvidia-ml. Calls run in order on the session's thread; a call hung in the driver
+ * leaves its promise (and every later one) pending forever, so callers bound each with a timeout.
+ * Rejections carry `code`: an NVML return code's name (NVML_ERROR_DRIVER_NOT_LOADED, ...) or
+ * NVML_LIBRARY_MISSING, NVML_SYMBOL_MISSING, NVML_GARBAGE.
+ */
+export interface NativeNvmlSession {
+  /** dlopen, resolve the functions, nvmlInit_v2. */
+  open(): Promise<void>;
+  /** Every GPU NVML counts, by index: UUID and utilisation.gpu as NVML reports them (unchecked). */
+  read(): Promise<Array<{ index: number; uuid: string; utilisation: number }>>;
+  /** nvmlShutdown and dlclose; later calls reject. */
+  close(): Promise<void>;
+}
+
 export interface NativeAddon {
   GearChunker: new (
     gear: Uint32Array,
@@ -57,6 +72,10 @@ export interface NativeAddon {
   syncFs?(path: string): Promise<void>;
   /** Why thawFs/syncFs are missing (not Linux). */
   freezeUnavailable?: string;
+  /** NVML on a thread of the addon's own (native/src/nvml.cc); Linux only. */
+  NvmlSession?: new (libraryPath: string) => NativeNvmlSession;
+  /** Why NvmlSession is missing (not Linux). */
+  nvmlUnavailable?: string;
   abiVersion: number;
 }
 

@@ -102,7 +102,10 @@ describe('tender backup: politeness flags', () => {
   it('--gpu-backoff without a GPU source: says once that it does nothing, and backs up at full speed', async () => {
     const r = await tenderOk(['--repo', repo, '--json', 'backup', '--force', '--gpu-backoff', '80', data]);
     const notes = jsonLines(r.stdout).filter((l) => l.message_type === 'note');
-    expect(notes).toEqual([{ message_type: 'note', action: 'backup', message: 'GPU backoff is on but there is no GPU source on this node: it does nothing' }]);
+    // The GPU sources tried (src/polite/gpu-source.ts) and why each failed, in one line.
+    expect(notes).toEqual([
+      { message_type: 'note', action: 'backup', message: expect.stringMatching(/^no GPU found \(NVML: cannot load libnvidia-ml\.so\.1: .*; nvidia-smi: nvidia-smi not found on PATH\): GPU backoff is off$/) },
+    ]);
     expect(backupSummary(r.stdout).bytesRead).toBe(6 * MiB);
   });
 

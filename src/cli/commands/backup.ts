@@ -10,6 +10,8 @@ import { globalOptions, print, printJson, withRepository } from '../context.js';
 import { formatBytes, formatRate } from '../format.js';
 import { createProgress, progressMode } from '../progress.js';
 import { type PoliteCliOptions, addPoliteOptions, governorFromOptions, processBox } from '../polite.js';
+import { addGpuSourceOption, gpuReaderFor } from '../gpu.js';
+import type { GpuSourceChoice } from '../../polite/gpu-source.js';
 import { describeChange } from '../../polite/governor.js';
 import { listSnapshots, selectSnapshot } from '../../snapshots/select.js';
 import path from 'node:path';
@@ -27,6 +29,7 @@ interface BackupCliOptions extends PoliteCliOptions {
   fsfreeze?: boolean;
   freezeTimeout: string;
   whileFrozen?: string;
+  gpuSource?: GpuSourceChoice;
 }
 
 export function registerBackup(program: Command): void {
@@ -46,12 +49,16 @@ export function registerBackup(program: Command): void {
     .option('--fsfreeze', "freeze each path's filesystem (FIFREEZE, root): while --while-frozen runs, else while the path is read")
     .option('--freeze-timeout <duration>', 'the longest a filesystem stays frozen: a guard process thaws it then, even if tender is killed', '10s')
     .option('--while-frozen <command>', 'run while the filesystem is frozen (take a storage snapshot); the read follows the thaw');
-  addPoliteOptions(command).action(async (paths: string[], opts: BackupCliOptions, command: Command) => {
+  addGpuSourceOption(addPoliteOptions(command)).action(async (paths: string[], opts: BackupCliOptions, command: Command) => {
     const g = globalOptions(command);
     const { box, sizing } = processBox();
-    const governor = governorFromOptions(opts, box, paths);
     const quiesce = quiesceOptions(opts, localRepositoryPath(g.repo ?? process.env.TENDER_REPOSITORY ?? ''));
     thawWhatEarlierRunsLeftFrozen();
+    // Which GPU source was found, or why none: one line, shown once the progress output exists.
+    const gpuLines: string[] = [];
+    const gpuReader = await gpuReaderFor(opts, (line) => gpuLines.push(line));
+    // Without a GPU source the backoff is off (that line said so): the governor need not say it again.
+    const governor = governorFromOptions(gpuReader ? opts : { ...opts, gpuBackoff: undefined }, box, paths, gpuReader);
     await withRepository(g, async (repo, ctx) => {
       const absolute = paths.map((p) => path.resolve(p));
       const host = opts.host ?? ctx.identity.hostname;
@@ -61,6 +68,7 @@ export function registerBackup(program: Command): void {
           ? await selectSnapshot(repo, opts.parent)
           : (await listSnapshots(repo, { host, paths: absolute })).filter((s) => s.snapshot.paths.length === absolute.length).at(-1);
       const progress = createProgress(progressMode(!!g.json, !!g.quiet), 'backup', !!g.quiet);
+      for (const line of gpuLines) progress.note(line);
       governor.on('change', (c) => progress.note(describeChange(c), { state: c.state, rate: c.rate ?? null, reason: c.reason }));
       governor.on('note', (line) => progress.note(line));
       governor.start();
