@@ -21,6 +21,7 @@ import { openStorage } from '../storage/open.js';
 import type { StorageOptions } from '../storage/open.js';
 import { type Identity, type OperationEventMap, createOperationContext, processIdentity } from '../util/operation.js';
 import { Discovery, type ProtectedVolume } from './discovery.js';
+import { CheckpointWatcher } from './checkpoint-watch.js';
 import { AgentHttpServer, type Readiness, TokenSource } from './http.js';
 import { AgentMetrics } from './metrics.js';
 import { PolicyWatcher } from './policy.js';
@@ -57,6 +58,8 @@ export interface AgentOptions {
   discovery?: { resyncMs?: number; checkMounts?: boolean };
   /** Retry a failed scheduled run after this long (or the interval, if shorter). */
   failureRetryMs?: number;
+  /** The checkpoint trigger's poll and debounce (tests). */
+  checkpointWatch?: { pollMs?: number; debounceMs?: number };
 }
 
 /** A volume that cannot be backed up now (gone, not mounted, unreadable). */
@@ -72,6 +75,7 @@ export class Agent {
   private discovery!: Discovery;
   private runner!: Runner;
   private scheduler!: Scheduler;
+  private checkpointWatcher!: CheckpointWatcher;
   private metrics!: AgentMetrics;
   private http!: AgentHttpServer;
   private repo: Repository | undefined;
@@ -141,11 +145,24 @@ export class Agent {
       ...(o.failureRetryMs !== undefined ? { failureRetryMs: o.failureRetryMs } : {}),
     });
 
+    this.checkpointWatcher = new CheckpointWatcher({
+      enqueue: (v) => {
+        this.runner.enqueue(v, 'checkpoint');
+      },
+      lastSuccess: (identity) => {
+        const at = this.runner.volumeState(identity)?.lastSuccessAt;
+        return at === undefined ? undefined : Date.parse(at);
+      },
+      logger: this.log.child({ component: 'checkpoint-watch' }),
+      ...o.checkpointWatch,
+    });
+
     const interrupted = this.runner.load(state);
     for (const run of interrupted) this.metrics.runFinished(run);
     this.runner.on('finished', (run: RunRecord) => {
       this.executing.delete(run.id);
       this.metrics.runFinished(run);
+      for (const seconds of this.checkpointWatcher.runFinished(run)) this.metrics.checkpointStored(seconds);
       this.scheduler.refresh();
     });
     this.policy.on('change', () => {
@@ -173,6 +190,7 @@ export class Agent {
     this.opening = this.openRepository();
     await this.discovery.start();
     this.scheduler.start();
+    this.checkpointWatcher.sync(this.discovery.volumes());
     this.updateReady();
     // Readiness also changes without an event (the pod list arriving after a failed first list).
     this.readyTimer = setInterval(() => this.updateReady(), 2000);
@@ -196,6 +214,7 @@ export class Agent {
     this.log.info('tender agent stopping');
     if (this.readyTimer) clearInterval(this.readyTimer);
     this.scheduler?.stop();
+    this.checkpointWatcher?.stop();
     await this.runner?.stop(2000);
     await Promise.allSettled([this.http?.close(), this.discovery?.stop(), this.policy?.stop()]);
     await this.opening?.catch(() => undefined);
@@ -264,6 +283,7 @@ export class Agent {
         }
       }
     }
+    this.checkpointWatcher.sync(this.discovery.volumes());
     this.scheduler.refresh();
   }
 

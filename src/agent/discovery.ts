@@ -48,6 +48,8 @@ export interface ProtectedVolume {
   /** Why there is no path (not mounted, PVC unbound, a secret volume, ...), for the user. */
   problem?: string;
   schedule: Schedule;
+  /** Back it up as soon as a new checkpoint in it is complete (tender.io/trigger: checkpoint). */
+  onCheckpoint?: true;
 }
 
 export interface DiscoveryChange {
@@ -524,6 +526,7 @@ export class Discovery extends EventEmitter {
         tags: volumeTags(pod, vol, owner, this.#opts.nodeName),
         ...(result.ok ? { path: result.path } : { problem: result.reason }),
         schedule: { ...pp.schedule },
+        ...(pp.onCheckpoint ? { onCheckpoint: true as const } : {}),
       });
     }
     return out;

@@ -6,6 +6,7 @@
  *   tender.io/exclude-volumes: scratch      never these
  *   tender.io/schedule: "0 * * * *"         5-field cron, in UTC (or @hourly, @daily, @weekly, @monthly, @yearly)
  *   tender.io/interval: 10m                 every 10 minutes (d, h, m, s: 1h30m, 90s)
+ *   tender.io/trigger: checkpoint           also back up as soon as a new checkpoint is complete
  *
  * The config file (YAML, mounted from a ConfigMap; PolicyWatcher reloads it on change):
  *   defaultVolumes: none            # none | emptyDir | all: the volumes of a pod without
@@ -18,6 +19,7 @@
  *   podSelector: { matchExpressions: [{ key: team, operator: In, values: [llm] }] }
  *   maxConcurrentRuns: 1            # backups running at once on this node
  *   cacheNeutral: true              # read files without filling the node's page cache
+ *   trigger: schedule               # schedule | checkpoint: also back up each new complete checkpoint
  *
  * Selectors choose the pods the agent looks at at all; in those pods the annotation picks the
  * volumes, or defaultVolumes where there is none. A malformed annotation is an error naming the
@@ -39,6 +41,7 @@ export const ANNOTATION_BACKUP = 'tender.io/backup-volumes';
 export const ANNOTATION_EXCLUDE = 'tender.io/exclude-volumes';
 export const ANNOTATION_SCHEDULE = 'tender.io/schedule';
 export const ANNOTATION_INTERVAL = 'tender.io/interval';
+export const ANNOTATION_TRIGGER = 'tender.io/trigger';
 
 export type DefaultVolumes = 'none' | 'emptyDir' | 'all';
 
@@ -71,6 +74,8 @@ export interface AgentPolicy {
   podSelector?: LabelSelector;
   maxConcurrentRuns: number;
   cacheNeutral: boolean;
+  /** Back up a volume as soon as a new checkpoint in it is complete, besides its schedule (config `trigger: checkpoint`). */
+  triggerOnCheckpoint?: boolean;
 }
 
 export const DEFAULT_POLICY: Readonly<AgentPolicy> = Object.freeze({
@@ -191,6 +196,8 @@ export interface PodPolicy {
   /** The volumes to protect, in the pod's order. */
   volumes: SelectedVolume[];
   schedule: Schedule;
+  /** tender.io/trigger (else the policy's trigger): also run on each new complete checkpoint. */
+  onCheckpoint: boolean;
   /** Problems with the pod's annotations, each naming the pod, the annotation and what is wrong. */
   errors: string[];
 }
@@ -270,7 +277,14 @@ export function podPolicy(pod: V1Pod, policy: AgentPolicy): PodPolicy {
       errors.push(`${podRef}: annotation ${ANNOTATION_INTERVAL}: ${(err as Error).message}; the default schedule is used`);
     }
   }
-  return { volumes, schedule, errors };
+  let onCheckpoint = policy.triggerOnCheckpoint === true;
+  const trigger = annotations[ANNOTATION_TRIGGER];
+  if (trigger !== undefined) {
+    const value = trigger.trim();
+    if (value === 'checkpoint' || value === 'schedule') onCheckpoint = value === 'checkpoint';
+    else errors.push(`${podRef}: annotation ${ANNOTATION_TRIGGER}: "${trigger}" is not checkpoint or schedule; the policy's trigger is used`);
+  }
+  return { volumes, schedule, onCheckpoint, errors };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -286,6 +300,7 @@ const CONFIG_KEYS = new Set([
   'podSelector',
   'maxConcurrentRuns',
   'cacheNeutral',
+  'trigger',
 ]);
 
 function isRecord(v: unknown): v is Record<string, unknown> {
@@ -400,6 +415,10 @@ export function parsePolicy(text: string, source = 'config'): AgentPolicy {
     if (data.cacheNeutral !== undefined) {
       if (typeof data.cacheNeutral !== 'boolean') throw new Error('cacheNeutral must be true or false');
       policy.cacheNeutral = data.cacheNeutral;
+    }
+    if (data.trigger !== undefined) {
+      if (data.trigger !== 'schedule' && data.trigger !== 'checkpoint') throw new Error(`trigger must be schedule or checkpoint, not ${JSON.stringify(data.trigger)}`);
+      policy.triggerOnCheckpoint = data.trigger === 'checkpoint';
     }
   } catch (err) {
     throw new Error(`${source}: ${(err as Error).message}`);

@@ -15,7 +15,7 @@ import { TenderError, systemErrorCode } from '../errors/errors.js';
 import type { SnapshotSummary } from '../repo/snapshot/snapshot.js';
 
 export type RunState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled' | 'interrupted';
-export type RunTrigger = 'schedule' | 'api' | 'startup';
+export type RunTrigger = 'schedule' | 'api' | 'startup' | 'checkpoint';
 
 export const finishedStates: ReadonlySet<RunState> = new Set(['succeeded', 'failed', 'cancelled', 'interrupted']);
 

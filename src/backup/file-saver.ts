@@ -1,4 +1,4 @@
-import { closeSync, openSync, readSync } from 'node:fs';
+import { type BigIntStats, closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import type { ChunkerParams } from '../repo/chunker-params.js';
 import type { BoundaryFinder } from './chunk/fastcdc.js';
@@ -25,6 +25,35 @@ export interface FileContent {
   contentLists?: string[];
 }
 
+/** What identifies one version of a file: a change to it changes at least one of these. */
+export interface FileStamp {
+  size: number;
+  mtimeNs: string;
+  ctimeNs: string;
+  ino: number;
+}
+
+/** A file's completeness by its format (safetensors, torch zip, …): see src/checkpoint/. */
+export type FileVerdict = { complete: true } | { complete: false; reason: string };
+
+/**
+ * Checks an open file after it was read and before its last fstat, so a clean read proves the
+ * verdict is about the stored bytes. undefined: not a format it knows.
+ */
+export type FileInspector = (fd: number, path: string, size: number) => Promise<FileVerdict | undefined>;
+
+/** A saved file: its content, the fd's stamps at open and after the last read, the bytes read. */
+export interface SavedFile extends FileContent {
+  before: FileStamp;
+  after: FileStamp;
+  bytes: number;
+  verdict?: FileVerdict;
+}
+
+function stampOf(stats: BigIntStats): FileStamp {
+  return { size: Number(stats.size), mtimeNs: stats.mtimeNs.toString(), ctimeNs: stats.ctimeNs.toString(), ino: Number(stats.ino) };
+}
+
 export interface SaveCounters {
   bytesRead: number;
   blobsAdded: number;
@@ -47,6 +76,7 @@ export class FileSaver {
     private readonly readCache: ReadCachePolicy = cachingReads,
     /** Cancel: reads stop at the next slot; what is being sealed ends first. */
     private readonly signal: AbortSignal = new AbortController().signal,
+    private readonly inspect?: FileInspector,
   ) {
     // Each filled slot must yield a chunk: the carried tail is < maxSize, so the slot must be larger.
     if (slots.bufferSize <= params.maxSize) throw new Error('slot size must exceed the maximum chunk size');
@@ -57,19 +87,21 @@ export class FileSaver {
    * into a shared batch slot with direct calls and hashed and sealed together, so a tree of many
    * small files costs a few worker round trips per batch instead of several per file.
    */
-  async save(path: string, size: number): Promise<FileContent> {
+  async save(path: string, size: number, options: { reread?: boolean } = {}): Promise<SavedFile> {
     throwIfCancelled(this.signal);
+    // A re-read (the file changed while it was read) is not progress: its bytes were counted once.
+    const onBytes = options.reread ? () => {} : this.onBytes;
     if (size <= this.params.minSize) {
-      const small = await this.saveSmall(path);
+      const small = await this.saveSmall(path, onBytes);
       if (small) return small;
     }
-    return this.saveLarge(path);
+    return this.saveLarge(path, onBytes);
   }
 
   private batch: SmallFileBatch | undefined;
 
   /** Undefined when the file turned out larger than a batch allows (it grew): use saveLarge. */
-  private async saveSmall(path: string): Promise<FileContent | undefined> {
+  private async saveSmall(path: string, onBytes: (n: number) => void): Promise<SavedFile | undefined> {
     const limit = this.params.minSize;
     if (!this.batch || this.batch.used + limit + 1 > this.batch.slot.view.length) {
       this.flushBatch();
@@ -87,24 +119,32 @@ export class FileSaver {
     const batch = this.batch!;
     const at = batch.used;
     const fd = openSync(path, 'r');
-    let length = 0;
     try {
+      const before = stampOf(fstatSync(fd, { bigint: true }));
+      let length = 0;
       const cache = this.readCache.open(fd);
       cache.beforeRead(0, limit + 1);
       // One byte more than the limit tells a file that grew since its lstat.
       for (let n = -1; n !== 0 && length <= limit; length += n) n = readSync(fd, batch.slot.view, at + length, limit + 1 - length, length);
       cache.afterRead(0, limit + 1);
+      if (length > limit) return undefined;
+      this.counters.bytesRead += length;
+      onBytes(length);
+      let content: Promise<FileContent> = Promise.resolve({ content: [] });
+      if (length > 0) {
+        // The batch is updated before any await: other files go on filling it meanwhile.
+        batch.used += length;
+        const index = batch.spans.length / 2;
+        batch.spans.push(at, length);
+        content = new Promise((resolve, reject) => batch.waiters.push({ index, resolve, reject }));
+        content.catch(() => undefined); // awaited below, after the inspection
+      }
+      const verdict = this.inspect ? await this.inspect(fd, path, length) : undefined;
+      const after = stampOf(fstatSync(fd, { bigint: true }));
+      return { ...(await content), before, after, bytes: length, ...(verdict ? { verdict } : {}) };
     } finally {
       closeSync(fd);
     }
-    if (length > limit) return undefined;
-    this.counters.bytesRead += length;
-    this.onBytes(length);
-    if (length === 0) return { content: [] };
-    batch.used += length;
-    const index = batch.spans.length / 2;
-    batch.spans.push(at, length);
-    return new Promise((resolve, reject) => batch.waiters.push({ index, resolve, reject }));
   }
 
   private flushBatch(): void {
@@ -125,7 +165,7 @@ export class FileSaver {
     );
   }
 
-  private async saveLarge(path: string): Promise<FileContent> {
+  private async saveLarge(path: string, onBytes: (n: number) => void): Promise<SavedFile> {
     const handle = await open(path, 'r');
     const cache = this.readCache.open(handle.fd);
     const content = new ContentBuilder(this.repo);
@@ -136,6 +176,7 @@ export class FileSaver {
     /** The slot this loop owns (not yet handed to processSlot); released in `finally` on errors. */
     let held: Slot | undefined;
     try {
+      const before = stampOf(await handle.stat({ bigint: true }));
       let slot = (held = await this.slots.acquire());
       let carry = 0;
       let position = 0;
@@ -156,7 +197,7 @@ export class FileSaver {
           position += bytesRead;
         }
         this.counters.bytesRead += end - carry;
-        this.onBytes(end - carry);
+        onBytes(end - carry);
         const spans: number[] = [];
         let start = 0;
         while (start < end) {
@@ -185,7 +226,9 @@ export class FileSaver {
         slot = next;
       }
       await chain;
-      return await content.finish();
+      const verdict = this.inspect ? await this.inspect(handle.fd, path, position) : undefined;
+      const after = stampOf(await handle.stat({ bigint: true }));
+      return { ...(await content.finish()), before, after, bytes: position, ...(verdict ? { verdict } : {}) };
     } finally {
       if (held) this.slots.release(held);
       await handle.close();

@@ -1,10 +1,12 @@
 import type { Command } from 'commander';
 import { type BackupProgress, backup } from '../../backup/archiver.js';
 import { ExitCode } from '../../errors/errors.js';
-import { collect } from '../args.js';
+import type { IncompletePolicy } from '../../backup/checkpoints.js';
+import { collect, incompletePolicy, positiveInt } from '../args.js';
 import { globalOptions, print, printJson, withRepository } from '../context.js';
 import { formatBytes, formatRate } from '../format.js';
 import { createProgress, progressMode } from '../progress.js';
+import { consistencySummary, describeConsistency } from '../../snapshots/consistency.js';
 import { listSnapshots, selectSnapshot } from '../../snapshots/select.js';
 import path from 'node:path';
 
@@ -14,6 +16,8 @@ interface BackupCliOptions {
   parent?: string;
   force?: boolean;
   cacheNeutral?: boolean;
+  incomplete: IncompletePolicy;
+  rereads?: number;
 }
 
 export function registerBackup(program: Command): void {
@@ -26,6 +30,8 @@ export function registerBackup(program: Command): void {
     .option('--parent <snapshot>', 'compare with this snapshot to skip unchanged files (default: latest with the same host and paths)')
     .option('--force', 'read every file, ignoring the parent snapshot')
     .option('--cache-neutral', "leave the page cache as it was: evict what this backup's reads bring in (Linux)")
+    .option('--incomplete <what>', 'a checkpoint directory that is incomplete when read: store (labelled), skip, or wait=DURATION (e.g. 30s) then store', incompletePolicy, { mode: 'store' })
+    .option('--rereads <n>', 'read a file that changed while it was read up to N more times before storing it labelled torn (default 2)', positiveInt)
     .action(async (paths: string[], opts: BackupCliOptions, command: Command) => {
       const g = globalOptions(command);
       await withRepository(g, async (repo, ctx) => {
@@ -57,6 +63,8 @@ export function registerBackup(program: Command): void {
               ...(parent ? { parent } : {}),
               scan: !g.quiet,
               cacheNeutral: opts.cacheNeutral === true,
+              checkpoints: { incomplete: opts.incomplete },
+              ...(opts.rereads !== undefined ? { rereads: opts.rereads } : {}),
             },
             ctx,
           );
@@ -70,6 +78,8 @@ export function registerBackup(program: Command): void {
           print(`files: ${s.files} (${s.filesRead} read, ${s.filesUnchanged} unchanged), dirs: ${s.dirs}`);
           print(`read ${formatBytes(s.bytesRead)} of ${formatBytes(s.totalBytes)} in ${(s.durationMs / 1000).toFixed(1)} s (${formatRate(s.bytesRead, s.durationMs)})`);
           print(`added ${s.blobsAdded} chunks, ${formatBytes(s.bytesAdded)} (${formatBytes(s.bytesStored)} stored)`);
+          const c = consistencySummary(result.snapshot);
+          if (result.snapshot.checkpoints?.length || c.filesTorn > 0 || c.filesIncomplete > 0) print(`consistency: ${describeConsistency(c)}`);
           print(`snapshot ${result.snapshotId.slice(0, 8)} saved`);
         }
         if (result.errors.length > 0) {

@@ -20,6 +20,25 @@ export interface SnapshotSummary {
   bytesStored: number;
   errors: number;
   durationMs: number;
+  /** Files stored labelled `torn` / `incomplete` (absent in snapshots written before the labels). */
+  filesTorn?: number;
+  filesIncomplete?: number;
+  /** Files read again because they changed while they were read. */
+  rereads?: number;
+}
+
+/** A checkpoint directory found in the backup, with its verdict for the stored copy. */
+export interface CheckpointRecord {
+  /** Its path in the snapshot, as `tender ls` prints it (`/<root name>/…`). */
+  path: string;
+  /** dcp, megatron, hf-trainer, deepspeed, tmp-rename. */
+  kind: string;
+  /** True only if the stored files form a complete checkpoint (checked before and after reading). */
+  complete: boolean;
+  /** With `complete: false`: why. */
+  reason?: string;
+  /** Left out of the snapshot (`--incomplete skip`): none of its files are stored. */
+  skipped?: boolean;
 }
 
 export interface Snapshot {
@@ -34,6 +53,8 @@ export interface Snapshot {
   parent?: string;
   program: string;
   summary?: SnapshotSummary;
+  /** Checkpoint directories found in the backed-up paths (absent: none, or an older snapshot). */
+  checkpoints?: CheckpointRecord[];
 }
 
 export function encodeSnapshot(encryptionKey: Uint8Array, snapshot: Snapshot): Buffer {
@@ -62,9 +83,22 @@ export function decodeSnapshot(encryptionKey: Uint8Array, stored: Buffer): Snaps
     typeof s.username !== 'string' ||
     !strings(s.paths) ||
     !strings(s.tags) ||
-    (s.parent !== undefined && (typeof s.parent !== 'string' || !isHexId(s.parent)))
+    (s.parent !== undefined && (typeof s.parent !== 'string' || !isHexId(s.parent))) ||
+    (s.checkpoints !== undefined && !(Array.isArray(s.checkpoints) && s.checkpoints.every(isCheckpointRecord)))
   ) {
     throw new FormatError('snapshot lacks required fields or has malformed ones');
   }
   return s;
+}
+
+function isCheckpointRecord(c: CheckpointRecord): boolean {
+  return (
+    !!c &&
+    typeof c === 'object' &&
+    typeof c.path === 'string' &&
+    typeof c.kind === 'string' &&
+    typeof c.complete === 'boolean' &&
+    (c.reason === undefined || typeof c.reason === 'string') &&
+    (c.skipped === undefined || c.skipped === true)
+  );
 }
