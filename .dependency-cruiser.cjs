@@ -9,6 +9,8 @@
  *   workers/                     transform, crypto, util, errors
  *   storage/                     util, errors  (knows nothing of repositories)
  *   repo/                        storage, transform, crypto, workers, util, errors
+ *   checkpoint/                  util, errors  (checkpoint layouts and completeness; used by
+ *                                operations and cli/agent)
  *   operations: backup/ restore/ prune/ check/ policy/ snapshots/
  *                                repo and everything under it except storage/ (only the
  *                                repository touches storage objects), and each other
@@ -18,7 +20,7 @@
  * Plus: no import cycles; src/ never imports test code, vitest or a devDependency at run time.
  * Run by hand: `npm run lint:deps`; test/boundaries.test.ts runs it with the tests.
  */
-const known = 'errors|util|crypto|transform|workers|storage|repo|backup|restore|prune|check|policy|snapshots|cli|agent';
+const known = 'errors|util|crypto|transform|workers|storage|repo|checkpoint|backup|restore|prune|check|policy|snapshots|cli|agent';
 const operations = 'backup|restore|prune|check|policy|snapshots';
 
 /** A rule: files under `from` may import from src/ only what is under `allowed` (folder names). */
@@ -47,6 +49,12 @@ module.exports = {
     onlyImports('transform-only-crypto', 'transform', 'transform|crypto|util|errors', 'transform/ may use crypto/, util/, errors/.'),
     onlyImports('workers-only-transform', 'workers', 'workers|transform|crypto|util|errors', 'workers/ may use transform/, crypto/, util/, errors/.'),
     onlyImports('storage-only-util', 'storage', 'storage|util|errors', 'storage/ knows nothing of repositories: util/ and errors/ only.'),
+    onlyImports(
+      'checkpoint-only-util',
+      'checkpoint',
+      'checkpoint|util|errors',
+      'checkpoint/ reads checkpoint files on its own: util/ and errors/ only.',
+    ),
     onlyImports(
       'repo-not-operations',
       'repo',

@@ -101,6 +101,7 @@ describe('the layer rules catch what they forbid (fixture tree)', () => {
     { rule: 'workers-only-transform', from: 'src/workers/w.ts', to: 'src/storage/s.ts' },
     { rule: 'storage-only-util', from: 'src/storage/s.ts', to: 'src/crypto/c.ts' },
     { rule: 'repo-not-operations', from: 'src/repo/r.ts', to: 'src/backup/b.ts' },
+    { rule: 'checkpoint-only-util', from: 'src/checkpoint/k.ts', to: 'src/repo/r.ts' },
     { rule: 'operations-not-storage', from: 'src/restore/x.ts', to: 'src/storage/s.ts' },
     { rule: 'operations-not-cli-agent', from: 'src/prune/p.ts', to: 'src/cli/main.ts' },
     { rule: 'cli-only-agent-entry', from: 'src/cli/main.ts', to: 'src/agent/state.ts' },
@@ -121,6 +122,8 @@ describe('the layer rules catch what they forbid (fixture tree)', () => {
     { from: 'src/transform/ok.ts', to: 'src/crypto/ok.ts' },
     { from: 'src/agent/ok.ts', to: 'src/storage/ok.ts' },
     { from: 'src/util/ok.ts', to: 'src/errors/ok.ts' },
+    { from: 'src/backup/ok.ts', to: 'src/checkpoint/ok.ts' },
+    { from: 'src/checkpoint/ok.ts', to: 'src/util/ok.ts' },
   ];
 
   it('reports each broken rule once, and nothing that is allowed', { timeout: 120_000 }, async () => {

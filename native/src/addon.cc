@@ -7,6 +7,7 @@
 #include <string>
 
 #include "gear.h"
+#include "lease.h"
 #include "pagecache.h"
 
 #if defined(__linux__) || defined(__APPLE__)
@@ -351,6 +352,19 @@ Napi::Value LstatAt(const Napi::CallbackInfo& info) {
 }
 #endif
 
+// ---- open-for-writing probe (lease.h) ------------------------------------------------------------
+
+// openForWriting(path): true when some process has the file open for writing, false when
+// nobody has, undefined when it cannot be told (see lease.h).
+Napi::Value OpenForWriting(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "openForWriting(path: string)");
+  int err = 0;
+  const int rc = tender::fileOpenForWriting(info[0].As<Napi::String>().Utf8Value().c_str(), &err);
+  if (rc < 0) return env.Undefined();
+  return Napi::Boolean::New(env, rc == 1);
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("GearChunker", GearChunker::Init(env));
   exports.Set("shuffle", Napi::Function::New<Shuffle<true>>(env, "shuffle"));
@@ -368,6 +382,11 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   } else {
     exports.Set("residentPages", Napi::Function::New<ResidentPages>(env, "residentPages"));
     exports.Set("dropPages", Napi::Function::New<DropPages>(env, "dropPages"));
+  }
+  if (const char* why = tender::leaseUnavailableReason()) {
+    exports.Set("leaseUnavailable", Napi::String::New(env, why));
+  } else {
+    exports.Set("openForWriting", Napi::Function::New<OpenForWriting>(env, "openForWriting"));
   }
 #ifdef TENDER_HAVE_FSTATAT
   exports.Set("lstatAt", Napi::Function::New<LstatAt>(env, "lstatAt"));

@@ -42,6 +42,13 @@ export interface NativeAddon {
   dropPages?(fd: number, offset: number, length: number, before: Uint8Array): void;
   /** lstat of each name in `dir`, 14 numbers per name (see walk.ts); one call per directory. */
   lstatAt?(dir: string, names: string[]): Float64Array;
+  /**
+   * True when some process has the file open for writing (a read lease, F_SETLEASE, is refused),
+   * false when nobody has, undefined when it cannot be told (Linux only).
+   */
+  openForWriting?(path: string): boolean | undefined;
+  /** Why openForWriting is missing (not Linux). */
+  leaseUnavailable?: string;
   /** Why residentPages/dropPages are missing (not Linux). */
   pageCacheUnavailable?: string;
   abiVersion: number;
