@@ -6,6 +6,8 @@ import { DCP_METADATA, readDcpMetadata } from './dcp.js';
 import { isIoError, parseFile } from './layout.js';
 import { openForWriting } from './lease.js';
 import { PickleError } from './pickle.js';
+import { readAt } from './read-at.js';
+import { looksLikeSafetensors, parseSafetensors } from './safetensors.js';
 import { readTorchArchive } from './torch-zip.js';
 
 /**
@@ -61,7 +63,7 @@ export async function fileCompleteness(fd: number, filePath: string, size: numbe
   return { complete: true, kind };
 }
 
-/** The checkpoint a directory is, from its name and contents; undefined: none. */
+/** The kinds of checkpoint directory. */
 type DirKind = CheckpointDir['kind'];
 
 /** Bounds of findCheckpoints: how deep it looks for checkpoints, and within one. */
@@ -75,6 +77,11 @@ const MEGATRON_RELEASE = 'release';
 const TRAINER_STATE = 'trainer_state.json';
 const DEEPSPEED_STATES = /(model_states|optim_states)\.pt$/;
 const DCP_SHARD = /^__\d+_\d+\.distcp$/;
+
+/** A file name only DCP directories have. */
+function isDcpFile(name: string): boolean {
+  return name === DCP_METADATA || name === `${DCP_METADATA}.tmp` || DCP_SHARD.test(name);
+}
 
 /** Directory-level checkpoints under root (bounded walk, memory independent of file count beyond the result). */
 export async function findCheckpoints(root: string, options: { signal?: AbortSignal } = {}): Promise<CheckpointDir[]> {
@@ -121,8 +128,9 @@ async function classify(dir: string): Promise<DirKind | undefined> {
   const byContent = await classifyByContent(dir);
   if (temporary && (CHECKPOINT_NAME.test(finalName) || byContent)) return 'tmp-rename';
   if (/^iter_\d+$/.test(name) || (name === MEGATRON_RELEASE && (await isFile(join(dirname(dir), MEGATRON_TRACKER))))) return 'megatron';
-  if (/^checkpoint-\d+$/.test(name)) return 'hf-trainer';
-  return byContent;
+  // A `checkpoint-N` holding DCP or DeepSpeed files itself is one of those (HF Trainer keeps
+  // them in subfolders).
+  return byContent ?? (/^checkpoint-\d+$/.test(name) ? 'hf-trainer' : undefined);
 }
 
 async function classifyByContent(dir: string): Promise<'deepspeed' | 'dcp' | undefined> {
@@ -130,7 +138,7 @@ async function classifyByContent(dir: string): Promise<'deepspeed' | 'dcp' | und
   for await (const entry of await openDirOrEmpty(dir)) {
     if (!entry.isFile()) continue;
     if (DEEPSPEED_STATES.test(entry.name)) return 'deepspeed';
-    if (entry.name === DCP_METADATA || entry.name === `${DCP_METADATA}.tmp` || DCP_SHARD.test(entry.name)) dcp = true;
+    if (isDcpFile(entry.name)) dcp = true;
   }
   return dcp ? 'dcp' : undefined;
 }
@@ -228,9 +236,27 @@ async function dcpVerdict(dir: string, files: readonly string[], kind: string): 
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return incomplete(kind, `shard ${shard} named by ${DCP_METADATA} is missing`);
       throw err;
     }
-    if (size !== end) return incomplete(kind, `shard ${shard} has ${size} bytes, ${DCP_METADATA} says ${end}`);
+    if (size !== end && !(end < size && (await wholeSafetensorsBlob(join(dir, shard))))) {
+      return incomplete(kind, `shard ${shard} has ${size} bytes, ${DCP_METADATA} says ${end}`);
+    }
   }
   return (await filesWhole(dir, files, kind)) ?? { complete: true, kind };
+}
+
+/**
+ * A shard written with SerializationFormat.SAFETENSORS is one safetensors blob whose items
+ * `.metadata` places inside it: whole when the blob's own header says so.
+ */
+async function wholeSafetensorsBlob(path: string): Promise<boolean> {
+  const handle = await open(path, 'r');
+  try {
+    const { size } = await handle.stat();
+    if (!looksLikeSafetensors(await readAt(handle.fd, 0, 16))) return false;
+    const blob = await parseSafetensors(handle.fd, size);
+    return blob.ok && blob.expectedSize === size;
+  } finally {
+    await handle.close();
+  }
 }
 
 /**
@@ -265,9 +291,9 @@ async function megatronVerdict(dir: string, files: readonly string[], tracker: s
       if (err instanceof SyntaxError) return incomplete(kind, 'metadata.json is not valid JSON');
       throw err;
     }
-    if (names.has(DCP_METADATA) || [...names].some((n) => DCP_SHARD.test(n))) return dcpVerdict(dir, files, kind);
+    if ([...names].some(isDcpFile)) return dcpVerdict(dir, files, kind);
   } else {
-    if ([...names].some((n) => n === DCP_METADATA || DCP_SHARD.test(n))) return incomplete(kind, 'no metadata.json (written after the shards)');
+    if ([...names].some(isDcpFile)) return incomplete(kind, 'no metadata.json (written after the shards)');
     if (![...names].some((n) => /^mp_rank_\d+(_\d+)?\/model_optim_rng\.pt$/.test(n))) return incomplete(kind, 'neither metadata.json nor mp_rank_*/model_optim_rng.pt');
   }
   return (await filesWhole(dir, files, kind)) ?? { complete: true, kind };
@@ -297,12 +323,16 @@ async function hfTrainerVerdict(dir: string, files: readonly string[]): Promise<
       if (typeof shard !== 'string' || !names.has(join(dirname(index), shard))) return incomplete(kind, `${index} names ${JSON.stringify(shard)}, which is missing`);
     }
   }
-  const deepspeedTags = new Set(
-    [...names].filter((n) => n.includes('/') && DEEPSPEED_STATES.test(n)).map((n) => join(dir, dirname(n))),
+  // Subfolders in other layouts: DeepSpeed tags (`global_stepN`), FSDP sharded states saved
+  // with DCP (`pytorch_model_fsdp_0/`, `optimizer_0/`).
+  const subfolders = new Set(
+    [...names].filter((n) => n.includes('/') && (DEEPSPEED_STATES.test(basename(n)) || isDcpFile(basename(n)))).map((n) => join(dir, dirname(n))),
   );
-  for (const tag of deepspeedTags) {
-    const verdict = await deepspeedVerdict(tag, files.filter((f) => dirname(f) === tag));
-    if (!verdict.complete) return incomplete(kind, `${relative(dir, tag)}: ${verdict.reason}`);
+  for (const sub of subfolders) {
+    const subFiles = files.filter((f) => dirname(f) === sub);
+    const deepspeed = subFiles.some((f) => DEEPSPEED_STATES.test(basename(f)));
+    const verdict = deepspeed ? await deepspeedVerdict(sub, subFiles) : await dcpVerdict(sub, subFiles, 'dcp');
+    if (!verdict.complete) return incomplete(kind, `${relative(dir, sub)}: ${verdict.reason}`);
   }
   return (await filesWhole(dir, files, kind)) ?? { complete: true, kind };
 }

@@ -4,6 +4,7 @@ import { PickleError, PyInstance, type PyValue, readPickle } from './pickle.js';
 import { readTorchArchive, storageExtents, torchDtype } from './torch-zip.js';
 import { type Dtype, orderedExtents, type Parsed, type TensorExtent } from './types.js';
 import { readAt } from './read-at.js';
+import { looksLikeSafetensors, parseSafetensors } from './safetensors.js';
 
 /**
  * torch.distributed.checkpoint with FileSystemWriter (torch/distributed/checkpoint/filesystem.py):
@@ -137,10 +138,16 @@ function itemName(item: DcpItem): string {
 
 /**
  * A shard's tensor extents: each tensor item's storage inside its torch.save archive (the whole
- * item with dtype 'unknown' when that archive cannot be read). Bytes items are left to CDC.
+ * item with dtype 'unknown' when that archive cannot be read). Bytes items are left to CDC. A
+ * shard written with SerializationFormat.SAFETENSORS is one safetensors blob: its own header
+ * gives the extents.
  */
 export async function parseDcpShard(fd: number, filePath: string, size: number): Promise<Parsed> {
   const fail = (reason: string): Parsed => ({ ok: false, kind: 'dcp-shard', reason });
+  if (looksLikeSafetensors(await readAt(fd, 0, 16))) {
+    const blob = await parseSafetensors(fd, size);
+    return blob.ok ? { ...blob, layout: { kind: 'dcp-shard', extents: blob.layout.extents } } : fail(blob.reason);
+  }
   const metadata = await readDcpMetadata(dirname(filePath));
   if (!metadata.ok) return fail(metadata.reason);
   const name = basename(filePath);

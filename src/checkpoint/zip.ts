@@ -44,6 +44,8 @@ const LOCAL_SIGNATURE = 0x04034b50;
 const LOCAL_SIZE = 30;
 const ZIP64_EXTRA_ID = 0x0001;
 const U16_MAX = 0xffff;
+/** Local headers read at once. */
+const LOCAL_HEADER_READS = 8;
 const U32_MAX = 0xffffffff;
 
 const fail = (reason: string): ZipRead => ({ ok: false, reason });
@@ -138,16 +140,22 @@ export async function readZipDirectory(fd: number, base: number, size: number): 
   }
   if (at !== cd.length) return fail('the central directory has bytes after its last entry');
 
+  // Local headers carry their own extra field (torch's 64-byte alignment padding), so each is
+  // read; a few at a time, so that an archive with many storages is not one round trip each.
   const entries: ZipEntry[] = [];
-  for (const entry of central) {
-    const header = await readAt(fd, base + entry.localHeaderOffset, LOCAL_SIZE + Buffer.byteLength(entry.name));
-    if (header.length < LOCAL_SIZE || header.readUInt32LE(0) !== LOCAL_SIGNATURE) return fail(`no local header for ${entry.name}`);
-    const nameLength = header.readUInt16LE(26);
-    if (header.length < LOCAL_SIZE + nameLength || header.toString('utf8', LOCAL_SIZE, LOCAL_SIZE + nameLength) !== entry.name) {
-      return fail(`the local header of ${entry.name} names another entry`);
+  for (let i = 0; i < central.length; i += LOCAL_HEADER_READS) {
+    const batch = central.slice(i, i + LOCAL_HEADER_READS);
+    const headers = await Promise.all(batch.map((e) => readAt(fd, base + e.localHeaderOffset, LOCAL_SIZE + Buffer.byteLength(e.name))));
+    for (const [j, entry] of batch.entries()) {
+      const header = headers[j]!;
+      if (header.length < LOCAL_SIZE || header.readUInt32LE(0) !== LOCAL_SIGNATURE) return fail(`no local header for ${entry.name}`);
+      const nameLength = header.readUInt16LE(26);
+      if (header.length < LOCAL_SIZE + nameLength || header.toString('utf8', LOCAL_SIZE, LOCAL_SIZE + nameLength) !== entry.name) {
+        return fail(`the local header of ${entry.name} names another entry`);
+      }
+      const dataOffset = entry.localHeaderOffset + LOCAL_SIZE + nameLength + header.readUInt16LE(28);
+      entries.push({ ...entry, dataOffset });
     }
-    const dataOffset = entry.localHeaderOffset + LOCAL_SIZE + nameLength + header.readUInt16LE(28);
-    entries.push({ ...entry, dataOffset });
   }
   const byOffset = [...entries].sort((a, b) => a.localHeaderOffset - b.localHeaderOffset);
   let end = 0;

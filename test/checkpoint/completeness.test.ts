@@ -11,6 +11,7 @@ import path from 'node:path';
 import fc from 'fast-check';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { type CheckpointDir, type Completeness, fileCompleteness, findCheckpoints } from '../../src/checkpoint/completeness.js';
+import { readFileLayout } from '../../src/checkpoint/layout.js';
 import { openForWriting } from '../../src/checkpoint/lease.js';
 import { isTenderError } from '../../src/errors/errors.js';
 import { copyFixture, fixture, tempDir, truncatedCopy, withFile } from './fixtures.js';
@@ -205,6 +206,21 @@ describe('DCP directories', () => {
     });
   }
 
+  it('a shard in SerializationFormat.SAFETENSORS (one safetensors blob): whole by its own header', async () => {
+    const root = await scratch();
+    const dir = await copyFixture('dcp', path.join(root, 'step-1'));
+    const header = Buffer.from(JSON.stringify({ 'model.w': { dtype: 'F32', shape: [1024], data_offsets: [0, 4096] } }));
+    const length = Buffer.alloc(8);
+    length.writeBigUInt64LE(BigInt(header.length));
+    const blob = Buffer.concat([length, header, Buffer.alloc(4096, 7)]);
+    await writeFile(path.join(dir, '__0_0.distcp'), blob);
+    expect((await verdicts(root))['step-1']).toEqual({ complete: true, kind: 'dcp' });
+    const layout = await withFile(path.join(dir, '__0_0.distcp'), (fd, size) => readFileLayout(fd, path.join(dir, '__0_0.distcp'), size));
+    expect(layout).toEqual({ kind: 'dcp-shard', extents: [{ name: 'model.w', dtype: 'F32', offset: 8 + header.length, length: 4096 }] });
+    await writeFile(path.join(dir, '__0_0.distcp'), blob.subarray(0, blob.length - 1));
+    expect((await verdicts(root))['step-1']).toMatchObject({ complete: false, reason: expect.stringMatching(/__0_0\.distcp has/) });
+  });
+
   it('a shard of a whole checkpoint, cut anywhere: the directory is incomplete', async () => {
     const size = await fixtureSize('dcp/__1_0.distcp');
     const root = await scratch();
@@ -298,6 +314,20 @@ describe('HF Trainer', () => {
     const root = await scratch();
     await copyFixture('trees/hf/checkpoint-500', path.join(root, 'tmp-checkpoint-500'));
     expect(await verdicts(root)).toEqual({ 'tmp-checkpoint-500': { complete: false, kind: 'tmp-rename', reason: expect.any(String) } });
+  });
+
+  it('with FSDP sharded states (DCP subfolders): the DCP rule applies to them', async () => {
+    const { root, ckpt } = await hf();
+    await copyFixture('dcp', path.join(ckpt, 'pytorch_model_fsdp_0'));
+    expect((await verdicts(root))['checkpoint-500']).toEqual({ complete: true, kind: 'hf-trainer' });
+    await unlink(path.join(ckpt, 'pytorch_model_fsdp_0/.metadata'));
+    expect((await verdicts(root))['checkpoint-500']).toMatchObject({ complete: false, reason: expect.stringMatching(/^pytorch_model_fsdp_0: no \.metadata/) });
+  });
+
+  it('a checkpoint-N holding DCP files itself is a DCP checkpoint', async () => {
+    const root = await scratch();
+    await copyFixture('dcp', path.join(root, 'checkpoint-9'));
+    expect(await verdicts(root)).toEqual({ 'checkpoint-9': { complete: true, kind: 'dcp' } });
   });
 
   it('with a DeepSpeed tag inside: the DeepSpeed rule applies to it', async () => {
