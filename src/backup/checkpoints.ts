@@ -1,5 +1,5 @@
 import path from 'node:path';
-import { type CheckpointDir, fileCompleteness, findCheckpoints } from '../checkpoint/completeness.js';
+import { type CheckpointDir, fileCompleteness, findCheckpoints, mayHaveFileVerdict } from '../checkpoint/completeness.js';
 import type { CheckpointRecord } from '../repo/snapshot/snapshot.js';
 import type { TreeNode } from '../repo/snapshot/tree.js';
 import { throwIfCancelled } from '../util/operation.js';
@@ -18,7 +18,8 @@ export type IncompletePolicy = { mode: 'store' } | { mode: 'skip' } | { mode: 'w
 const pollMs = 500;
 
 /** The file-level completeness check (safetensors, torch zip, npy), as the file saver calls it. */
-export const inspectFile: FileInspector = async (fd, filePath, size) => {
+export const inspectFile: FileInspector = async (fd, filePath, size, head) => {
+  if (!mayHaveFileVerdict(filePath, head)) return undefined;
   const verdict = await fileCompleteness(fd, filePath, size);
   if (!verdict) return undefined;
   return verdict.complete ? { complete: true } : { complete: false, reason: verdict.reason };

@@ -38,9 +38,12 @@ export type FileVerdict = { complete: true } | { complete: false; reason: string
 
 /**
  * Checks an open file after it was read and before its last fstat, so a clean read proves the
- * verdict is about the stored bytes. undefined: not a format it knows.
+ * verdict is about the stored bytes. `head`: the file's first bytes as read (up to 16). undefined:
+ * not a format it knows.
  */
-export type FileInspector = (fd: number, path: string, size: number) => Promise<FileVerdict | undefined>;
+export type FileInspector = (fd: number, path: string, size: number, head: Uint8Array) => Promise<FileVerdict | undefined>;
+
+const headLength = 16;
 
 /** A saved file: its content, the fd's stamps at open and after the last read, the bytes read. */
 export interface SavedFile extends FileContent {
@@ -139,7 +142,8 @@ export class FileSaver {
         content = new Promise((resolve, reject) => batch.waiters.push({ index, resolve, reject }));
         content.catch(() => undefined); // awaited below, after the inspection
       }
-      const verdict = this.inspect ? await this.inspect(fd, path, length) : undefined;
+      const head = Buffer.from(batch.slot.view.subarray(at, at + Math.min(headLength, length)));
+      const verdict = this.inspect ? await this.inspect(fd, path, length, head) : undefined;
       const after = stampOf(fstatSync(fd, { bigint: true }));
       return { ...(await content), before, after, bytes: length, ...(verdict ? { verdict } : {}) };
     } finally {
@@ -180,6 +184,7 @@ export class FileSaver {
       let slot = (held = await this.slots.acquire());
       let carry = 0;
       let position = 0;
+      let head: Uint8Array | undefined;
       for (;;) {
         throwIfCancelled(this.signal);
         let end = carry;
@@ -198,6 +203,7 @@ export class FileSaver {
         }
         this.counters.bytesRead += end - carry;
         onBytes(end - carry);
+        head ??= Buffer.from(slot.view.subarray(0, Math.min(headLength, end)));
         const spans: number[] = [];
         let start = 0;
         while (start < end) {
@@ -226,7 +232,7 @@ export class FileSaver {
         slot = next;
       }
       await chain;
-      const verdict = this.inspect ? await this.inspect(handle.fd, path, position) : undefined;
+      const verdict = this.inspect ? await this.inspect(handle.fd, path, position, head!) : undefined;
       const after = stampOf(await handle.stat({ bigint: true }));
       return { ...(await content.finish()), before, after, bytes: position, ...(verdict ? { verdict } : {}) };
     } finally {
