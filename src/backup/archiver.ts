@@ -262,7 +262,8 @@ async function runBackup(
     if (!pending) {
       progress.currentFile = filePath;
       const size = node.size!;
-      const read = () => readConsistently(saver, filePath, size, rereads);
+      const walked = { size, mtimeNs: node.mtime, ctimeNs: node.ctime, ino: node.inode };
+      const read = () => readConsistently(saver, filePath, walked, rereads);
       const hooked = hooks.aroundFile ? () => hooks.aroundFile!(filePath, size, read) : read;
       // Small files go to a shared batch; only large ones hold slots while they are read.
       pending = size <= params.minSize ? hooked() : readers(hooked);

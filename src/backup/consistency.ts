@@ -1,11 +1,12 @@
 import { systemErrorCode } from '../errors/errors.js';
 import type { TreeNode } from '../repo/snapshot/tree.js';
-import type { FileSaver, SavedFile } from './file-saver.js';
+import type { FileSaver, FileStamp, SavedFile } from './file-saver.js';
 
 /**
- * Torn-read detection (borg's approach): the open file is fstat'ed before its first read and
- * after its last; a file whose size, mtime or ctime moved in between (or that ended early: it
- * shrank) was written while it was read, and the bytes read may mix two versions. It is read
+ * Torn-read detection (borg's approach): the file's stamp is taken before its first read (the
+ * walk's lstat, or an fstat at open for a re-read) and after its last (fstat); a file whose
+ * inode, size, mtime or ctime moved in between (or that ended early: it shrank) was written while
+ * it was read, and the bytes read may mix two versions. It is read
  * again, up to `rereads` times; then what the last read got is stored labelled `torn`. A re-read
  * goes through the same writer: chunks the earlier read stored are dedup hits, so nothing is
  * stored or counted twice (the torn read's own chunks stay stored, unreferenced, until a prune).
@@ -24,6 +25,7 @@ export interface ConsistentRead {
 /** Why the read was not clean, or undefined when it was. */
 export function describeChange(saved: SavedFile): string | undefined {
   const { before, after, bytes } = saved;
+  if (after.ino !== before.ino) return 'it was replaced (renamed over) while it was read';
   if (after.size !== before.size) return `its size changed from ${before.size} to ${after.size} bytes while it was read`;
   if (bytes !== before.size) return `it ended after ${bytes} of ${before.size} bytes while it was read`;
   if (after.mtimeNs !== before.mtimeNs) return 'it was modified while it was read';
@@ -31,9 +33,13 @@ export function describeChange(saved: SavedFile): string | undefined {
   return undefined;
 }
 
-/** Reads a file until one read is clean, at most 1 + `rereads` times. */
-export async function readConsistently(saver: FileSaver, path: string, size: number, rereads: number): Promise<ConsistentRead> {
-  let saved = await saver.save(path, size);
+/**
+ * Reads a file until one read is clean, at most 1 + `rereads` times. The first read is checked
+ * against the walk's lstat (`walked`: taken before the open, so the check covers more, and one
+ * fstat per file is saved); a re-read against an fstat at its open.
+ */
+export async function readConsistently(saver: FileSaver, path: string, walked: FileStamp, rereads: number): Promise<ConsistentRead> {
+  let saved = await saver.save(path, walked.size, { before: walked });
   let change = describeChange(saved);
   let attempts = 0;
   while (change !== undefined && attempts < rereads) {

@@ -45,6 +45,16 @@ export type FileInspector = (fd: number, path: string, size: number, head: Uint8
 
 const headLength = 16;
 
+export interface SaveOptions {
+  /** A re-read: its bytes are not reported as progress. */
+  reread?: boolean;
+  /**
+   * The file's stamp from before it was opened (the walk's lstat): stands for the fstat at open,
+   * which is then not made. A change between the two shows as a change during the read.
+   */
+  before?: FileStamp;
+}
+
 /** A saved file: its content, the fd's stamps at open and after the last read, the bytes read. */
 export interface SavedFile extends FileContent {
   before: FileStamp;
@@ -90,21 +100,24 @@ export class FileSaver {
    * into a shared batch slot with direct calls and hashed and sealed together, so a tree of many
    * small files costs a few worker round trips per batch instead of several per file.
    */
-  async save(path: string, size: number, options: { reread?: boolean } = {}): Promise<SavedFile> {
+  async save(path: string, size: number, options: SaveOptions = {}): Promise<SavedFile> {
     throwIfCancelled(this.signal);
-    // A re-read (the file changed while it was read) is not progress: its bytes were counted once.
-    const onBytes = options.reread ? () => {} : this.onBytes;
     if (size <= this.params.minSize) {
-      const small = await this.saveSmall(path, onBytes);
+      const small = await this.saveSmall(path, options);
       if (small) return small;
     }
-    return this.saveLarge(path, onBytes);
+    return this.saveLarge(path, options);
+  }
+
+  /** A re-read (the file changed while it was read) is not progress: its bytes were counted once. */
+  private progressOf(options: SaveOptions): (n: number) => void {
+    return options.reread ? () => {} : this.onBytes;
   }
 
   private batch: SmallFileBatch | undefined;
 
   /** Undefined when the file turned out larger than a batch allows (it grew): use saveLarge. */
-  private async saveSmall(path: string, onBytes: (n: number) => void): Promise<SavedFile | undefined> {
+  private async saveSmall(path: string, options: SaveOptions): Promise<SavedFile | undefined> {
     const limit = this.params.minSize;
     if (!this.batch || this.batch.used + limit + 1 > this.batch.slot.view.length) {
       this.flushBatch();
@@ -123,7 +136,7 @@ export class FileSaver {
     const at = batch.used;
     const fd = openSync(path, 'r');
     try {
-      const before = stampOf(fstatSync(fd, { bigint: true }));
+      const before = options.before ?? stampOf(fstatSync(fd, { bigint: true }));
       let length = 0;
       const cache = this.readCache.open(fd);
       cache.beforeRead(0, limit + 1);
@@ -132,7 +145,7 @@ export class FileSaver {
       cache.afterRead(0, limit + 1);
       if (length > limit) return undefined;
       this.counters.bytesRead += length;
-      onBytes(length);
+      this.progressOf(options)(length);
       let content: Promise<FileContent> = Promise.resolve({ content: [] });
       if (length > 0) {
         // The batch is updated before any await: other files go on filling it meanwhile.
@@ -169,8 +182,9 @@ export class FileSaver {
     );
   }
 
-  private async saveLarge(path: string, onBytes: (n: number) => void): Promise<SavedFile> {
+  private async saveLarge(path: string, options: SaveOptions): Promise<SavedFile> {
     const handle = await open(path, 'r');
+    const onBytes = this.progressOf(options);
     const cache = this.readCache.open(handle.fd);
     const content = new ContentBuilder(this.repo);
     let chain: Promise<void> = Promise.resolve();
@@ -180,7 +194,7 @@ export class FileSaver {
     /** The slot this loop owns (not yet handed to processSlot); released in `finally` on errors. */
     let held: Slot | undefined;
     try {
-      const before = stampOf(await handle.stat({ bigint: true }));
+      const before = options.before ?? stampOf(await handle.stat({ bigint: true }));
       let slot = (held = await this.slots.acquire());
       let carry = 0;
       let position = 0;

@@ -5,7 +5,7 @@
  * file (and says when it is on disk), and the gate opens. No timing is involved.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -114,6 +114,30 @@ describe('torn-read detection', () => {
     const again = path.join(tmp, 'out-torn-next');
     await restore(repo, next.snapshot, { target: again }, createOperationContext());
     expect(sha(await readFile(path.join(again, 'torn', 'model.bin')))).toBe(sha(seeded(8 * MiB, 8)));
+  });
+
+  it('a file renamed over between the walk and the read is read again: the new version is stored', async () => {
+    const { dir, file } = await newVolume('renamed', 1 * MiB);
+    const replacement = randomBytes(1 * MiB);
+    await writeFile(path.join(tmp, 'replacement.bin'), replacement);
+    const result = await backup(
+      repo,
+      {
+        paths: [dir],
+        hooks: {
+          // Runs after the walk's lstat and before the open: a trainer's tmp + rename lands here.
+          aroundFile: async (p, _size, read) => {
+            if (p === file) await rename(path.join(tmp, 'replacement.bin'), file);
+            return read();
+          },
+        },
+      },
+      createOperationContext(),
+    );
+    expect(result.snapshot.summary).toMatchObject({ rereads: 1, filesTorn: 0 });
+    const target = path.join(tmp, 'out-renamed');
+    await restore(repo, result.snapshot, { target }, createOperationContext());
+    expect(sha(await readFile(path.join(target, 'renamed', 'model.bin')))).toBe(sha(replacement));
   });
 
   it('a file that shrinks mid-read ends early: torn, and what was read is what is stored', async () => {
