@@ -62,7 +62,10 @@ export class CheckpointTracker {
     this.found = new Map(found.map((c) => [c.path, c]));
     this.tracked = new Set(found.flatMap((c) => c.files));
     this.stored = new Map();
-    this.skipped = new Set(this.policy.mode === 'skip' ? found.filter((c) => !c.verdict.complete).flatMap((c) => c.files) : []);
+    // Only the files inside: a Megatron checkpoint also lists the tracker file beside it, which
+    // the other checkpoints there need.
+    const inside = (c: CheckpointDir) => c.files.filter((f) => f.startsWith(`${c.path}${path.sep}`));
+    this.skipped = new Set(this.policy.mode === 'skip' ? found.filter((c) => !c.verdict.complete).flatMap(inside) : []);
   }
 
   /** A file of a checkpoint that `--incomplete skip` leaves out. */
