@@ -162,38 +162,46 @@ class VolumeWatch {
     if (fresh && !this.closed) this.options.enqueue(this.volume);
   }
 
-  /** inotify on the volume and the directories up to two levels below it (bounded). */
+  /**
+   * inotify on the volume and the directories up to two levels below it (bounded). Each directory
+   * is watched before it is listed: a subdirectory made after the listing wakes a scan through
+   * its parent's watch, and that scan watches it.
+   */
   private async watchDirectories(root: string): Promise<void> {
-    const dirs = [root];
-    for (let level = 0, from = 0; level < 2; level++) {
-      const to = dirs.length;
-      for (let i = from; i < to && dirs.length < maxWatchesPerVolume; i++) {
-        const entries = await readdir(dirs[i]!, { withFileTypes: true }).catch(() => []);
-        for (const e of entries) if (e.isDirectory() && dirs.length < maxWatchesPerVolume) dirs.push(path.join(dirs[i]!, e.name));
+    const wanted = new Set<string>();
+    let level = [root];
+    for (let depth = 0; depth <= 2 && level.length > 0 && !this.closed; depth++) {
+      const next: string[] = [];
+      for (const dir of level) {
+        if (wanted.size >= maxWatchesPerVolume) break;
+        wanted.add(dir);
+        this.watch(dir);
+        if (depth === 2) continue;
+        const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+        for (const e of entries) if (e.isDirectory()) next.push(path.join(dir, e.name));
       }
-      from = to;
+      level = next;
     }
-    if (this.closed) return;
-    const wanted = new Set(dirs);
     for (const [dir, w] of this.watchers) {
       if (!wanted.has(dir)) {
         w.close();
         this.watchers.delete(dir);
       }
     }
-    for (const dir of dirs) {
-      if (this.watchers.has(dir)) continue;
-      try {
-        const w = watch(dir, { persistent: false }, () => this.changed());
-        // A watched directory deleted, or the inotify limit reached: polling covers it.
-        w.on('error', () => {
-          w.close();
-          this.watchers.delete(dir);
-        });
-        this.watchers.set(dir, w);
-      } catch {
-        // Same: the poll covers a directory that cannot be watched.
-      }
+  }
+
+  private watch(dir: string): void {
+    if (this.closed || this.watchers.has(dir)) return;
+    try {
+      const w = watch(dir, { persistent: false }, () => this.changed());
+      // A watched directory deleted, or the inotify limit reached: polling covers it.
+      w.on('error', () => {
+        w.close();
+        this.watchers.delete(dir);
+      });
+      this.watchers.set(dir, w);
+    } catch {
+      // Same: the poll covers a directory that cannot be watched.
     }
   }
 
