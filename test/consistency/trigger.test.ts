@@ -4,12 +4,13 @@
  * The pod's schedule is a day, and the poll a minute: the backup of a new checkpoint can only
  * come from the inotify watch. Runs are followed through the agent's HTTP API.
  */
-import { cp, mkdir, mkdtemp, rename, rm } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { V1Pod } from '@kubernetes/client-node';
 import { Agent } from '../../src/agent/agent.js';
+import { CheckpointWatcher } from '../../src/agent/checkpoint-watch.js';
 import { DEFAULT_POLICY, parsePolicy, podPolicy } from '../../src/agent/policy.js';
 import type { RunRecord } from '../../src/agent/state.js';
 import { findCheckpoints } from '../../src/checkpoint/completeness.js';
@@ -131,5 +132,65 @@ describe('tender.io/trigger and the trigger setting', () => {
     expect(bad.onCheckpoint).toBe(true);
     expect(bad.errors).toEqual(['pod ml/trainer: annotation tender.io/trigger: "often" is not checkpoint or schedule; the policy\'s trigger is used']);
     expect(() => parsePolicy('trigger: always\n')).toThrow('config: trigger must be schedule or checkpoint, not "always"');
+  });
+});
+
+describe('CheckpointWatcher', () => {
+  it('notices each new complete checkpoint two levels down by inotify alone; a rotation is no new checkpoint', async () => {
+    const tmp = await mkdtemp(path.join(os.tmpdir(), 'tender-watch-'));
+    const volume = path.join(tmp, 'vol');
+    await mkdir(path.join(volume, 'run-a'), { recursive: true });
+    const enqueued: number[] = [];
+    let wake: (() => void) | undefined;
+    const watcher = new CheckpointWatcher({
+      enqueue: () => {
+        enqueued.push(Date.now());
+        wake?.();
+      },
+      lastSuccess: () => undefined,
+      logger: memoryLogger().logger,
+      pollMs: 3_600_000,
+      debounceMs: 50,
+    });
+    const next = (what: string) =>
+      new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), 30_000);
+        wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    /** HF Trainer's save: the weights, then trainer_state.json last. */
+    const save = async (step: number) => {
+      const dir = path.join(volume, 'run-a', `checkpoint-${step}`);
+      await mkdir(dir);
+      await cp(path.join(fixtures, 'files', 'model.safetensors'), path.join(dir, 'model.safetensors'));
+      await writeFile(path.join(dir, 'trainer_state.json.tmp'), JSON.stringify({ global_step: step }));
+      await rename(path.join(dir, 'trainer_state.json.tmp'), path.join(dir, 'trainer_state.json'));
+    };
+    try {
+      watcher.sync([{ key: 'ml/p/vol', namespace: 'ml', pod: 'p', podUid: 'u', volume: 'vol', identity: 'id', tags: [], path: volume, schedule: {}, onCheckpoint: true }]);
+      for (const step of [1, 2, 3]) {
+        const noticed = next(`checkpoint-${step}`);
+        await save(step);
+        await noticed;
+        expect(enqueued).toHaveLength(step);
+      }
+      // Rotation: the oldest goes. Then a run that started after all three ends: three latencies.
+      await rm(path.join(volume, 'run-a', 'checkpoint-1'), { recursive: true });
+      const started = Date.now();
+      const latencies = watcher.runFinished({ identity: 'id', state: 'succeeded', startedAt: new Date(started).toISOString(), endedAt: new Date(started + 1000).toISOString() } as RunRecord);
+      expect(latencies).toHaveLength(3);
+      for (const l of latencies) expect(l).toBeGreaterThanOrEqual(1);
+      expect(watcher.runFinished({ identity: 'id', state: 'succeeded', startedAt: new Date().toISOString(), endedAt: new Date().toISOString() } as RunRecord)).toEqual([]);
+      // A fourth save after the deletion is noticed; the deletion itself queued nothing.
+      const noticed = next('checkpoint-4');
+      await save(4);
+      await noticed;
+      expect(enqueued).toHaveLength(4);
+    } finally {
+      watcher.stop();
+      await rm(tmp, { recursive: true, force: true });
+    }
   });
 });
