@@ -11,7 +11,7 @@ import { type OperationContext, cancelledError, throwIfCancelled } from '../util
 import { Permits } from '../util/permits.js';
 import { gearTable } from './chunk/fastcdc.js';
 import { createBoundaryFinder } from './chunk/native.js';
-import { CheckpointTracker, type IncompletePolicy, inspectFile } from './checkpoints.js';
+import { CheckpointTracker, type IncompletePolicy, inspectFile, recheckFile } from './checkpoints.js';
 import { type ConsistentRead, defaultRereads, readConsistently } from './consistency.js';
 import { FileSaver } from './file-saver.js';
 import { cacheNeutralReads, cachingReads } from './read-cache.js';
@@ -242,10 +242,16 @@ async function runBackup(
    * is still in this run's index (its chunk lists, and the chunks they list: a prune may have
    * doomed them): its content is taken from there.
    */
-  const reuseUnchanged = async (node: TreeNode, previous: TreeNode | undefined): Promise<boolean> => {
-    // A labelled copy is never kept: a torn file may be quiet now, and an incomplete one may
-    // have been complete but still open for writing (closing it changes no stamp).
-    if (!unchangedSince(previous, node) || previous!.consistency !== undefined || !(await contentStillStored(repo, writer, previous!))) return false;
+  const reuseUnchanged = async (filePath: string, node: TreeNode, previous: TreeNode | undefined): Promise<boolean> => {
+    // A torn copy is never kept: the file is read again, now that it may be quiet.
+    if (!unchangedSince(previous, node) || previous!.consistency === 'torn' || !(await contentStillStored(repo, writer, previous!))) return false;
+    if (previous!.consistency === 'incomplete') {
+      // Its verdict again, from its headers: it may have been whole but still open for writing.
+      const stamp = { size: node.size!, mtimeNs: node.mtime, ctimeNs: node.ctime, ino: node.inode };
+      const now = checkpoints ? await recheckFile(filePath, stamp).catch(() => undefined) : undefined;
+      if (!now) return false;
+      if (now.verdict && !now.verdict.complete) Object.assign(node, { consistency: 'incomplete', consistencyReason: now.verdict.reason });
+    }
     if (previous!.content) node.content = previous!.content;
     if (previous!.contentLists) node.contentLists = previous!.contentLists;
     summary.filesUnchanged++;
@@ -342,7 +348,7 @@ async function runBackup(
     if (checkpoints?.skips(entryPath)) return ready(undefined);
     summary.files++;
     summary.totalBytes += node.size!;
-    if (await reuseUnchanged(node, previous)) return ready(stored(entryPath, node));
+    if (await reuseUnchanged(entryPath, node, previous)) return ready(stored(entryPath, node));
     await filesInFlight.acquire();
     const saved = saveFile(entryPath, node).finally(() => filesInFlight.release());
     return { done: settle(saved.then((ok) => (ok ? stored(entryPath, node) : undefined))) };

@@ -1,10 +1,11 @@
+import { open } from 'node:fs/promises';
 import path from 'node:path';
 import { type CheckpointDir, fileCompleteness, findCheckpoints, mayHaveFileVerdict } from '../checkpoint/completeness.js';
 import type { CheckpointRecord } from '../repo/snapshot/snapshot.js';
 import type { TreeNode } from '../repo/snapshot/tree.js';
 import { throwIfCancelled } from '../util/operation.js';
 import { abortableSleep } from '../util/token-bucket.js';
-import type { FileInspector } from './file-saver.js';
+import { type FileInspector, type FileStamp, type FileVerdict, stampOf } from './file-saver.js';
 import { lstatPath } from './walk.js';
 
 /**
@@ -24,6 +25,24 @@ export const inspectFile: FileInspector = async (fd, filePath, size, head) => {
   if (!verdict) return undefined;
   return verdict.complete ? { complete: true } : { complete: false, reason: verdict.reason };
 };
+
+/**
+ * The format verdict now of a file whose stamps say it is unchanged since it was stored labelled
+ * incomplete: header reads only, bracketed by the stamp. undefined when it changed meanwhile (it
+ * is read again then). A file found incomplete only because a writer had it open is complete
+ * once closed, with the same stamps: its stored copy then loses the label without a re-read.
+ */
+export async function recheckFile(filePath: string, stamp: FileStamp): Promise<{ verdict: FileVerdict | undefined } | undefined> {
+  const handle = await open(filePath, 'r');
+  try {
+    const verdict = await fileCompleteness(handle.fd, filePath, stamp.size);
+    const after = stampOf(await handle.stat({ bigint: true }));
+    if (after.size !== stamp.size || after.mtimeNs !== stamp.mtimeNs || after.ctimeNs !== stamp.ctimeNs || after.ino !== stamp.ino) return undefined;
+    return { verdict: verdict && (verdict.complete ? { complete: true } : { complete: false, reason: verdict.reason }) };
+  } finally {
+    await handle.close();
+  }
+}
 
 /**
  * Checkpoint directories of one backup, root by root. `before` finds them (waiting if the policy

@@ -63,7 +63,7 @@ export interface SavedFile extends FileContent {
   verdict?: FileVerdict;
 }
 
-function stampOf(stats: BigIntStats): FileStamp {
+export function stampOf(stats: BigIntStats): FileStamp {
   return { size: Number(stats.size), mtimeNs: stats.mtimeNs.toString(), ctimeNs: stats.ctimeNs.toString(), ino: Number(stats.ino) };
 }
 

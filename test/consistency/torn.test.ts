@@ -5,7 +5,7 @@
  * file (and says when it is on disk), and the gate opens. No timing is involved.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,7 +17,10 @@ import type { TreeNode } from '../../src/repo/snapshot/tree.js';
 import { restore } from '../../src/restore/restorer.js';
 import type { FaultyStorage } from '../../src/storage/wrap/faults.js';
 import { createOperationContext } from '../../src/util/operation.js';
+import { repoRoot } from '../helpers/cli.js';
 import { LineChild, MiB, smallRepo } from './helpers.js';
+
+const fixtures = path.join(repoRoot, 'test/fixtures/checkpoint');
 import { seeded } from './rewriter.mjs';
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
@@ -185,6 +188,27 @@ describe('torn-read detection', () => {
     ]);
     const r = await restore(repo, result.snapshot, { target: path.join(tmp, 'out-deleted'), onlyConsistent: true }, createOperationContext());
     expect(r.skipped.map((x) => x.path)).toEqual(['deleted/checkpoint-5']);
+  });
+
+  it('an unchanged file labelled incomplete is not read again: its verdict is checked again, and it loses the label once its writer has closed it', async () => {
+    const dir = path.join(tmp, 'held');
+    await mkdir(dir, { recursive: true });
+    const file = path.join(dir, 'model.safetensors');
+    await cp(path.join(fixtures, 'files', 'model.safetensors'), file);
+    // A writer that has the file open for writing (and writes nothing more) until its stdin ends.
+    const holder = new LineChild(process.execPath, ['-e', `require('fs').openSync(${JSON.stringify(file)}, 'r+'); console.log('{"open":true}'); process.stdin.resume(); process.stdin.on('end', () => process.exit(0));`]);
+    expect(await holder.next()).toEqual({ open: true });
+    const first = await backup(repo, { paths: [dir] }, createOperationContext());
+    expect(await fileNode(first.snapshot, 'held', 'model.safetensors')).toMatchObject({ consistency: 'incomplete', consistencyReason: expect.stringContaining('open for writing') });
+    const parentOf = (r: typeof first) => ({ parent: { id: r.snapshotId, snapshot: r.snapshot } });
+    const second = await backup(repo, { paths: [dir], ...parentOf(first) }, createOperationContext());
+    expect(second.snapshot.summary).toMatchObject({ filesUnchanged: 1, filesRead: 0, filesIncomplete: 1 });
+    await holder.close();
+    const third = await backup(repo, { paths: [dir], ...parentOf(second) }, createOperationContext());
+    expect(third.snapshot.summary).toMatchObject({ filesUnchanged: 1, filesRead: 0, filesIncomplete: 0 });
+    const node = await fileNode(third.snapshot, 'held', 'model.safetensors');
+    expect(node.consistency).toBeUndefined();
+    expect(node.content).toEqual((await fileNode(first.snapshot, 'held', 'model.safetensors')).content);
   });
 
   it('a re-read stores nothing twice: the summary counts exactly the blobs the repository gained', async () => {
