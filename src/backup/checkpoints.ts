@@ -19,11 +19,13 @@ export type IncompletePolicy = { mode: 'store' } | { mode: 'skip' } | { mode: 'w
 const pollMs = 500;
 
 /** The file-level completeness check (safetensors, torch zip, npy), as the file saver calls it. */
-export const inspectFile: FileInspector = async (fd, filePath, size, head) => {
-  if (!mayHaveFileVerdict(filePath, head)) return undefined;
-  const verdict = await fileCompleteness(fd, filePath, size);
-  if (!verdict) return undefined;
-  return verdict.complete ? { complete: true } : { complete: false, reason: verdict.reason };
+export const inspectFile: FileInspector = {
+  wants: mayHaveFileVerdict,
+  async check(fd, filePath, size) {
+    const verdict = await fileCompleteness(fd, filePath, size);
+    if (!verdict) return undefined;
+    return verdict.complete ? { complete: true } : { complete: false, reason: verdict.reason };
+  },
 };
 
 /**

@@ -12,7 +12,7 @@ import { TenderError } from '../errors/errors.js';
 import { throwIfCancelled } from '../util/operation.js';
 import type { Reservation } from '../repo/pack/pack.js';
 import type { CodecExecutor } from '../workers/pool.js';
-import { cachingReads, type ReadCachePolicy } from './read-cache.js';
+import { cachingReads, type FileReadCache, type ReadCachePolicy } from './read-cache.js';
 
 /**
  * The file stage: read → chunk (this thread) → hash → dedup → compress+encrypt (workers) → pack.
@@ -38,12 +38,21 @@ export type FileVerdict = { complete: true } | { complete: false; reason: string
 
 /**
  * Checks an open file after it was read and before its last fstat, so a clean read proves the
- * verdict is about the stored bytes. `head`: the file's first bytes as read (up to 16). undefined:
- * not a format it knows.
+ * verdict is about the stored bytes. `wants`: whether a file of this name and first bytes (up to
+ * 16, as read) may be of a format it knows; only then is `check` called (undefined: not one).
  */
-export type FileInspector = (fd: number, path: string, size: number, head: Uint8Array) => Promise<FileVerdict | undefined>;
+export interface FileInspector {
+  wants(path: string, head: Uint8Array): boolean;
+  check(fd: number, path: string, size: number): Promise<FileVerdict | undefined>;
+}
 
 const headLength = 16;
+/**
+ * The check reads headers (the start; a zip's directory at the end): with cache-neutral reads
+ * this much at each end of the file is inside the page-cache bracket. Reads elsewhere (a zip's
+ * local headers of a huge archive) may stay cached.
+ */
+const inspectCacheSpan = 64 * 1024 * 1024;
 
 export interface SaveOptions {
   /** A re-read: its bytes are not reported as progress. */
@@ -156,11 +165,25 @@ export class FileSaver {
         content.catch(() => undefined); // awaited below, after the inspection
       }
       const head = Buffer.from(batch.slot.view.subarray(at, at + Math.min(headLength, length)));
-      const verdict = this.inspect ? await this.inspect(fd, path, length, head) : undefined;
+      const verdict = await this.inspectRead(fd, path, length, head, cache);
       const after = stampOf(fstatSync(fd, { bigint: true }));
       return { ...(await content), before, after, bytes: length, ...(verdict ? { verdict } : {}) };
     } finally {
       closeSync(fd);
+    }
+  }
+
+  private async inspectRead(fd: number, path: string, size: number, head: Uint8Array, cache: FileReadCache): Promise<FileVerdict | undefined> {
+    if (!this.inspect?.wants(path, head)) return undefined;
+    const headSpan = Math.min(size, inspectCacheSpan);
+    const tailStart = Math.max(headSpan, size - inspectCacheSpan);
+    cache.beforeRead(0, headSpan);
+    if (tailStart < size) cache.beforeRead(tailStart, size - tailStart);
+    try {
+      return await this.inspect.check(fd, path, size);
+    } finally {
+      cache.afterRead(0, headSpan);
+      if (tailStart < size) cache.afterRead(tailStart, size - tailStart);
     }
   }
 
@@ -246,7 +269,7 @@ export class FileSaver {
         slot = next;
       }
       await chain;
-      const verdict = this.inspect ? await this.inspect(handle.fd, path, position, head!) : undefined;
+      const verdict = await this.inspectRead(handle.fd, path, position, head!, cache);
       const after = stampOf(await handle.stat({ bigint: true }));
       return { ...(await content.finish()), before, after, bytes: position, ...(verdict ? { verdict } : {}) };
     } finally {
