@@ -31,6 +31,7 @@ import { localRepositoryPath, openStorage } from '../storage/open.js';
 import type { OpenStorageOptions } from '../storage/open.js';
 import { type Identity, type OperationEventMap, createOperationContext, processIdentity } from '../util/operation.js';
 import { Discovery, type ProtectedVolume } from './discovery.js';
+import { CheckpointWatcher } from './checkpoint-watch.js';
 import { AgentHttpServer, type Readiness, TokenSource } from './http.js';
 import { DataMover, type DataMoverRuns, type RunContext, type RunEnd, type RunOutput } from '../velero/datamover.js';
 import { AgentMetrics } from './metrics.js';
@@ -78,6 +79,8 @@ export interface AgentOptions {
   gpuReader?: GpuReader;
   /** Where the node's pressure files are (default /proc/pressure; tests). */
   procPressure?: string;
+  /** The checkpoint trigger's poll and debounce (tests). */
+  checkpointWatch?: { pollMs?: number; debounceMs?: number };
 }
 
 export interface DataMoverSettings {
@@ -107,6 +110,7 @@ export class Agent {
   private discovery!: Discovery;
   private runner!: Runner;
   private scheduler!: Scheduler;
+  private checkpointWatcher!: CheckpointWatcher;
   private metrics!: AgentMetrics;
   private http!: AgentHttpServer;
   private repo: Repository | undefined;
@@ -213,12 +217,25 @@ export class Agent {
       ...(o.failureRetryMs !== undefined ? { failureRetryMs: o.failureRetryMs } : {}),
     });
 
+    this.checkpointWatcher = new CheckpointWatcher({
+      enqueue: (v) => {
+        this.runner.enqueue(v, 'checkpoint');
+      },
+      lastSuccess: (identity) => {
+        const at = this.runner.volumeState(identity)?.lastSuccessAt;
+        return at === undefined ? undefined : Date.parse(at);
+      },
+      logger: this.log.child({ component: 'checkpoint-watch' }),
+      ...o.checkpointWatch,
+    });
+
     const interrupted = this.runner.load(state);
     for (const run of interrupted) this.metrics.runFinished(run);
     this.runner.on('finished', (run: RunRecord) => {
       this.executing.delete(run.id);
       this.endMoverRun(run);
       this.metrics.runFinished(run);
+      for (const seconds of this.checkpointWatcher.runFinished(run)) this.metrics.checkpointStored(seconds);
       this.scheduler.refresh();
     });
     this.policy.on('change', () => {
@@ -280,6 +297,7 @@ export class Agent {
     }
     await this.discovery.start();
     this.scheduler.start();
+    this.checkpointWatcher.sync(this.discovery.volumes());
     this.updateReady();
     // Readiness also changes without an event (the pod list arriving after a failed first list).
     this.readyTimer = setInterval(() => this.updateReady(), 2000);
@@ -342,6 +360,7 @@ export class Agent {
     this.log.info('tender agent stopping');
     if (this.readyTimer) clearInterval(this.readyTimer);
     this.scheduler?.stop();
+    this.checkpointWatcher?.stop();
     await this.runner?.stop(2000);
     // After the runner: a data-mover job in a run ends with it (and fails its DataUpload/DataDownload).
     await this.dataMover?.stop();
@@ -414,6 +433,7 @@ export class Agent {
         }
       }
     }
+    this.checkpointWatcher.sync(this.discovery.volumes());
     this.scheduler.refresh();
   }
 

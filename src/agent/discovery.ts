@@ -52,6 +52,8 @@ export interface ProtectedVolume {
   quiesce?: PodQuiesce;
   /** The pod's IP (an http hook with an empty host calls it). */
   podIP?: string;
+  /** Back it up as soon as a new checkpoint in it is complete (tender.io/trigger: checkpoint). */
+  onCheckpoint?: true;
 }
 
 export interface DiscoveryChange {
@@ -530,6 +532,7 @@ export class Discovery extends EventEmitter {
         schedule: { ...pp.schedule },
         ...(pp.quiesce ? { quiesce: pp.quiesce } : {}),
         ...(pod.status?.podIP ? { podIP: pod.status.podIP } : {}),
+        ...(pp.onCheckpoint ? { onCheckpoint: true as const } : {}),
       });
     }
     return out;

@@ -67,6 +67,7 @@ export class AgentMetrics {
   private readonly failures: Counter<'reason'>;
   private readonly errors: Counter<'kind'>;
   private readonly throttleChanges: Counter<'state' | 'cause'>;
+  private readonly checkpointLatency: Histogram;
 
   constructor(sources: MetricsSources, options: { defaultMetrics?: boolean } = {}) {
     if (options.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry });
@@ -81,6 +82,12 @@ export class AgentMetrics {
       help: 'Duration of backup runs, by outcome',
       labelNames: ['outcome'],
       buckets: [1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600],
+      registers,
+    });
+    this.checkpointLatency = new Histogram({
+      name: 'tender_checkpoint_to_stored_seconds',
+      help: 'Time from a checkpoint becoming complete (its newest file written) to the end of the backup run that stored it (volumes with the checkpoint trigger)',
+      buckets: [1, 2, 5, 10, 30, 60, 120, 300, 900, 3600],
       registers,
     });
     this.runs = new Counter({ name: 'tender_runs_total', help: 'Backup runs finished, by trigger and outcome', labelNames: ['trigger', 'outcome'], registers });
@@ -240,6 +247,10 @@ export class AgentMetrics {
       this.filesFailed.inc(s.errors);
       if (s.durationMs > 0) this.throughput.set((s.bytesRead * 1000) / s.durationMs);
     }
+  }
+
+  checkpointStored(seconds: number): void {
+    this.checkpointLatency.observe(seconds);
   }
 
   error(kind: ErrorKind): void {

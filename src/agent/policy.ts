@@ -6,6 +6,7 @@
  *   tender.io/exclude-volumes: scratch      never these
  *   tender.io/schedule: "0 * * * *"         5-field cron, in UTC (or @hourly, @daily, @weekly, @monthly, @yearly)
  *   tender.io/interval: 10m                 every 10 minutes (d, h, m, s: 1h30m, 90s)
+ *   tender.io/trigger: checkpoint           also back up as soon as a new checkpoint is complete
  *
  * Quiesce annotations (docs/design.md, "Quiesce"; for every backed-up volume of the pod):
  *   tender.io/pre-hook: http://:8080/quiesce   POST before the read (empty host: the pod's IP), or
@@ -39,6 +40,7 @@
  *     gpuBackoff: 80                #   pause while a GPU is busier than this (%)
  *     gpuHold: 30s                  #   full speed only after the GPUs stayed below it this long
  *     gpuMode: pause                #   pause | cap (at readFloor) while GPUs are busy
+ *   trigger: schedule               # schedule | checkpoint: also back up each new complete checkpoint
  *
  * Selectors choose the pods the agent looks at at all; in those pods the annotation picks the
  * volumes, or defaultVolumes where there is none. A malformed annotation is an error naming the
@@ -71,6 +73,7 @@ export const ANNOTATION_HOOK_TIMEOUT = 'tender.io/hook-timeout';
 export const ANNOTATION_HOOK_ON_ERROR = 'tender.io/hook-on-error';
 export const ANNOTATION_FSFREEZE = 'tender.io/fsfreeze';
 export const ANNOTATION_FREEZE_TIMEOUT = 'tender.io/freeze-timeout';
+export const ANNOTATION_TRIGGER = 'tender.io/trigger';
 
 export type DefaultVolumes = 'none' | 'emptyDir' | 'all';
 
@@ -107,6 +110,8 @@ export interface AgentPolicy {
   politeness: PolitePolicy;
   /** The GPU source for GPU backoff; undefined: NVML, else nvidia-smi. Used at agent start. */
   gpuSource?: GpuSourceChoice;
+  /** Back up a volume as soon as a new checkpoint in it is complete, besides its schedule (config `trigger: checkpoint`). */
+  triggerOnCheckpoint?: boolean;
 }
 
 export const DEFAULT_POLICY: Readonly<AgentPolicy> = Object.freeze({
@@ -242,6 +247,8 @@ export interface PodPolicy {
   schedule: Schedule;
   /** Absent when the pod has no quiesce annotation. */
   quiesce?: PodQuiesce;
+  /** tender.io/trigger (else the policy's trigger): also run on each new complete checkpoint. */
+  onCheckpoint: boolean;
   /** Problems with the pod's annotations, each naming the pod, the annotation and what is wrong. */
   errors: string[];
 }
@@ -321,9 +328,16 @@ export function podPolicy(pod: V1Pod, policy: AgentPolicy): PodPolicy {
       errors.push(`${podRef}: annotation ${ANNOTATION_INTERVAL}: ${(err as Error).message}; the default schedule is used`);
     }
   }
+  let onCheckpoint = policy.triggerOnCheckpoint === true;
+  const trigger = annotations[ANNOTATION_TRIGGER];
+  if (trigger !== undefined) {
+    const value = trigger.trim();
+    if (value === 'checkpoint' || value === 'schedule') onCheckpoint = value === 'checkpoint';
+    else errors.push(`${podRef}: annotation ${ANNOTATION_TRIGGER}: "${trigger}" is not checkpoint or schedule; the policy's trigger is used`);
+  }
   const quiesce = podQuiesce(annotations, podRef);
   errors.push(...(quiesce?.problems ?? []));
-  return { volumes, schedule, errors, ...(quiesce ? { quiesce } : {}) };
+  return { volumes, schedule, onCheckpoint, errors, ...(quiesce ? { quiesce } : {}) };
 }
 
 function podQuiesce(annotations: Record<string, string>, podRef: string): PodQuiesce | undefined {
@@ -374,6 +388,7 @@ const CONFIG_KEYS = new Set([
   'cacheNeutral',
   'politeness',
   'gpuSource',
+  'trigger',
 ]);
 
 const POLITENESS_KEYS = ['readLimit', 'uploadLimit', 'pressureBackoff', 'cpuShare', 'readFloor', 'gpuBackoff', 'gpuHold', 'gpuMode'];
@@ -529,6 +544,10 @@ export function parsePolicy(text: string, source = 'config'): AgentPolicy {
     if (data.gpuSource !== undefined && data.gpuSource !== null) {
       if (typeof data.gpuSource !== 'string') throw new Error('gpuSource must be a string: nvml[=LIBRARY], nvidia-smi[=PATH] or dcgm=URL');
       policy.gpuSource = setting('gpuSource', () => parseGpuSource(data.gpuSource as string));
+    }
+    if (data.trigger !== undefined) {
+      if (data.trigger !== 'schedule' && data.trigger !== 'checkpoint') throw new Error(`trigger must be schedule or checkpoint, not ${JSON.stringify(data.trigger)}`);
+      policy.triggerOnCheckpoint = data.trigger === 'checkpoint';
     }
   } catch (err) {
     throw new Error(`${source}: ${(err as Error).message}`);

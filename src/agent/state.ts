@@ -15,8 +15,8 @@ import { TenderError, systemErrorCode } from '../errors/errors.js';
 import type { SnapshotSummary } from '../repo/snapshot/snapshot.js';
 
 export type RunState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled' | 'interrupted';
-/** `datamover`: a Velero DataUpload/DataDownload (src/velero/); such a run is never queued again. */
-export type RunTrigger = 'schedule' | 'api' | 'startup' | 'datamover';
+/** `datamover`: a Velero DataUpload/DataDownload (src/velero/); such a run is never queued again. `checkpoint`: a new complete checkpoint. */
+export type RunTrigger = 'schedule' | 'api' | 'startup' | 'datamover' | 'checkpoint';
 
 export const finishedStates: ReadonlySet<RunState> = new Set(['succeeded', 'failed', 'cancelled', 'interrupted']);
 

@@ -11,7 +11,9 @@ import { type OperationContext, cancelledError, throwIfCancelled } from '../util
 import { Permits } from '../util/permits.js';
 import { gearTable } from './chunk/fastcdc.js';
 import { createBoundaryFinder } from './chunk/native.js';
-import { type FileContent, FileSaver } from './file-saver.js';
+import { CheckpointTracker, type IncompletePolicy, inspectFile, recheckFile } from './checkpoints.js';
+import { type ConsistentRead, defaultRereads, readConsistently } from './consistency.js';
+import { FileSaver } from './file-saver.js';
 import { cacheNeutralReads, cachingReads } from './read-cache.js';
 import { type EntryStat, compareNames, lstatEntries, lstatPath, metadataNode, nodeType, readDirSorted, unchangedSince } from './walk.js';
 
@@ -50,6 +52,14 @@ export interface BackupOptions {
   /** Count files and bytes first (concurrently), so progress events carry totals and an ETA. */
   scan?: boolean;
   hooks?: BackupHooks;
+  /** Re-reads of a file that changed while it was read, before it is stored labelled torn (default 2). */
+  rereads?: number;
+  /**
+   * Checkpoint completeness (src/checkpoint/): each file's format is checked as it is read, and
+   * each checkpoint directory before and after; default on. `incomplete` (default store): what to
+   * do with a checkpoint directory that is incomplete when the backup reaches it.
+   */
+  checkpoints?: false | { incomplete?: IncompletePolicy };
 }
 
 /**
@@ -198,6 +208,9 @@ async function runBackup(
     bytesStored: 0,
     errors: 0,
     durationMs: 0,
+    filesTorn: 0,
+    filesIncomplete: 0,
+    rereads: 0,
   };
   const errors: BackupError[] = [];
   const report = () => events.emit('progress', progress);
@@ -224,9 +237,12 @@ async function runBackup(
     readCache,
     signal,
     hooks.beforeRead ? (bytes, s) => hooks.beforeRead!(bytes, s) : undefined,
+    options.checkpoints === false ? undefined : inspectFile,
   );
+  const checkpoints = options.checkpoints === false ? undefined : new CheckpointTracker(options.checkpoints?.incomplete ?? { mode: 'store' }, signal, ctx.now);
+  const rereads = options.rereads ?? defaultRereads;
   const readers: LimitFunction = pLimit(fileConcurrency);
-  const hardlinks = new Map<string, Promise<FileContent>>();
+  const hardlinks = new Map<string, Promise<ConsistentRead>>();
   /** Every file save under way: all must end before the writer closes, whatever happens. */
   const saving = new Set<Promise<unknown>>();
 
@@ -235,8 +251,16 @@ async function runBackup(
    * is still in this run's index (its chunk lists, and the chunks they list: a prune may have
    * doomed them): its content is taken from there.
    */
-  const reuseUnchanged = async (node: TreeNode, previous: TreeNode | undefined): Promise<boolean> => {
-    if (!unchangedSince(previous, node) || !(await contentStillStored(repo, writer, previous!))) return false;
+  const reuseUnchanged = async (filePath: string, node: TreeNode, previous: TreeNode | undefined): Promise<boolean> => {
+    // A torn copy is never kept: the file is read again, now that it may be quiet.
+    if (!unchangedSince(previous, node) || previous!.consistency === 'torn' || !(await contentStillStored(repo, writer, previous!))) return false;
+    if (previous!.consistency === 'incomplete') {
+      // Its verdict again, from its headers: it may have been whole but still open for writing.
+      const stamp = { size: node.size!, mtimeNs: node.mtime, ctimeNs: node.ctime, ino: node.inode };
+      const now = checkpoints ? await recheckFile(filePath, stamp).catch(() => undefined) : undefined;
+      if (!now) return false;
+      if (now.verdict && !now.verdict.complete) Object.assign(node, { consistency: 'incomplete', consistencyReason: now.verdict.reason });
+    }
     if (previous!.content) node.content = previous!.content;
     if (previous!.contentLists) node.contentLists = previous!.contentLists;
     summary.filesUnchanged++;
@@ -253,20 +277,24 @@ async function runBackup(
     if (!pending) {
       progress.currentFile = filePath;
       const size = node.size!;
-      const read = () => saver.save(filePath, size);
+      const walked = { size, mtimeNs: node.mtime, ctimeNs: node.ctime, ino: node.inode };
+      const read = () => readConsistently(saver, filePath, walked, rereads);
       const hooked = hooks.aroundFile ? () => hooks.aroundFile!(filePath, size, read) : read;
       // Small files go to a shared batch; only large ones hold slots while they are read.
       pending = size <= params.minSize ? hooked() : readers(hooked);
       if (linkKey) hardlinks.set(linkKey, pending);
       saving.add(pending);
       pending.then(
-        () => summary.filesRead++,
+        (r) => {
+          summary.filesRead++;
+          summary.rereads! += r.rereads;
+        },
         () => undefined,
       );
       void pending.catch(() => undefined).finally(() => saving.delete(pending!));
     }
     try {
-      Object.assign(node, await pending);
+      Object.assign(node, (await pending).patch);
     } catch (err) {
       fail(filePath, err);
       return false;
@@ -326,12 +354,21 @@ async function runBackup(
       return { done: subtree.done.then((id) => (id === undefined ? undefined : Object.assign(node, { subtree: id }))) };
     }
     if (type !== 'file') return ready(node);
+    if (checkpoints?.skips(entryPath)) return ready(undefined);
     summary.files++;
     summary.totalBytes += node.size!;
-    if (await reuseUnchanged(node, previous)) return ready(node);
+    if (await reuseUnchanged(entryPath, node, previous)) return ready(stored(entryPath, node));
     await filesInFlight.acquire();
     const saved = saveFile(entryPath, node).finally(() => filesInFlight.release());
-    return { done: settle(saved.then((ok) => (ok ? node : undefined))) };
+    return { done: settle(saved.then((ok) => (ok ? stored(entryPath, node) : undefined))) };
+  };
+
+  /** A file node as stored: counted by its label, and shown to the checkpoint tracker. */
+  const stored = (filePath: string, node: TreeNode): TreeNode => {
+    if (node.consistency === 'torn') summary.filesTorn!++;
+    else if (node.consistency === 'incomplete') summary.filesIncomplete!++;
+    checkpoints?.record(filePath, node);
+    return node;
   };
 
   /** Starts a directory: resolves once all of it has been started, with a promise of its tree ID. */
@@ -364,8 +401,10 @@ async function runBackup(
   /** Saves one backup path: the walk, then everything it started. */
   const saveRoot = async (root: string, name: string, previous: TreeNode | undefined): Promise<TreeNode | undefined> => {
     const save = async () => {
+      await checkpoints?.before(root);
       const node = await (await startEntry(root, name, lstatPath(root), previous)).done;
       if (fatal !== undefined) throw fatal;
+      await checkpoints?.after(root, name);
       return node;
     };
     return hooks.aroundRoot ? hooks.aroundRoot(root, save) : save();
@@ -409,6 +448,7 @@ async function runBackup(
       program: `tender ${version}`,
       summary,
       ...hooks.annotate?.(),
+      ...(checkpoints && checkpoints.records.length > 0 ? { checkpoints: checkpoints.records } : {}),
     };
     throwIfCancelled(signal);
     const snapshotId = await session.commit(snapshot);

@@ -1,4 +1,4 @@
-import { closeSync, openSync, readSync } from 'node:fs';
+import { type BigIntStats, closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import type { ChunkerParams } from '../repo/chunker-params.js';
 import type { BoundaryFinder } from './chunk/fastcdc.js';
@@ -12,7 +12,7 @@ import { TenderError } from '../errors/errors.js';
 import { throwIfCancelled } from '../util/operation.js';
 import type { Reservation } from '../repo/pack/pack.js';
 import type { CodecExecutor } from '../workers/pool.js';
-import { cachingReads, type ReadCachePolicy } from './read-cache.js';
+import { cachingReads, type FileReadCache, type ReadCachePolicy } from './read-cache.js';
 import { readFileLayout } from '../checkpoint/layout.js';
 import type { KindSummary } from '../repo/snapshot/snapshot.js';
 import { TensorSegments, cutSegments } from './chunk/tensor-cuts.js';
@@ -28,6 +28,57 @@ import { TransformStats } from './transform-stats.js';
 export interface FileContent {
   content?: string[];
   contentLists?: string[];
+}
+
+/** What identifies one version of a file: a change to it changes at least one of these. */
+export interface FileStamp {
+  size: number;
+  mtimeNs: string;
+  ctimeNs: string;
+  ino: number;
+}
+
+/** A file's completeness by its format (safetensors, torch zip, …): see src/checkpoint/. */
+export type FileVerdict = { complete: true } | { complete: false; reason: string };
+
+/**
+ * Checks an open file after it was read and before its last fstat, so a clean read proves the
+ * verdict is about the stored bytes. `wants`: whether a file of this name and first bytes (up to
+ * 16, as read) may be of a format it knows; only then is `check` called (undefined: not one).
+ */
+export interface FileInspector {
+  wants(path: string, head: Uint8Array): boolean;
+  check(fd: number, path: string, size: number): Promise<FileVerdict | undefined>;
+}
+
+const headLength = 16;
+/**
+ * The check reads headers (the start; a zip's directory at the end): with cache-neutral reads
+ * this much at each end of the file is inside the page-cache bracket. Reads elsewhere (a zip's
+ * local headers of a huge archive) may stay cached.
+ */
+const inspectCacheSpan = 64 * 1024 * 1024;
+
+export interface SaveOptions {
+  /** A re-read: its bytes are not reported as progress. */
+  reread?: boolean;
+  /**
+   * The file's stamp from before it was opened (the walk's lstat): stands for the fstat at open,
+   * which is then not made. A change between the two shows as a change during the read.
+   */
+  before?: FileStamp;
+}
+
+/** A saved file: its content, the fd's stamps at open and after the last read, the bytes read. */
+export interface SavedFile extends FileContent {
+  before: FileStamp;
+  after: FileStamp;
+  bytes: number;
+  verdict?: FileVerdict;
+}
+
+export function stampOf(stats: BigIntStats): FileStamp {
+  return { size: Number(stats.size), mtimeNs: stats.mtimeNs.toString(), ctimeNs: stats.ctimeNs.toString(), ino: Number(stats.ino) };
 }
 
 export interface SaveCounters {
@@ -60,6 +111,7 @@ export class FileSaver {
     private readonly signal: AbortSignal = new AbortController().signal,
     /** Paid before each read (BackupHooks.beforeRead); reads are then at most pacedReadBytes each. */
     private readonly beforeRead?: (bytes: number, signal: AbortSignal) => Promise<void>,
+    private readonly inspect?: FileInspector,
   ) {
     // Each filled slot must yield a chunk: the carried tail is < maxSize, so the slot must be larger.
     if (slots.bufferSize <= params.maxSize) throw new Error('slot size must exceed the maximum chunk size');
@@ -70,20 +122,25 @@ export class FileSaver {
    * into a shared batch slot with direct calls and hashed and sealed together, so a tree of many
    * small files costs a few worker round trips per batch instead of several per file.
    */
-  async save(path: string, size: number): Promise<FileContent> {
+  async save(path: string, size: number, options: SaveOptions = {}): Promise<SavedFile> {
     throwIfCancelled(this.signal);
     if (size <= this.params.minSize) {
       await this.paceRead(size);
-      const small = await this.saveSmall(path);
+      const small = await this.saveSmall(path, options);
       if (small) return small;
     }
-    return this.saveLarge(path, size);
+    return this.saveLarge(path, size, options);
+  }
+
+  /** A re-read (the file changed while it was read) is not progress: its bytes were counted once. */
+  private progressOf(options: SaveOptions): (n: number) => void {
+    return options.reread ? () => {} : this.onBytes;
   }
 
   private batch: SmallFileBatch | undefined;
 
   /** Undefined when the file turned out larger than a batch allows (it grew): use saveLarge. */
-  private async saveSmall(path: string): Promise<FileContent | undefined> {
+  private async saveSmall(path: string, options: SaveOptions): Promise<SavedFile | undefined> {
     const limit = this.params.minSize;
     if (!this.batch || this.batch.used + limit + 1 > this.batch.slot.view.length) {
       this.flushBatch();
@@ -101,8 +158,9 @@ export class FileSaver {
     const batch = this.batch!;
     const at = batch.used;
     const fd = openSync(path, 'r');
-    let length = 0;
     try {
+      const before = options.before ?? stampOf(fstatSync(fd, { bigint: true }));
+      let length = 0;
       const cache = this.readCache.open(fd);
       cache.beforeRead(0, limit + 1);
       const started = performance.now();
@@ -110,17 +168,39 @@ export class FileSaver {
       for (let n = -1; n !== 0 && length <= limit; length += n) n = readSync(fd, batch.slot.view, at + length, limit + 1 - length, length);
       this.stats.stageMs.read += performance.now() - started;
       cache.afterRead(0, limit + 1);
+      if (length > limit) return undefined;
+      this.counters.bytesRead += length;
+      this.progressOf(options)(length);
+      let content: Promise<FileContent> = Promise.resolve({ content: [] });
+      if (length > 0) {
+        // The batch is updated before any await: other files go on filling it meanwhile.
+        batch.used += length;
+        const index = batch.spans.length / 2;
+        batch.spans.push(at, length);
+        content = new Promise((resolve, reject) => batch.waiters.push({ index, resolve, reject }));
+        content.catch(() => undefined); // awaited below, after the inspection
+      }
+      const head = Buffer.from(batch.slot.view.subarray(at, at + Math.min(headLength, length)));
+      const verdict = await this.inspectRead(fd, path, length, head, cache);
+      const after = stampOf(fstatSync(fd, { bigint: true }));
+      return { ...(await content), before, after, bytes: length, ...(verdict ? { verdict } : {}) };
     } finally {
       closeSync(fd);
     }
-    if (length > limit) return undefined;
-    this.counters.bytesRead += length;
-    this.onBytes(length);
-    if (length === 0) return { content: [] };
-    batch.used += length;
-    const index = batch.spans.length / 2;
-    batch.spans.push(at, length);
-    return new Promise((resolve, reject) => batch.waiters.push({ index, resolve, reject }));
+  }
+
+  private async inspectRead(fd: number, path: string, size: number, head: Uint8Array, cache: FileReadCache): Promise<FileVerdict | undefined> {
+    if (!this.inspect?.wants(path, head)) return undefined;
+    const headSpan = Math.min(size, inspectCacheSpan);
+    const tailStart = Math.max(headSpan, size - inspectCacheSpan);
+    cache.beforeRead(0, headSpan);
+    if (tailStart < size) cache.beforeRead(tailStart, size - tailStart);
+    try {
+      return await this.inspect.check(fd, path, size);
+    } finally {
+      cache.afterRead(0, headSpan);
+      if (tailStart < size) cache.afterRead(tailStart, size - tailStart);
+    }
   }
 
   private flushBatch(): void {
@@ -143,8 +223,9 @@ export class FileSaver {
     );
   }
 
-  private async saveLarge(path: string, size: number): Promise<FileContent> {
+  private async saveLarge(path: string, size: number, options: SaveOptions): Promise<SavedFile> {
     const handle = await open(path, 'r');
+    const onBytes = this.progressOf(options);
     const cache = this.readCache.open(handle.fd);
     const layout = await readFileLayout(handle.fd, path, size).catch(async (err: unknown) => {
       await handle.close();
@@ -160,9 +241,11 @@ export class FileSaver {
     /** The slot this loop owns (not yet handed to processSlot); released in `finally` on errors. */
     let held: Slot | undefined;
     try {
+      const before = options.before ?? stampOf(await handle.stat({ bigint: true }));
       let slot = (held = await this.slots.acquire());
       let carry = 0;
       let position = 0;
+      let head: Uint8Array | undefined;
       for (;;) {
         throwIfCancelled(this.signal);
         let end = carry;
@@ -186,7 +269,8 @@ export class FileSaver {
           position += bytesRead;
         }
         this.counters.bytesRead += end - carry;
-        this.onBytes(end - carry);
+        onBytes(end - carry);
+        head ??= Buffer.from(slot.view.subarray(0, Math.min(headLength, end)));
         const spans: number[] = [];
         const cutStarted = performance.now();
         // The unfinished chunk after the last final cut is carried into the next slot.
@@ -220,7 +304,9 @@ export class FileSaver {
         slot = next;
       }
       await chain;
-      return await content.finish();
+      const verdict = await this.inspectRead(handle.fd, path, position, head!, cache);
+      const after = stampOf(await handle.stat({ bigint: true }));
+      return { ...(await content.finish()), before, after, bytes: position, ...(verdict ? { verdict } : {}) };
     } finally {
       if (held) this.slots.release(held);
       await handle.close();

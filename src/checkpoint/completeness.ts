@@ -2,13 +2,14 @@ import type { Dirent } from 'node:fs';
 import { open, opendir, readFile, stat } from 'node:fs/promises';
 import { basename, dirname, join, relative } from 'node:path';
 import { throwIfCancelled } from '../util/operation.js';
-import { DCP_METADATA, readDcpMetadata } from './dcp.js';
+import { DCP_METADATA, isDcpShardName, readDcpMetadata } from './dcp.js';
+import { isNpyName, looksLikeNpy } from './npy.js';
 import { isIoError, parseFile } from './layout.js';
 import { openForWriting } from './lease.js';
 import { PickleError } from './pickle.js';
 import { readAt } from './read-at.js';
-import { looksLikeSafetensors, parseSafetensors } from './safetensors.js';
-import { readTorchArchive } from './torch-zip.js';
+import { isSafetensorsName, looksLikeSafetensors, parseSafetensors } from './safetensors.js';
+import { isTorchName, looksLikeZip, readTorchArchive } from './torch-zip.js';
 
 /**
  * Whether checkpoints are whole: the rules per layout are in docs/design.md, "Checkpoint layouts
@@ -406,4 +407,24 @@ async function worldSizes(path: string): Promise<{ dp: number; mp: number } | st
   } finally {
     await handle.close();
   }
+}
+
+/**
+ * Whether fileCompleteness may have a verdict for a file of this name whose first bytes are
+ * `head` (16, or the whole file if shorter): the same name and magic tests parseFile dispatches
+ * on, without a read. A backup holds the first bytes already and skips the check's reads for the
+ * many files that are no checkpoint (a tree of small files would pay a read per file otherwise).
+ */
+export function mayHaveFileVerdict(filePath: string, head: Uint8Array): boolean {
+  const bytes = Buffer.from(head.buffer, head.byteOffset, head.byteLength);
+  return (
+    TEMPORARY_FILE.test(basename(filePath)) ||
+    isDcpShardName(filePath) ||
+    isSafetensorsName(filePath) ||
+    isNpyName(filePath) ||
+    isTorchName(filePath) ||
+    looksLikeSafetensors(bytes) ||
+    looksLikeNpy(bytes) ||
+    looksLikeZip(bytes)
+  );
 }

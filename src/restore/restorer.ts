@@ -30,6 +30,11 @@ export interface RestoreOptions {
    * target (restic's snapshot:subfolder), e.g. one volume's files into a fresh PVC.
    */
   subpath?: string;
+  /**
+   * Leave out files labelled torn or incomplete and checkpoint directories whose verdict in the
+   * snapshot is incomplete (with everything in them); each is listed in `skipped`.
+   */
+  onlyConsistent?: boolean;
 }
 
 export interface RestoreProgress {
@@ -48,6 +53,8 @@ export interface RestoreResult {
   dirs: number;
   bytes: number;
   errors: RestoreError[];
+  /** Entries `onlyConsistent` left out, with why. */
+  skipped: RestoreError[];
 }
 
 const execFileAsync = promisify(execFile);
@@ -102,7 +109,8 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
     large: { reads: leases[0].pool, plaintext: leases[1].pool },
     small: { reads: leases[2].pool, plaintext: leases[3].pool },
   };
-  const result: RestoreResult = { files: 0, dirs: 0, bytes: 0, errors: [] };
+  const result: RestoreResult = { files: 0, dirs: 0, bytes: 0, errors: [], skipped: [] };
+  const inconsistency = options.onlyConsistent ? inconsistencyOf(snapshot, options.subpath) : undefined;
   const progress: RestoreProgress = { filesDone: 0, bytesDone: 0 };
   /** First path restored for each hardlinked inode, resolved once that file is complete. */
   const hardlinks = new Map<string, Promise<string>>();
@@ -297,6 +305,11 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
       seen.add(node.name);
       const included = wholeDir || matches(rel);
       if (!included && !(node.type === 'dir' && couldContainMatch(rel))) continue;
+      const why = inconsistency?.(rel, node);
+      if (why !== undefined) {
+        result.skipped.push({ path: rel, message: why });
+        continue;
+      }
       const full = path.join(dirFull, node.name);
       try {
         switch (node.type) {
@@ -382,6 +395,20 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
   }
   if (fatal) throw fatal;
   return result;
+}
+
+/**
+ * Why an entry is not a consistent copy, or undefined: a file's label, or the verdict of the
+ * checkpoint directory at that path (snapshot paths are `/<root>/…`, as `tender ls` prints them).
+ */
+function inconsistencyOf(snapshot: Snapshot, subpath: string | undefined): (rel: string, node: TreeNode) => string | undefined {
+  const prefix = (subpath ?? '').split('/').filter((n) => n !== '' && n !== '.').map((n) => `/${n}`).join('');
+  const incomplete = new Map((snapshot.checkpoints ?? []).filter((c) => !c.complete).map((c) => [c.path, c]));
+  return (rel, node) => {
+    if (node.type === 'file' && node.consistency) return `${node.consistency}: ${node.consistencyReason ?? 'no reason recorded'}`;
+    const checkpoint = node.type === 'dir' ? incomplete.get(`${prefix}/${rel}`) : undefined;
+    return checkpoint ? `incomplete ${checkpoint.kind} checkpoint: ${checkpoint.reason ?? 'no reason recorded'}` : undefined;
+  };
 }
 
 /** The repository as one restore sees it: lookups and pack numbers from one index view. */

@@ -5,7 +5,7 @@ import { defaultFreezeRecordDir, thawLeftFrozen } from '../../quiesce/freeze.js'
 import { parseHookSpec } from '../../quiesce/hooks.js';
 import { type QuiesceOptions, type QuiesceOutcome, parseOnError, parseTimeout, quiesceHooks } from '../../quiesce/quiesce.js';
 import { localRepositoryPath } from '../../storage/open.js';
-import { collect } from '../args.js';
+import { collect, incompletePolicy, positiveInt } from '../args.js';
 import { globalOptions, print, printJson, withRepository } from '../context.js';
 import { formatBytes, formatRate } from '../format.js';
 import { createProgress, progressMode } from '../progress.js';
@@ -13,6 +13,8 @@ import { type PoliteCliOptions, addPoliteOptions, governorFromOptions, processBo
 import { addGpuSourceOption, gpuReaderFor } from '../gpu.js';
 import type { GpuSourceChoice } from '../../polite/gpu-source.js';
 import { describeChange } from '../../polite/governor.js';
+import type { IncompletePolicy } from '../../backup/checkpoints.js';
+import { consistencySummary, describeConsistency } from '../../snapshots/consistency.js';
 import { listSnapshots, selectSnapshot } from '../../snapshots/select.js';
 import path from 'node:path';
 
@@ -30,6 +32,8 @@ interface BackupCliOptions extends PoliteCliOptions {
   freezeTimeout: string;
   whileFrozen?: string;
   gpuSource?: GpuSourceChoice;
+  incomplete: IncompletePolicy;
+  rereads?: number;
 }
 
 export function registerBackup(program: Command): void {
@@ -48,7 +52,9 @@ export function registerBackup(program: Command): void {
     .option('--hook-on-error <policy>', 'a failed quiesce step: fail (end the backup) or continue (record "not quiesced")', 'fail')
     .option('--fsfreeze', "freeze each path's filesystem (FIFREEZE, root): while --while-frozen runs, else while the path is read")
     .option('--freeze-timeout <duration>', 'the longest a filesystem stays frozen: a guard process thaws it then, even if tender is killed', '10s')
-    .option('--while-frozen <command>', 'run while the filesystem is frozen (take a storage snapshot); the read follows the thaw');
+    .option('--while-frozen <command>', 'run while the filesystem is frozen (take a storage snapshot); the read follows the thaw')
+    .option('--incomplete <what>', 'a checkpoint directory that is incomplete when read: store (labelled), skip, or wait=DURATION (e.g. 30s) then store', incompletePolicy, { mode: 'store' })
+    .option('--rereads <n>', 'read a file that changed while it was read up to N more times before storing it labelled torn (default 2)', positiveInt);
   addGpuSourceOption(addPoliteOptions(command)).action(async (paths: string[], opts: BackupCliOptions, command: Command) => {
     const g = globalOptions(command);
     const { box, sizing } = processBox();
@@ -106,6 +112,8 @@ export function registerBackup(program: Command): void {
             // A memory limit that leaves room for few read slots reads fewer files at once.
             ...(sizing.bufferBudgetBytes !== undefined && sizing.bufferBudgetBytes < 8 * repo.config.chunker.maxSize ? { fileConcurrency: 1 } : {}),
             hooks,
+            checkpoints: { incomplete: opts.incomplete },
+            ...(opts.rereads !== undefined ? { rereads: opts.rereads } : {}),
           },
           ctx,
         );
@@ -120,6 +128,8 @@ export function registerBackup(program: Command): void {
         print(`files: ${s.files} (${s.filesRead} read, ${s.filesUnchanged} unchanged), dirs: ${s.dirs}`);
         print(`read ${formatBytes(s.bytesRead)} of ${formatBytes(s.totalBytes)} in ${(s.durationMs / 1000).toFixed(1)} s (${formatRate(s.bytesRead, s.durationMs)})`);
         print(`added ${s.blobsAdded} chunks, ${formatBytes(s.bytesAdded)} (${formatBytes(s.bytesStored)} stored)`);
+        const c = consistencySummary(result.snapshot);
+        if (result.snapshot.checkpoints?.length || c.filesTorn > 0 || c.filesIncomplete > 0) print(`consistency: ${describeConsistency(c)}`);
         print(`snapshot ${result.snapshotId.slice(0, 8)} saved`);
       }
       if (result.errors.length > 0) {

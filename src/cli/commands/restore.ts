@@ -14,6 +14,7 @@ interface RestoreCliOptions {
   host?: string;
   tag: string[];
   path: string[];
+  onlyConsistent?: boolean;
 }
 
 export function registerRestore(program: Command): void {
@@ -27,6 +28,7 @@ export function registerRestore(program: Command): void {
     .option('--host <name>', 'with latest: newest snapshot of this host')
     .option('--tag <tag>', 'with latest: newest snapshot with this tag (repeatable)', collect, [])
     .option('--path <path>', 'with latest: newest snapshot of this path (repeatable)', collect, [])
+    .option('--only-consistent', 'leave out files stored torn or incomplete, and incomplete checkpoint directories (each is listed)')
     .action(async (ref: string, opts: RestoreCliOptions, command: Command) => {
       const g = globalOptions(command);
       if (!opts.target) throw new TenderError('TENDER_USAGE', 'restore needs --target DIR');
@@ -52,6 +54,7 @@ export function registerRestore(program: Command): void {
               ...(opts.include.length ? { include: opts.include } : {}),
               ...(opts.overwrite ? { overwrite: true } : {}),
               ...(subpath ? { subpath } : {}),
+              ...(opts.onlyConsistent ? { onlyConsistent: true } : {}),
             },
             ctx,
           );
@@ -61,6 +64,7 @@ export function registerRestore(program: Command): void {
         const ms = Date.now() - started;
         if (g.json) printJson({ message_type: 'summary', snapshot_id: id, ...result, duration_ms: ms });
         else if (!g.quiet) {
+          for (const s of result.skipped) print(`skipped ${s.path}: ${s.message}`);
           print(`restored snapshot ${id.slice(0, 8)}: ${result.files} files, ${result.dirs} dirs, ${formatBytes(result.bytes)} in ${(ms / 1000).toFixed(1)} s (${formatRate(result.bytes, ms)})`);
         }
         if (result.errors.length > 0) {

@@ -23,6 +23,25 @@ export interface SnapshotSummary {
   durationMs: number;
   /** What the chunks were and what each transform did with them (absent before this field existed). */
   transforms?: TransformSummary;
+  /** Files stored labelled `torn` / `incomplete` (absent in snapshots written before the labels). */
+  filesTorn?: number;
+  filesIncomplete?: number;
+  /** Files read again because they changed while they were read. */
+  rereads?: number;
+}
+
+/** A checkpoint directory found in the backup, with its verdict for the stored copy. */
+export interface CheckpointRecord {
+  /** Its path in the snapshot, as `tender ls` prints it (`/<root name>/…`). */
+  path: string;
+  /** dcp, megatron, hf-trainer, deepspeed, tmp-rename. */
+  kind: string;
+  /** True only if the stored files form a complete checkpoint (checked before and after reading). */
+  complete: boolean;
+  /** With `complete: false`: why. */
+  reason?: string;
+  /** Left out of the snapshot (`--incomplete skip`): none of its files are stored. */
+  skipped?: boolean;
 }
 
 /**
@@ -91,6 +110,8 @@ export interface Snapshot {
   summary?: SnapshotSummary;
   /** One entry per backup path that was quiesced; absent when no quiesce was asked for. */
   quiesce?: SnapshotQuiesce[];
+  /** Checkpoint directories found in the backed-up paths (absent: none, or an older snapshot). */
+  checkpoints?: CheckpointRecord[];
 }
 
 export function encodeSnapshot(encryptionKey: Uint8Array, snapshot: Snapshot): Buffer {
@@ -120,7 +141,8 @@ export function decodeSnapshot(encryptionKey: Uint8Array, stored: Buffer): Snaps
     !strings(s.paths) ||
     !strings(s.tags) ||
     (s.parent !== undefined && (typeof s.parent !== 'string' || !isHexId(s.parent))) ||
-    (s.quiesce !== undefined && !(Array.isArray(s.quiesce) && s.quiesce.every(isQuiesceEntry)))
+    (s.quiesce !== undefined && !(Array.isArray(s.quiesce) && s.quiesce.every(isQuiesceEntry))) ||
+    (s.checkpoints !== undefined && !(Array.isArray(s.checkpoints) && s.checkpoints.every(isCheckpointRecord)))
   ) {
     throw new FormatError('snapshot lacks required fields or has malformed ones');
   }
@@ -137,5 +159,17 @@ function isQuiesceEntry(q: unknown): boolean {
     (e.reasons === undefined || (Array.isArray(e.reasons) && e.reasons.every((r) => typeof r === 'string'))) &&
     (e.frozenMs === undefined || (typeof e.frozenMs === 'number' && e.frozenMs >= 0)) &&
     (e.postHookError === undefined || typeof e.postHookError === 'string')
+  );
+}
+
+function isCheckpointRecord(c: CheckpointRecord): boolean {
+  return (
+    !!c &&
+    typeof c === 'object' &&
+    typeof c.path === 'string' &&
+    typeof c.kind === 'string' &&
+    typeof c.complete === 'boolean' &&
+    (c.reason === undefined || typeof c.reason === 'string') &&
+    (c.skipped === undefined || c.skipped === true)
   );
 }

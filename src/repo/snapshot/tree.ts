@@ -34,7 +34,17 @@ export interface TreeNode {
   linkTarget?: string;
   /** Device nodes. */
   rdev?: number;
+  /**
+   * Files only; absent when the stored content is a consistent copy. `torn`: the file changed
+   * while it was read (and again on every re-read); `incomplete`: read cleanly, but its format's
+   * completeness check failed (a half-written checkpoint file).
+   */
+  consistency?: Consistency;
+  /** With `consistency`: why, in one short sentence. */
+  consistencyReason?: string;
 }
+
+export type Consistency = 'torn' | 'incomplete';
 
 export interface Tree {
   nodes: TreeNode[];
@@ -95,6 +105,12 @@ function validateNode(node: TreeNode): void {
   }
   if (node.type === 'dir' && !node.subtree) throw new FormatError(`directory ${JSON.stringify(node.name)} has no subtree`);
   if (node.type === 'symlink' && typeof node.linkTarget !== 'string') throw new FormatError(`symlink ${JSON.stringify(node.name)} has no target`);
+  if (
+    (node.consistency !== undefined && node.consistency !== 'torn' && node.consistency !== 'incomplete') ||
+    (node.consistencyReason !== undefined && typeof node.consistencyReason !== 'string')
+  ) {
+    throw new FormatError(`tree node ${JSON.stringify(node.name)} has a bad consistency label`);
+  }
 }
 
 /** A name that is safe to create inside a directory: no separators, not "." or "..", no NUL. */
