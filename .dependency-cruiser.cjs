@@ -12,13 +12,16 @@
  *   operations: backup/ restore/ prune/ check/ policy/ snapshots/
  *                                repo and everything under it except storage/ (only the
  *                                repository touches storage objects), and each other
+ *   velero/                      Velero integration (preflight, backup tarballs, storage
+ *                                locations): operations, repo, storage, util, errors; never
+ *                                cli/ or agent/, which use it
  *   cli/ agent/                  anything; cli/ may use agent/ only through its entry
  *                                (agent/agent.ts), agent/ never uses cli/
  *
  * Plus: no import cycles; src/ never imports test code, vitest or a devDependency at run time.
  * Run by hand: `npm run lint:deps`; test/boundaries.test.ts runs it with the tests.
  */
-const known = 'errors|util|crypto|transform|workers|storage|repo|backup|restore|prune|check|policy|snapshots|cli|agent';
+const known = 'errors|util|crypto|transform|workers|storage|repo|backup|restore|prune|check|policy|snapshots|velero|cli|agent';
 const operations = 'backup|restore|prune|check|policy|snapshots';
 
 /** A rule: files under `from` may import from src/ only what is under `allowed` (folder names). */
@@ -66,6 +69,20 @@ module.exports = {
       severity: 'error',
       from: { path: `^src/(${operations})/` },
       to: { path: '^src/storage/' },
+    },
+    {
+      name: 'operations-not-velero',
+      comment: 'Operations know nothing of Velero: velero/ uses them, never the other way.',
+      severity: 'error',
+      from: { path: `^src/(${operations})/` },
+      to: { path: '^src/velero/' },
+    },
+    {
+      name: 'velero-not-cli-agent',
+      comment: 'velero/ is a library for cli/ and agent/: it never imports them.',
+      severity: 'error',
+      from: { path: '^src/velero/' },
+      to: { path: '^src/(cli|agent)/' },
     },
     {
       name: 'cli-only-agent-entry',

@@ -27,6 +27,7 @@ import { PolicyWatcher } from './policy.js';
 import { type ExecuteContext, type ExecuteResult, type RunRecord, Runner, describeError, describeVolume } from './runs.js';
 import { Scheduler } from './scheduler.js';
 import { StateStore } from './state.js';
+import { type VeleroVolume, VeleroBackups } from './velero-backups.js';
 
 export interface AgentOptions {
   nodeName: string;
@@ -57,6 +58,8 @@ export interface AgentOptions {
   discovery?: { resyncMs?: number; checkMounts?: boolean };
   /** Retry a failed scheduled run after this long (or the interval, if shorter). */
   failureRetryMs?: number;
+  /** Back up the emptyDir volumes that each Velero Backup in this namespace covers (velero-backups.ts). */
+  velero?: { namespace: string };
 }
 
 /** A volume that cannot be backed up now (gone, not mounted, unreadable). */
@@ -74,6 +77,7 @@ export class Agent {
   private scheduler!: Scheduler;
   private metrics!: AgentMetrics;
   private http!: AgentHttpServer;
+  private veleroBackups: VeleroBackups | undefined;
   private repo: Repository | undefined;
   private repoProblem: string | undefined = 'the repository is being opened';
   private stopped = false;
@@ -173,6 +177,21 @@ export class Agent {
     this.opening = this.openRepository();
     await this.discovery.start();
     this.scheduler.start();
+    if (o.velero) {
+      // After the first pod list: a Backup in progress at startup then finds this node's volumes.
+      this.veleroBackups = new VeleroBackups({
+        kubeConfig: o.kubeConfig,
+        namespace: o.velero.namespace,
+        volumes: () => this.veleroVolumes(),
+        backedUp: (uid) => this.identitiesBackedUp(uid),
+        enqueue: (v, tags) => {
+          const r = this.runner.enqueue(v, 'velero', tags);
+          if (r.outcome === 'full') this.log.error({ namespace: v.namespace, pod: v.pod, volume: v.volume }, `the run queue is full (${r.queued}); ${describeVolume(v)} is not backed up with this Velero backup`);
+        },
+        logger: this.log.child({ component: 'velero' }),
+      });
+      await this.veleroBackups.start();
+    }
     this.updateReady();
     // Readiness also changes without an event (the pod list arriving after a failed first list).
     this.readyTimer = setInterval(() => this.updateReady(), 2000);
@@ -197,7 +216,7 @@ export class Agent {
     if (this.readyTimer) clearInterval(this.readyTimer);
     this.scheduler?.stop();
     await this.runner?.stop(2000);
-    await Promise.allSettled([this.http?.close(), this.discovery?.stop(), this.policy?.stop()]);
+    await Promise.allSettled([this.http?.close(), this.discovery?.stop(), this.policy?.stop(), this.veleroBackups?.stop()]);
     await this.opening?.catch(() => undefined);
     await this.repo?.close().catch(() => undefined);
     await this.store?.flush();
@@ -319,7 +338,7 @@ export class Agent {
         // The root is named after the volume, so `tender restore latest:<volume>` finds it
         // whatever the plugin calls the directory (a CSI volume's is `mount`).
         rootNames: [volume.volume],
-        tags: volume.tags,
+        tags: [...volume.tags, ...(run.tags ?? [])],
         hostname: volume.identity,
         ...(parent ? { parent } : {}),
         cacheNeutral: this.policy.policy.cacheNeutral,
@@ -328,6 +347,25 @@ export class Agent {
       opCtx,
     );
     return { snapshotId: result.snapshotId, ...(result.snapshot.summary ? { summary: result.snapshot.summary } : {}), warnings: result.errors.length };
+  }
+
+  /** The protected emptyDir volumes of this node's pods, with their pods' labels (for a Backup's label selector). */
+  private veleroVolumes(): VeleroVolume[] {
+    return this.discovery.volumes().flatMap((v) => {
+      const pod = this.discovery.pod(v.namespace, v.pod);
+      const spec = pod?.spec?.volumes?.find((x) => x.name === v.volume);
+      return pod && spec?.emptyDir ? [{ ...v, podLabels: pod.metadata?.labels ?? {} }] : [];
+    });
+  }
+
+  /**
+   * The volume identities with a snapshot of this Velero Backup UID. Waits for the repository to
+   * open: at startup, a Backup still in progress must not be taken for a new one.
+   */
+  private async identitiesBackedUp(uid: string): Promise<Set<string>> {
+    await this.opening;
+    if (!this.repo) return new Set(); // stopping
+    return new Set((await listSnapshots(this.repo, { tags: [`velero.io/backup-uid=${uid}`] })).map((e) => e.snapshot.hostname));
   }
 
   /** For GET /v1/volumes: each protected volume with its next due time and last run. */

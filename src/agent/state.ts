@@ -15,7 +15,7 @@ import { TenderError, systemErrorCode } from '../errors/errors.js';
 import type { SnapshotSummary } from '../repo/snapshot/snapshot.js';
 
 export type RunState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled' | 'interrupted';
-export type RunTrigger = 'schedule' | 'api' | 'startup';
+export type RunTrigger = 'schedule' | 'api' | 'startup' | 'velero';
 
 export const finishedStates: ReadonlySet<RunState> = new Set(['succeeded', 'failed', 'cancelled', 'interrupted']);
 
@@ -35,6 +35,8 @@ export interface RunRecord {
   identity: string;
   state: RunState;
   trigger: RunTrigger;
+  /** Tags for the snapshot besides the volume's own (a Velero backup's name and UID). */
+  tags?: string[];
   /** ISO 8601 times. */
   queuedAt: string;
   startedAt?: string;

@@ -9,6 +9,7 @@ import { registerForget } from './commands/forget.js';
 import { registerInit } from './commands/init.js';
 import { registerKey } from './commands/key.js';
 import { registerLs } from './commands/ls.js';
+import { registerPreflight } from './commands/preflight.js';
 import { registerRepair } from './commands/repair.js';
 import { registerRestore } from './commands/restore.js';
 import { registerSnapshots } from './commands/snapshots.js';
@@ -41,6 +42,7 @@ export function buildProgram(): Command {
   registerRepair(program);
   registerForget(program);
   registerAgent(program);
+  registerPreflight(program);
   return program;
 }
 

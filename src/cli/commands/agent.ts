@@ -1,10 +1,10 @@
-import type { KubeConfig } from '@kubernetes/client-node';
 import { type Command, Option } from 'commander';
 import { pino } from 'pino';
 import { TenderError } from '../../errors/errors.js';
 import { cancelOnInterrupt } from '../../util/interrupt.js';
 import { positiveInt } from '../args.js';
 import { globalOptions } from '../context.js';
+import { loadKubeConfig } from '../kubeconfig.js';
 import { readPassword, repositoryPassword } from '../password.js';
 
 interface AgentCliOptions {
@@ -17,6 +17,7 @@ interface AgentCliOptions {
   tokenFile?: string;
   maxConcurrentRuns?: number;
   maxFinishedRuns: number;
+  veleroNamespace?: string;
 }
 
 /**
@@ -35,6 +36,7 @@ export function registerAgent(program: Command): void {
     .option('--state-dir <dir>', 'where run records are kept across restarts', '/var/lib/tender')
     .option('--token-file <file>', 'bearer token required by POST and DELETE (env TENDER_AGENT_TOKEN_FILE; e.g. a mounted Secret)')
     .addOption(new Option('--max-concurrent-runs <n>', 'backups running at once on this node (default: the policy file, else 1)').argParser(positiveInt))
+    .option('--velero-namespace <ns>', "back up the emptyDir volumes each Velero Backup of this namespace covers, tagged with the backup (env VELERO_NAMESPACE)")
     .addOption(new Option('--max-finished-runs <n>', 'finished runs kept in the state directory').argParser(positiveInt).default(100))
     .action(async (opts: AgentCliOptions, command: Command) => {
       const g = globalOptions(command);
@@ -63,6 +65,7 @@ export function registerAgent(program: Command): void {
       process.on('unhandledRejection', (err) => logger.error({ err: (err as Error)?.stack ?? String(err) }, 'internal error (unhandled rejection); the agent goes on'));
 
       const tokenFile = opts.tokenFile ?? process.env.TENDER_AGENT_TOKEN_FILE;
+      const veleroNamespace = opts.veleroNamespace ?? process.env.VELERO_NAMESPACE;
       const agent = new Agent({
         nodeName,
         podsDir: opts.podsDir,
@@ -73,6 +76,7 @@ export function registerAgent(program: Command): void {
         ...(tokenFile ? { tokenFile } : {}),
         ...(opts.maxConcurrentRuns !== undefined ? { maxConcurrentRuns: opts.maxConcurrentRuns } : {}),
         maxFinishedRuns: opts.maxFinishedRuns,
+        ...(veleroNamespace ? { velero: { namespace: veleroNamespace } } : {}),
         repository: {
           url,
           storage: {
@@ -99,24 +103,4 @@ export function registerAgent(program: Command): void {
       await agent.stop();
       unregister();
     });
-}
-
-async function loadKubeConfig(file: string | undefined): Promise<KubeConfig> {
-  const { KubeConfig } = await import('@kubernetes/client-node');
-  const kc = new KubeConfig();
-  if (file) {
-    try {
-      kc.loadFromFile(file);
-    } catch (err) {
-      throw new TenderError('TENDER_USAGE', `cannot load the kubeconfig ${file}: ${(err as Error).message}`, { hint: 'fix --kubeconfig or KUBECONFIG' });
-    }
-    return kc;
-  }
-  if (!process.env.KUBERNETES_SERVICE_HOST) {
-    throw new TenderError('TENDER_USAGE', 'not running in a Kubernetes pod, and no kubeconfig given', {
-      hint: 'pass --kubeconfig or set KUBECONFIG (outside a cluster)',
-    });
-  }
-  kc.loadFromCluster();
-  return kc;
 }

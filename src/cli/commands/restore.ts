@@ -14,6 +14,7 @@ interface RestoreCliOptions {
   host?: string;
   tag: string[];
   path: string[];
+  veleroBackup?: string;
 }
 
 export function registerRestore(program: Command): void {
@@ -27,16 +28,27 @@ export function registerRestore(program: Command): void {
     .option('--host <name>', 'with latest: newest snapshot of this host')
     .option('--tag <tag>', 'with latest: newest snapshot with this tag (repeatable)', collect, [])
     .option('--path <path>', 'with latest: newest snapshot of this path (repeatable)', collect, [])
+    .option(
+      '--velero-backup <name>',
+      "with latest: the snapshot taken with this Velero backup (tag velero.io/backup-name); an empty name restores nothing and succeeds, so an init container can pass its pod's velero.io/backup-name label, which only restored pods have",
+    )
     .action(async (ref: string, opts: RestoreCliOptions, command: Command) => {
       const g = globalOptions(command);
       if (!opts.target) throw new TenderError('TENDER_USAGE', 'restore needs --target DIR');
       const target = opts.target;
+      if (opts.veleroBackup === '') {
+        const reason = 'no Velero backup named (the pod was not restored by Velero): nothing to restore';
+        if (g.json) printJson({ message_type: 'summary', snapshot_id: null, files: 0, dirs: 0, bytes: 0, errors: [], reason });
+        else if (!g.quiet) print(reason);
+        return;
+      }
+      const tags = opts.veleroBackup === undefined ? opts.tag : [...opts.tag, `velero.io/backup-name=${opts.veleroBackup}`];
       await withRepository(g, async (repo, ctx) => {
         const colon = ref.indexOf(':');
         const subpath = colon >= 0 ? ref.slice(colon + 1) : undefined;
         const { id, snapshot } = await selectSnapshot(repo, colon >= 0 ? ref.slice(0, colon) : ref, {
           ...(opts.host ? { host: opts.host } : {}),
-          tags: opts.tag,
+          tags,
           paths: opts.path,
         });
         const progress = createProgress(progressMode(!!g.json, !!g.quiet), 'restore');
