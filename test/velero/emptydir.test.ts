@@ -234,7 +234,7 @@ describe('emptyDir volumes with Velero backups', () => {
     const mount = init.volumeMounts.find((m) => m.name === 'ckpt')!.mountPath;
 
     // The kubelet's part: the downward API from the pod object, then $(VAR) in args, and the mount.
-    const runInit = async (pod: V1Pod) => {
+    const initArgs = async (pod: V1Pod) => {
       const target = await volumeDir(podsDir, pod, 'kubernetes.io~empty-dir/ckpt');
       const env: Record<string, string> = {};
       for (const e of init.env) {
@@ -243,9 +243,30 @@ describe('emptyDir volumes with Velero backups', () => {
         else if (field === 'metadata.name') env[e.name] = pod.metadata!.name!;
         else if (field) env[e.name] = pod.metadata!.labels?.[/^metadata\.labels\['(.+)'\]$/.exec(field)![1]!] ?? '';
       }
-      const args = init.args.map((a) => a.replace(/\$\((\w+)\)/g, (_, v: string) => env[v] ?? `$(${v})`).replace(mount, target));
+      return { target, args: init.args.map((a) => a.replace(/\$\((\w+)\)/g, (_, v: string) => env[v] ?? `$(${v})`).replace(mount, target)) };
+    };
+    const runInit = async (pod: V1Pod) => {
+      const { target, args } = await initArgs(pod);
       return { target, result: await runTender(args, { env: { TENDER_REPOSITORY: repo } }) };
     };
+    const startInit = async (pod: V1Pod) => {
+      const { target, args } = await initArgs(pod);
+      const child = startTender(args, { env: { TENDER_REPOSITORY: repo } });
+      const err: string[] = [];
+      child.stderr!.on('data', (b: Buffer) => err.push(b.toString()));
+      child.stdout!.resume();
+      child.stdin!.end();
+      return { target, stderr: () => err.join(''), exit: new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code))) };
+    };
+
+    // A restore that starts before the agent has written the snapshot waits for it (--wait).
+    const early = { metadata: { namespace: ns, name: 'p0', uid: randomName('restored'), labels: { 'velero.io/backup-name': 'b7' } } } as V1Pod;
+    const waiting = await startInit(early);
+    await until('the init container to wait for its snapshot', async () => waiting.stderr().includes('waiting up to 300 s'));
+    await createBackup('b7', { includedNamespaces: [ns] });
+    await veleroRunsDone('b7', 1);
+    expect(await waiting.exit, waiting.stderr()).toBe(0);
+    await assertSameTree(p0.dir, waiting.target, { ignore: (rel) => rel === '' });
 
     // Velero recreates the pod from the backup, labelled with the backup's name; its emptyDir is new.
     await deletePod(kc, ns, 'p0');
