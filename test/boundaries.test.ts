@@ -106,6 +106,7 @@ describe('the layer rules catch what they forbid (fixture tree)', () => {
     { rule: 'operations-not-cli-agent', from: 'src/prune/p.ts', to: 'src/cli/main.ts' },
     { rule: 'cli-only-agent-entry', from: 'src/cli/main.ts', to: 'src/agent/state.ts' },
     { rule: 'agent-not-cli', from: 'src/agent/agent.ts', to: 'src/cli/args.ts' },
+    { rule: 'velero-agent-level', from: 'src/velero/v.ts', to: 'src/agent/state.ts' },
     { rule: 'layer-unknown', from: 'src/model/m.ts', to: 'src/errors/errors.ts' },
     { rule: 'src-not-test-code', from: 'src/check/k.ts', to: 'test/helpers/h.ts' },
     { rule: 'no-circular', from: 'src/snapshots/one.ts', to: 'src/snapshots/two.ts' },

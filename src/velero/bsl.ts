@@ -6,9 +6,7 @@
  */
 import { CustomObjectsApi, type KubeConfig } from '@kubernetes/client-node';
 import { TenderError } from '../errors/errors.js';
-import { openS3Storage } from '../storage/s3.js';
-import type { StorageOptions } from '../storage/options.js';
-import type { Storage } from '../storage/storage.js';
+import { type StorageOptions, openStorage } from '../storage/open.js';
 import { describeApiError } from './cluster-facts.js';
 
 export interface VeleroBackupRef {
@@ -67,13 +65,16 @@ export async function locateVeleroBackup(kc: KubeConfig, name: string, namespace
   };
 }
 
-/** The location's storage: its endpoint and region unless `options` override the endpoint. */
-export async function openBackupLocation(ref: VeleroBackupRef, options: StorageOptions): Promise<Storage> {
-  return openS3Storage(ref.url, { ...(ref.endpoint ? { s3Endpoint: ref.endpoint } : {}), ...options }, ref.region ? { region: ref.region } : {});
+/** An open storage location (the type of openStorage's result; velero/ reaches storage through open.ts only). */
+export type Location = Awaited<ReturnType<typeof openStorage>>;
+
+/** The location's storage: its endpoint and region unless `options` override them. */
+export async function openBackupLocation(ref: VeleroBackupRef, options: StorageOptions): Promise<Location> {
+  return openStorage(ref.url, { ...(ref.endpoint ? { s3Endpoint: ref.endpoint } : {}), ...(ref.region ? { s3Region: ref.region } : {}), ...options });
 }
 
 /** An object as a stream of ranged reads of `chunkBytes`: memory stays at one chunk whatever its size. */
-export async function* objectChunks(storage: Storage, key: string, chunkBytes = 4 << 20): AsyncGenerator<Buffer> {
+export async function* objectChunks(storage: Location, key: string, chunkBytes = 4 << 20): AsyncGenerator<Buffer> {
   const info = await storage.stat(key);
   if (!info) {
     throw new TenderError('TENDER_NOT_FOUND', `${storage.location}${key} does not exist`, {

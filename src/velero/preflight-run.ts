@@ -10,7 +10,7 @@ import type { KubeConfig } from '@kubernetes/client-node';
 import { TenderError } from '../errors/errors.js';
 import type { Repository } from '../repo/repository.js';
 import { listSnapshots } from '../snapshots/select.js';
-import type { StorageOptions } from '../storage/options.js';
+import type { StorageOptions } from '../storage/open.js';
 import { type VeleroBackupContents, readVeleroBackup } from './backup-archive.js';
 import { locateVeleroBackup, objectChunks, openBackupLocation } from './bsl.js';
 import { inspectCluster } from './cluster-facts.js';

@@ -355,7 +355,8 @@ function checkGpus(pods: BackedUpPod[], facts: ClusterFacts, resource: string): 
 /**
  * Every emptyDir and PVC volume of the pods Velero restores needs a tender snapshot tagged with
  * the backup (the agent's emptyDir backups, the data mover's PVC backups), found by the tags
- * k8s.namespace + k8s.pod + k8s.volume, or k8s.namespace + k8s.pvc for a claim. A volume the
+ * k8s.namespace + k8s.pod + k8s.volume, or for a claim k8s.namespace + k8s.pvc or
+ * velero.io/source-pvc=<ns>/<pvc> (the data mover's). A volume the
  * pod's annotations leave out (tender.io/backup-volumes not naming it, tender.io/exclude-volumes
  * naming it) is a warning: it is restored empty.
  */
@@ -376,6 +377,9 @@ function checkTenderSnapshots(pods: BackedUpPod[], snapshots: TaggedSnapshot[] |
   for (const s of snapshots) {
     const tag = (k: string): string | undefined => s.snapshot.tags.find((t) => t.startsWith(`${k}=`))?.slice(k.length + 1);
     const ns = tag('k8s.namespace');
+    // The data mover's PVC snapshots (src/velero/datamover.ts) name their claim `<ns>/<pvc>`.
+    const sourcePvc = tag('velero.io/source-pvc');
+    if (sourcePvc !== undefined) byClaim.set(sourcePvc, s);
     if (ns === undefined) continue;
     const pod = tag('k8s.pod');
     const volume = tag('k8s.volume');

@@ -21,7 +21,7 @@ import YAML from 'yaml';
 import type { RunRecord } from '../../src/agent/state.js';
 import { assertSameTree, jsonLines, makeTree, repoRoot, runTender, startTender, tenderOk, writeRandomFile } from '../helpers/cli.js';
 import { createNamespace, createPod, deletePod, emptyDir, randomName, testKubeConfig, volumeDir } from '../helpers/kube.js';
-import { ensureVeleroCrds } from '../helpers/velero.js';
+import { ensureVeleroCrds } from '../helpers/velero-tarball.js';
 import { freePort } from '../setup/minio.js';
 
 let kc: KubeConfig;

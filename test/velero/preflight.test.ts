@@ -17,7 +17,7 @@ import { openStorage } from '../../src/storage/open.js';
 import { describeRun, errorLine, makeTree, runTender, tenderOk } from '../helpers/cli.js';
 import { createNamespace, testKubeConfig } from '../helpers/kube.js';
 import { s3TestEnv, s3TestOptions, s3TestUrl } from '../helpers/s3.js';
-import { type VeleroItem, ensureCrd, ensureVeleroCrds, writeVeleroTarball } from '../helpers/velero.js';
+import { type VeleroItem, ensureCrd, ensureVeleroCrds, writeVeleroTarball } from '../helpers/velero-tarball.js';
 
 const r = randomBytes(4).toString('hex');
 const GPU = 'nvidia.com/gpu';
@@ -269,10 +269,10 @@ describe('tender preflight --backup-file', () => {
     );
     await volumeSnapshot(name, 'trainer-0', 'ckpt');
     await volumeSnapshot(name, 'trainer-1', 'ckpt');
-    // A data mover's PVC snapshot: found by its claim.
+    // A PVC snapshot tagged as the data mover tags them (src/velero/datamover.ts): found by its claim.
     const dir = path.join(work, `pvc-${r}`);
     await makeTree(dir, { 'x.bin': 'y'.repeat(10) });
-    await tenderOk(['--repo', repo, 'backup', dir, '--quiet', '--tag', `velero.io/backup-name=${name}`, '--tag', 'k8s.namespace=ml', '--tag', 'k8s.pvc=data']);
+    await tenderOk(['--repo', repo, 'backup', dir, '--quiet', '--tag', `velero.io/backup-name=${name}`, '--tag', 'velero.io/data-upload=du-1', '--tag', 'velero.io/source-pvc=ml/data']);
 
     const res = await preflight(['--backup-file', file, '--namespace', veleroNs, '--json'], { TENDER_REPOSITORY: repo });
     expect(res.code, describeRun(['preflight'], res)).toBe(0);

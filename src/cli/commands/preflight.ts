@@ -63,7 +63,9 @@ const LABEL: Record<Finding['severity'], string> = { ok: 'ok', warning: 'WARNING
 
 function printReport(r: PreflightReport): void {
   const b = r.backup;
-  print(`Velero backup ${b.name} (${b.source})${b.formatVersion ? `, format ${b.formatVersion}` : ''}: ${b.items} items in ${b.namespaces.length} namespaces (${b.namespaces.join(', ') || 'none'})`);
+  print(
+    `Velero backup ${b.name} (${b.source})${b.formatVersion ? `, format ${b.formatVersion}` : ''}: ${plural(b.items, 'item')} in ${plural(b.namespaces.length, 'namespace')} (${b.namespaces.join(', ') || 'none'})`,
+  );
   print(`Target cluster: ${r.target}`);
   print('');
   const rows = r.findings.map((f) => [LABEL[f.severity], f.check, f.subject, f.message]);
@@ -82,7 +84,9 @@ function printReport(r: PreflightReport): void {
   print('');
   print(
     r.missing > 0
-      ? `${r.missing} missing, ${r.warnings} warnings: the target is not ready for this restore`
-      : `nothing missing${r.warnings > 0 ? `, ${r.warnings} warnings` : ''}: the target is ready for this restore`,
+      ? `${r.missing} missing, ${plural(r.warnings, 'warning')}: the target is not ready for this restore`
+      : `nothing missing${r.warnings > 0 ? `, ${plural(r.warnings, 'warning')}` : ''}: the target is ready for this restore`,
   );
 }
+
+const plural = (n: number, word: string): string => `${n} ${word}${n === 1 ? '' : 's'}`;

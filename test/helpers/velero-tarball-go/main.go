@@ -2,7 +2,7 @@
 // writeBackupVersion, pkg/backup/item_backupper.go getFileForArchive): Go's archive/tar, one
 // regular-file header per item (mode 0755, no directory entries). Reads
 // [{"path": "...", "body": "..."}] as JSON on stdin; writes the tarball to the file named by
-// the first argument. Used by test/helpers/velero.ts.
+// the first argument. Used by test/helpers/velero-tarball.ts.
 package main
 
 import (

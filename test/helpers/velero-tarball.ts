@@ -92,7 +92,7 @@ export interface TarballOptions {
    * both: both, plus a copy under a non-preferred `v1beta1/` (EnableAPIGroupVersions), as Velero 1.x writes.
    */
   layout: 'unversioned' | 'preferred' | 'both';
-  /** GNU tar's --format, or `go`: Go's archive/tar as Velero writes (test/helpers/velero-tar/main.go). */
+  /** GNU tar's --format, or `go`: Go's archive/tar as Velero writes (test/helpers/velero-tarball-go/main.go). */
   format?: 'gnu' | 'pax' | 'ustar' | 'go';
   /** metadata/version; default "1.1.0". */
   formatVersion?: string;
@@ -111,7 +111,7 @@ export function veleroEntries(items: VeleroItem[], options: TarballOptions): Arr
   return entries;
 }
 
-const goWriter = path.join(path.dirname(fileURLToPath(import.meta.url)), 'velero-tar', 'main.go');
+const goWriter = path.join(path.dirname(fileURLToPath(import.meta.url)), 'velero-tarball-go', 'main.go');
 
 /** Writes a gzip-compressed tarball of `items` in Velero's layout, with GNU tar or Go's archive/tar. */
 export async function writeVeleroTarball(file: string, items: VeleroItem[], options: TarballOptions): Promise<void> {
