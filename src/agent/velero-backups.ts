@@ -59,18 +59,19 @@ export class VeleroBackups {
   async start(): Promise<void> {
     const { kubeConfig, namespace } = this.#o;
     const api = kubeConfig.makeApiClient(CustomObjectsApi);
-    const listFn = async (): Promise<KubernetesListObject<VeleroBackup & { metadata: object }>> =>
-      (await api.listNamespacedCustomObject({ group: 'velero.io', version: 'v1', namespace, plural: 'backups' })) as KubernetesListObject<
+    const listFn = async (): Promise<KubernetesListObject<VeleroBackup & { metadata: object }>> => {
+      const list = (await api.listNamespacedCustomObject({ group: 'velero.io', version: 'v1', namespace, plural: 'backups' })) as KubernetesListObject<
         VeleroBackup & { metadata: object }
       >;
-    const lw = new ListWatch<VeleroBackup & { metadata: object }>(`/apis/velero.io/v1/namespaces/${namespace}/backups`, new Watch(kubeConfig), listFn, false);
-    lw.on('add', (b) => this.#seen(b));
-    lw.on('update', (b) => this.#seen(b));
-    lw.on('connect', () => {
+      // A list that succeeds ends an outage (the watch's 'connect' comes before the list, so it cannot tell).
       if (this.#failing) this.#o.logger.info({ namespace }, 'watching Velero Backups again');
       this.#failing = false;
       this.#attempt = 0;
-    });
+      return list;
+    };
+    const lw = new ListWatch<VeleroBackup & { metadata: object }>(`/apis/velero.io/v1/namespaces/${namespace}/backups`, new Watch(kubeConfig), listFn, false);
+    lw.on('add', (b) => this.#seen(b));
+    lw.on('update', (b) => this.#seen(b));
     lw.on('error', (err) => this.#onError(err));
     this.#lw = lw;
     try {
