@@ -317,6 +317,13 @@ describe('tender preflight --backup-file', () => {
     expect(res.code).not.toBe(4);
     expect(errorLine(res).message).toMatch(/unexpected end of file|ends in the middle of an entry/);
 
+    // An item bigger than any Kubernetes object is refused, not read into memory.
+    const huge = path.join(work, 'huge.tar.gz');
+    await writeVeleroTarball(huge, [{ groupResource: 'pods', namespace: 'ml', name: 'huge', object: { pad: 'x'.repeat(17 << 20) } }], { layout: 'unversioned' });
+    res = await preflight(['--backup-file', huge]);
+    expect(res.code).toBe(2);
+    expect(errorLine(res).message).toMatch(/resources\/pods\/namespaces\/ml\/huge.json is \d+ bytes, more than any Kubernetes object/);
+
     res = await preflight(['--backup-file', path.join(work, 'absent.tar.gz')]);
     expect(res.code).toBe(2);
     expect(errorLine(res).message).toContain('cannot read the backup file');
