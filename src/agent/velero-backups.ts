@@ -88,15 +88,6 @@ export class VeleroBackups {
     await this.#chain;
   }
 
-  /** Resolves when every Backup event seen so far has been handled (tests). */
-  async idle(): Promise<void> {
-    let chain;
-    do {
-      chain = this.#chain;
-      await chain;
-    } while (chain !== this.#chain);
-  }
-
   #onError(err: unknown): void {
     if (this.#stopped) return;
     const e = err as { name?: string; type?: string } | null;
@@ -137,6 +128,7 @@ export class VeleroBackups {
       return;
     }
     const done = await this.#o.backedUp(uid);
+    if (this.#stopped) return;
     const tags = [`velero.io/backup-name=${name}`, `velero.io/backup-uid=${uid}`];
     for (const v of covered) {
       if (done.has(v.identity)) continue;
