@@ -13,6 +13,7 @@ import { registerPreflight } from './commands/preflight.js';
 import { registerRepair } from './commands/repair.js';
 import { registerRestore } from './commands/restore.js';
 import { registerSnapshots } from './commands/snapshots.js';
+import { registerVeleroInject } from './commands/velero-inject.js';
 
 /**
  * The CLI composition root. Only here is an error turned into a message, a hint and an exit
@@ -43,6 +44,7 @@ export function buildProgram(): Command {
   registerForget(program);
   registerAgent(program);
   registerPreflight(program);
+  registerVeleroInject(program);
   return program;
 }
 

@@ -292,4 +292,47 @@ describe('emptyDir volumes with Velero backups', () => {
     expect(result.stdout).toContain('nothing to restore');
     expect(await readdir(target)).toEqual([]);
   });
+
+  it('velero-inject adds that init container to pod templates by their annotation: the example is its output', async () => {
+    const examplePath = path.join(repoRoot, 'docs/examples/velero-emptydir-restore.yaml');
+    const example = YAML.parse(await readFile(examplePath, 'utf8')) as { spec: { initContainers?: unknown[]; volumes: Array<{ name: string }> } };
+    const bare = structuredClone(example);
+    delete bare.spec.initContainers;
+    bare.spec.volumes = bare.spec.volumes.filter((v) => v.name !== 'tender-password');
+    const template = (annotations: Record<string, string>) => ({
+      metadata: { labels: { app: 'trainer' }, annotations },
+      spec: {
+        containers: [{ name: 'trainer', image: 'trainer' }],
+        volumes: [{ name: 'ckpt', emptyDir: {} }, { name: 'logs', emptyDir: {} }, { name: 'data', persistentVolumeClaim: { claimName: 'data' } }],
+      },
+    });
+    const deployment = {
+      apiVersion: 'apps/v1',
+      kind: 'Deployment',
+      metadata: { name: 'trainer' },
+      spec: { selector: { matchLabels: { app: 'trainer' } }, template: template({ 'tender.io/backup-volumes': 'ckpt,data' }) },
+    };
+    const job = {
+      apiVersion: 'kubeflow.org/v1',
+      kind: 'PyTorchJob',
+      metadata: { name: 'llama' },
+      spec: { pytorchReplicaSpecs: { Master: { replicas: 1, template: template({ 'tender.io/backup-volumes': 'ckpt, logs' }) }, Worker: { replicas: 3, template: template({}) } } },
+    };
+    const input = [bare, deployment, job].map((d) => YAML.stringify(d)).join('---\n');
+    const args = ['velero-inject', '--image', 'REGISTRY/tender:0.1.0'];
+    const r = await tenderOk(args, { input });
+    expect(r.stderr.split('\n').filter(Boolean)).toEqual(['Pod trainer-0: restores ckpt', 'Deployment trainer: restores ckpt', 'PyTorchJob llama: restores ckpt, logs']);
+    const [pod, dep, pj] = YAML.parseAllDocuments(r.stdout).map((d) => d.toJS()) as any[];
+    expect(pod).toEqual(example);
+    // A PVC named in the annotation is the data mover's; a template without the annotation is left alone.
+    expect(dep.spec.template.spec.initContainers.map((c: { name: string }) => c.name)).toEqual(['tender-restore-ckpt']);
+    expect(pj.spec.pytorchReplicaSpecs.Master.template.spec.initContainers.map((c: { name: string }) => c.name)).toEqual(['tender-restore-ckpt', 'tender-restore-logs']);
+    expect(pj.spec.pytorchReplicaSpecs.Worker.template.spec.initContainers).toBeUndefined();
+    // Idempotent.
+    const again = await tenderOk(args, { input: r.stdout });
+    expect(again.stdout).toBe(r.stdout);
+    // The API server takes the injected pod as it is.
+    const created = await kc.makeApiClient(CoreV1Api).createNamespacedPod({ namespace: ns, body: { ...pod, metadata: { ...pod.metadata, name: 'injected' } } });
+    expect(created.spec!.initContainers!.map((c) => c.name)).toEqual(['tender-restore-ckpt']);
+  });
 });
