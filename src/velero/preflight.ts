@@ -356,9 +356,9 @@ function checkGpus(pods: BackedUpPod[], facts: ClusterFacts, resource: string): 
  * Every emptyDir and PVC volume of the pods Velero restores needs a tender snapshot tagged with
  * the backup (the agent's emptyDir backups, the data mover's PVC backups), found by the tags
  * k8s.namespace + k8s.pod + k8s.volume, or for a claim k8s.namespace + k8s.pvc or
- * velero.io/source-pvc=<ns>/<pvc> (the data mover's). A volume the
- * pod's annotations leave out (tender.io/backup-volumes not naming it, tender.io/exclude-volumes
- * naming it) is a warning: it is restored empty.
+ * velero.io/source-pvc=<ns>/<pvc> (the data mover's). An emptyDir the pod's annotations leave
+ * out (tender.io/backup-volumes not naming it, tender.io/exclude-volumes naming it) is a warning:
+ * it is restored empty.
  */
 function checkTenderSnapshots(pods: BackedUpPod[], snapshots: TaggedSnapshot[] | undefined): Finding[] {
   if (snapshots === undefined) {
@@ -406,7 +406,9 @@ function checkTenderSnapshots(pods: BackedUpPod[], snapshots: TaggedSnapshot[] |
         });
         continue;
       }
-      const leftOut = (pod.backupVolumes !== undefined && !pod.backupVolumes.includes(v.name)) || (pod.excludeVolumes?.includes(v.name) ?? false);
+      // The annotations are the agent's policy, for emptyDirs; a claim's data is the data mover's.
+      const leftOut =
+        v.kind === 'emptyDir' && ((pod.backupVolumes !== undefined && !pod.backupVolumes.includes(v.name)) || (pod.excludeVolumes?.includes(v.name) ?? false));
       out.push(
         leftOut
           ? {

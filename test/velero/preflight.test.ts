@@ -69,7 +69,13 @@ const item = (groupResource: string, namespace: string | undefined, name: string
 function generatedBackup(): VeleroItem[] {
   return [
     pod('trainer-0', { gpus: 8, volumes: [{ name: 'ckpt', emptyDir: {} }, { name: 'data', persistentVolumeClaim: { claimName: 'data' } }], backupVolumes: 'ckpt,data' }),
-    pod('trainer-1', { gpus: 4, limitsOnly: true, volumes: [{ name: 'ckpt', emptyDir: {} }, { name: 'cache', emptyDir: {} }, { name: 'cfg', configMap: { name: 'c' } }], backupVolumes: 'ckpt' }),
+    // Its annotation leaves out `cache` (restored empty: a warning), not `scratch` (a claim: the data mover's).
+    pod('trainer-1', {
+      gpus: 4,
+      limitsOnly: true,
+      volumes: [{ name: 'ckpt', emptyDir: {} }, { name: 'cache', emptyDir: {} }, { name: 'cfg', configMap: { name: 'c' } }, { name: 'scratch', persistentVolumeClaim: { claimName: 'scratch' } }],
+      backupVolumes: 'ckpt',
+    }),
     pod('old-run', { gpus: 16, volumes: [{ name: 'ckpt', emptyDir: {} }], phase: 'Succeeded' }),
     item('persistentvolumeclaims', 'ml', 'data', { spec: { storageClassName: fastClass, volumeName: 'pv-data' } }),
     item('persistentvolumeclaims', 'ml', 'scratch', { spec: { storageClassName: presentClass } }),
@@ -192,6 +198,7 @@ describe('tender preflight --backup-file', () => {
         'gpu pod ml/trainer-0',
         'tender-snapshot ml/trainer-0 volume ckpt',
         'tender-snapshot ml/trainer-0 volume data',
+        'tender-snapshot ml/trainer-1 volume scratch',
       ].sort(),
     );
     expect(brief(rep.findings, 'warning')).toEqual(
@@ -200,7 +207,7 @@ describe('tender preflight --backup-file', () => {
     expect(brief(rep.findings, 'ok')).toEqual(
       expect.arrayContaining([`resource ${pytorchjobs}`, `operator ${pytorchjobs}`, `resource ${notebooks}`, `storage-class ${presentClass}`, 'tender-snapshot ml/trainer-1 volume ckpt']),
     );
-    expect(rep.missing).toBe(8);
+    expect(rep.missing).toBe(9);
     const find = (check: string, subject: string) => rep.findings.find((f) => f.check === check && f.subject === subject)!;
     expect(find('operator', pytorchjobs).message).toContain(`Deployment ${operatorNs}/training-operator runs (1/1 ready`);
     // The class in the backup has the provisioner of a target class: that is the suggested mapping.
@@ -220,7 +227,7 @@ describe('tender preflight --backup-file', () => {
       expect(table.stdout).toMatch(new RegExp(`MISSING .*${subject.replace(/[.*/]/g, '\\$&')}`));
     }
     expect(table.stdout).toContain(`"${fastClass}": "${targetClass}"`);
-    expect(table.stdout).toContain('8 missing, 4 warnings: the target is not ready for this restore');
+    expect(table.stdout).toContain('9 missing, 4 warnings: the target is not ready for this restore');
   });
 
   it('reads every Velero layout and tar format alike', async () => {
