@@ -40,6 +40,7 @@ import { type ExecuteContext, type ExecuteResult, type RunRecord, Runner, descri
 import { Scheduler } from './scheduler.js';
 import { StateStore } from './state.js';
 import { checkVolumePath, locateVolume, readMountPoints } from './volumes.js';
+import { type VeleroVolume, VeleroBackups } from './velero-backups.js';
 
 export interface AgentOptions {
   nodeName: string;
@@ -81,6 +82,8 @@ export interface AgentOptions {
   procPressure?: string;
   /** The checkpoint trigger's poll and debounce (tests). */
   checkpointWatch?: { pollMs?: number; debounceMs?: number };
+  /** Back up the emptyDir volumes that each Velero Backup in this namespace covers (velero-backups.ts). */
+  velero?: { namespace: string };
 }
 
 export interface DataMoverSettings {
@@ -113,6 +116,7 @@ export class Agent {
   private checkpointWatcher!: CheckpointWatcher;
   private metrics!: AgentMetrics;
   private http!: AgentHttpServer;
+  private veleroBackups: VeleroBackups | undefined;
   private repo: Repository | undefined;
   private repoProblem: string | undefined = 'the repository is being opened';
   private stopped = false;
@@ -298,6 +302,21 @@ export class Agent {
     await this.discovery.start();
     this.scheduler.start();
     this.checkpointWatcher.sync(this.discovery.volumes());
+    if (o.velero) {
+      // After the first pod list: a Backup in progress at startup then finds this node's volumes.
+      this.veleroBackups = new VeleroBackups({
+        kubeConfig: o.kubeConfig,
+        namespace: o.velero.namespace,
+        volumes: () => this.veleroVolumes(),
+        backedUp: (uid) => this.identitiesBackedUp(uid),
+        enqueue: (v, tags) => {
+          const r = this.runner.enqueue(v, 'velero', tags);
+          if (r.outcome === 'full') this.log.error({ namespace: v.namespace, pod: v.pod, volume: v.volume }, `the run queue is full (${r.queued}); ${describeVolume(v)} is not backed up with this Velero backup`);
+        },
+        logger: this.log.child({ component: 'velero' }),
+      });
+      await this.veleroBackups.start();
+    }
     this.updateReady();
     // Readiness also changes without an event (the pod list arriving after a failed first list).
     this.readyTimer = setInterval(() => this.updateReady(), 2000);
@@ -364,7 +383,7 @@ export class Agent {
     await this.runner?.stop(2000);
     // After the runner: a data-mover job in a run ends with it (and fails its DataUpload/DataDownload).
     await this.dataMover?.stop();
-    await Promise.allSettled([this.http?.close(), this.discovery?.stop(), this.policy?.stop()]);
+    await Promise.allSettled([this.http?.close(), this.discovery?.stop(), this.policy?.stop(), this.veleroBackups?.stop()]);
     await this.opening?.catch(() => undefined);
     await this.governor?.close();
     await this.repo?.close().catch(() => undefined);
@@ -522,7 +541,7 @@ export class Agent {
         // The root is named after the volume, so `tender restore latest:<volume>` finds it
         // whatever the plugin calls the directory (a CSI volume's is `mount`).
         rootNames: [volume.volume],
-        tags: volume.tags,
+        tags: [...volume.tags, ...(run.tags ?? [])],
         hostname: volume.identity,
         ...(parent ? { parent } : {}),
         cacheNeutral: this.policy.policy.cacheNeutral,
@@ -568,6 +587,25 @@ export class Agent {
       overrides: Object.fromEntries(Object.entries(this.limitOverrides).map(([k, v]) => [k, v ?? null])),
       box: { ...this.box.box, ...this.box.sizing },
     };
+  }
+
+  /** The protected emptyDir volumes of this node's pods, with their pods' labels (for a Backup's label selector). */
+  private veleroVolumes(): VeleroVolume[] {
+    return this.discovery.volumes().flatMap((v) => {
+      const pod = this.discovery.pod(v.namespace, v.pod);
+      const spec = pod?.spec?.volumes?.find((x) => x.name === v.volume);
+      return pod && spec?.emptyDir ? [{ ...v, podLabels: pod.metadata?.labels ?? {} }] : [];
+    });
+  }
+
+  /**
+   * The volume identities with a snapshot of this Velero Backup UID. Waits for the repository to
+   * open: at startup, a Backup still in progress must not be taken for a new one.
+   */
+  private async identitiesBackedUp(uid: string): Promise<Set<string>> {
+    await this.opening;
+    if (!this.repo) return new Set(); // stopping
+    return new Set((await listSnapshots(this.repo, { tags: [`velero.io/backup-uid=${uid}`] })).map((e) => e.snapshot.hostname));
   }
 
   /** For GET /v1/volumes: each protected volume with its next due time and last run. */

@@ -241,6 +241,11 @@ export class Discovery extends EventEmitter {
     return [...this.#entries.values()].flatMap((e) => e.volumes);
   }
 
+  /** The pod object as last seen by the watch. */
+  pod(namespace: string, name: string): V1Pod | undefined {
+    return this.#pods.get(podKey(namespace, name));
+  }
+
   find(namespace: string, pod: string, volume: string): ProtectedVolume | undefined {
     return this.#entries.get(podKey(namespace, pod))?.volumes.find((v) => v.volume === volume);
   }

@@ -231,7 +231,7 @@ export class Runner extends EventEmitter {
     this.finished = trimRuns(this.finished, this.maxFinished);
     for (const run of interrupted) {
       this.logger.warn({ run: run.id, namespace: run.namespace, pod: run.pod, volume: run.volume }, `run ${run.id} of ${describeVolume(run)} was interrupted by an agent restart; queued again`);
-      this.enqueue(run, 'startup');
+      this.enqueue(run, 'startup', run.tags ?? []);
     }
     this.persist();
     return interrupted;
@@ -274,12 +274,19 @@ export class Runner extends EventEmitter {
    * returned instead (a second request adds nothing: it would back up the same data). A running
    * one does not count: an API request during a run gets a fresh run after it.
    */
-  enqueue(volume: RunVolume, trigger: RunTrigger): EnqueueResult {
+  enqueue(volume: RunVolume, trigger: RunTrigger, tags: string[] = []): EnqueueResult {
     if (this.stopping) return { outcome: 'full', queued: this.queue.size };
     const waiting = this.queue.find((r) => r.identity === volume.identity);
-    if (waiting) return { outcome: 'existing', run: waiting };
+    if (waiting) {
+      // The waiting run backs up the same data after the same moment: its snapshot carries these tags too.
+      if (tags.length > 0) {
+        waiting.tags = [...new Set([...(waiting.tags ?? []), ...tags])];
+        this.changed();
+      }
+      return { outcome: 'existing', run: waiting };
+    }
     if (this.queue.size >= this.maxQueued) return { outcome: 'full', queued: this.queue.size };
-    const run = this.queuedRecord(volume, trigger);
+    const run = this.queuedRecord(volume, trigger, tags);
     this.queue.push(run);
     const vs = this.volumeStateFor(run);
     vs.lastQueuedAt = run.queuedAt;
@@ -361,11 +368,11 @@ export class Runner extends EventEmitter {
   private finishInterrupted(run: RunRecord, message: string): void {
     this.finish(run, 'interrupted', { error: message });
     // Queued again, for the next agent.
-    if (run.trigger !== 'datamover' && !this.queue.find((r) => r.identity === run.identity)) this.queue.push(this.queuedRecord(run, 'startup'));
+    if (run.trigger !== 'datamover' && !this.queue.find((r) => r.identity === run.identity)) this.queue.push(this.queuedRecord(run, 'startup', run.tags ?? []));
   }
 
   /** A new run of the volume, waiting in the queue. */
-  private queuedRecord(volume: RunVolume, trigger: RunTrigger): RunRecord {
+  private queuedRecord(volume: RunVolume, trigger: RunTrigger, tags: string[]): RunRecord {
     const now = this.now();
     return {
       id: newRunId(now),
@@ -375,6 +382,7 @@ export class Runner extends EventEmitter {
       identity: volume.identity,
       state: 'queued',
       trigger,
+      ...(tags.length > 0 ? { tags } : {}),
       queuedAt: new Date(now).toISOString(),
       progress: { bytesDone: 0, filesDone: 0 },
     };

@@ -15,8 +15,11 @@ import { TenderError, systemErrorCode } from '../errors/errors.js';
 import type { SnapshotSummary } from '../repo/snapshot/snapshot.js';
 
 export type RunState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled' | 'interrupted';
-/** `datamover`: a Velero DataUpload/DataDownload (src/velero/); such a run is never queued again. `checkpoint`: a new complete checkpoint. */
-export type RunTrigger = 'schedule' | 'api' | 'startup' | 'datamover' | 'checkpoint';
+/**
+ * `datamover`: a Velero DataUpload/DataDownload (src/velero/); such a run is never queued again.
+ * `checkpoint`: a new complete checkpoint. `velero`: an emptyDir volume a Velero Backup covers.
+ */
+export type RunTrigger = 'schedule' | 'api' | 'startup' | 'datamover' | 'checkpoint' | 'velero';
 
 export const finishedStates: ReadonlySet<RunState> = new Set(['succeeded', 'failed', 'cancelled', 'interrupted']);
 
@@ -36,6 +39,8 @@ export interface RunRecord {
   identity: string;
   state: RunState;
   trigger: RunTrigger;
+  /** Tags for the snapshot besides the volume's own (a Velero backup's name and UID). */
+  tags?: string[];
   /** ISO 8601 times. */
   queuedAt: string;
   startedAt?: string;

@@ -10,10 +10,12 @@ import { registerForget } from './commands/forget.js';
 import { registerInit } from './commands/init.js';
 import { registerKey } from './commands/key.js';
 import { registerLs } from './commands/ls.js';
+import { registerPreflight } from './commands/preflight.js';
 import { registerRepair } from './commands/repair.js';
 import { registerRestore } from './commands/restore.js';
 import { registerSnapshots } from './commands/snapshots.js';
 import { registerStats } from './commands/stats.js';
+import { registerVeleroInject } from './commands/velero-inject.js';
 
 /**
  * The CLI composition root. Only here is an error turned into a message, a hint and an exit
@@ -45,6 +47,8 @@ export function buildProgram(): Command {
   registerForget(program);
   registerAgent(program);
   registerBox(program);
+  registerPreflight(program);
+  registerVeleroInject(program);
   return program;
 }
 

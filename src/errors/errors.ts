@@ -56,6 +56,8 @@ export const ExitCode = {
   usage: 2,
   /** The backup finished but some files could not be read; the snapshot lacks them. */
   incomplete: 3,
+  /** `preflight`: something a restore needs is missing on the target cluster. */
+  restoreNotReady: 4,
   repoNotFound: 10,
   wrongPassword: 12,
   interrupted: 130,

@@ -7,4 +7,6 @@ export interface StorageOptions {
   s3Endpoint?: string;
   /** CA bundle for TLS to the S3 endpoint. */
   caBundle?: string;
+  /** S3 region (else AWS_REGION / AWS_DEFAULT_REGION / us-east-1), e.g. a Velero storage location's. */
+  s3Region?: string;
 }

@@ -259,7 +259,7 @@ export class S3Storage implements Storage {
     this.location = `s3://${bucket}/${prefix}`;
     this.tuning = { ...defaultS3Tuning, ...tuning };
     const env = process.env;
-    this.region = tuning.region ?? env.AWS_REGION ?? env.AWS_DEFAULT_REGION ?? 'us-east-1';
+    this.region = tuning.region ?? options.s3Region ?? env.AWS_REGION ?? env.AWS_DEFAULT_REGION ?? 'us-east-1';
     const endpoint = options.s3Endpoint ?? env.AWS_ENDPOINT_URL_S3 ?? env.AWS_ENDPOINT_URL;
     this.endpoint = endpoint === '' ? undefined : endpoint;
     if (this.endpoint !== undefined && !/^https?:\/\/[^/]+/i.test(this.endpoint)) {

@@ -1,10 +1,10 @@
-import type { KubeConfig } from '@kubernetes/client-node';
 import { type Command, Option } from 'commander';
 import { pino } from 'pino';
 import { TenderError } from '../../errors/errors.js';
 import { cancelOnInterrupt } from '../../util/interrupt.js';
 import { positiveInt } from '../args.js';
 import { globalOptions } from '../context.js';
+import { loadKubeConfig } from '../kubeconfig.js';
 import { readPassword, repositoryPassword } from '../password.js';
 
 interface AgentCliOptions {
@@ -23,6 +23,7 @@ interface AgentCliOptions {
   dataMoverPrepareTimeout: number;
   dataMoverMaxJobs: number;
   cgroupRoot: string;
+  veleroBackups?: boolean;
 }
 
 /**
@@ -42,9 +43,10 @@ export function registerAgent(program: Command): void {
     .option('--token-file <file>', 'bearer token required by POST, PUT and DELETE (env TENDER_AGENT_TOKEN_FILE; e.g. a mounted Secret)')
     .option('--cgroup-root <dir>', "the host's cgroup v2 mount as seen here, where the pods' cgroups and their PSI are found", '/sys/fs/cgroup')
     .addOption(new Option('--max-concurrent-runs <n>', 'backups running at once on this node (default: the policy file, else 1)').argParser(positiveInt))
+    .option('--velero-backups', "back up the opted-in emptyDir volumes each Velero Backup covers when it starts, tagged with the backup")
     .addOption(new Option('--max-finished-runs <n>', 'finished runs kept in the state directory').argParser(positiveInt).default(100))
     .option('--data-mover', "also be Velero's data mover for `velero backup create --snapshot-move-data --data-mover tender` (DataUploads/DataDownloads)")
-    .option('--velero-namespace <ns>', "Velero's namespace (with --data-mover)", 'velero')
+    .option('--velero-namespace <ns>', "Velero's namespace (with --data-mover and --velero-backups; env VELERO_NAMESPACE)", process.env.VELERO_NAMESPACE || 'velero')
     .option('--data-mover-image <image>', 'image of the pods that hold an exposed volume mounted: the agent\'s own (env TENDER_IMAGE)')
     .addOption(new Option('--data-mover-prepare-timeout <seconds>', 'how long a snapshot may take to be exposed on this node before the DataUpload fails').argParser(positiveInt).default(1800))
     .addOption(new Option('--data-mover-max-jobs <n>', 'DataUploads/DataDownloads this agent takes at once (more are left to other agents)').argParser(positiveInt).default(4))
@@ -93,6 +95,7 @@ export function registerAgent(program: Command): void {
         maxFinishedRuns: opts.maxFinishedRuns,
         ...(opts.dataMover ? { dataMover: { namespace: opts.veleroNamespace, image: image!, prepareTimeoutMs: opts.dataMoverPrepareTimeout * 1000, maxJobs: opts.dataMoverMaxJobs } } : {}),
         cgroupRoot: opts.cgroupRoot,
+        ...(opts.veleroBackups ? { velero: { namespace: opts.veleroNamespace } } : {}),
         repository: {
           url,
           storage: {
@@ -119,24 +122,4 @@ export function registerAgent(program: Command): void {
       await agent.stop();
       unregister();
     });
-}
-
-async function loadKubeConfig(file: string | undefined): Promise<KubeConfig> {
-  const { KubeConfig } = await import('@kubernetes/client-node');
-  const kc = new KubeConfig();
-  if (file) {
-    try {
-      kc.loadFromFile(file);
-    } catch (err) {
-      throw new TenderError('TENDER_USAGE', `cannot load the kubeconfig ${file}: ${(err as Error).message}`, { hint: 'fix --kubeconfig or KUBECONFIG' });
-    }
-    return kc;
-  }
-  if (!process.env.KUBERNETES_SERVICE_HOST) {
-    throw new TenderError('TENDER_USAGE', 'not running in a Kubernetes pod, and no kubeconfig given', {
-      hint: 'pass --kubeconfig or set KUBECONFIG (outside a cluster)',
-    });
-  }
-  kc.loadFromCluster();
-  return kc;
 }

@@ -1,11 +1,12 @@
-import type { Command } from 'commander';
-import { TenderError } from '../../errors/errors.js';
+import { setTimeout as delay } from 'node:timers/promises';
+import { type Command, Option } from 'commander';
+import { TenderError, isTenderError } from '../../errors/errors.js';
 import { restore } from '../../restore/restorer.js';
-import { collect } from '../args.js';
+import { collect, positiveInt } from '../args.js';
 import { globalOptions, print, printJson, withRepository } from '../context.js';
 import { formatBytes, formatRate } from '../format.js';
 import { type ProgressSample, createProgress, progressMode } from '../progress.js';
-import { selectSnapshot } from '../../snapshots/select.js';
+import { type SnapshotEntry, selectSnapshot } from '../../snapshots/select.js';
 
 interface RestoreCliOptions {
   target?: string;
@@ -15,6 +16,8 @@ interface RestoreCliOptions {
   tag: string[];
   path: string[];
   onlyConsistent?: boolean;
+  veleroBackup?: string;
+  wait?: number;
 }
 
 export function registerRestore(program: Command): void {
@@ -29,18 +32,35 @@ export function registerRestore(program: Command): void {
     .option('--tag <tag>', 'with latest: newest snapshot with this tag (repeatable)', collect, [])
     .option('--path <path>', 'with latest: newest snapshot of this path (repeatable)', collect, [])
     .option('--only-consistent', 'leave out files stored torn or incomplete, and incomplete checkpoint directories (each is listed)')
+    .option(
+      '--velero-backup <name>',
+      "with latest: the snapshot taken with this Velero backup (tag velero.io/backup-name); an empty name restores nothing and succeeds, so an init container can pass its pod's velero.io/backup-name label, which only restored pods have",
+    )
+    .addOption(new Option('--wait <seconds>', 'with latest: if no snapshot matches yet, look again every 2 s for this long (an init container waiting for its backup)').argParser(positiveInt))
     .action(async (ref: string, opts: RestoreCliOptions, command: Command) => {
       const g = globalOptions(command);
       if (!opts.target) throw new TenderError('TENDER_USAGE', 'restore needs --target DIR');
       const target = opts.target;
+      if (opts.veleroBackup === '') {
+        const reason = 'no Velero backup named (the pod was not restored by Velero): nothing to restore';
+        if (g.json) printJson({ message_type: 'summary', snapshot_id: null, files: 0, dirs: 0, bytes: 0, errors: [], reason });
+        else if (!g.quiet) print(reason);
+        return;
+      }
+      const tags = opts.veleroBackup === undefined ? opts.tag : [...opts.tag, `velero.io/backup-name=${opts.veleroBackup}`];
       await withRepository(g, async (repo, ctx) => {
         const colon = ref.indexOf(':');
         const subpath = colon >= 0 ? ref.slice(colon + 1) : undefined;
-        const { id, snapshot } = await selectSnapshot(repo, colon >= 0 ? ref.slice(0, colon) : ref, {
-          ...(opts.host ? { host: opts.host } : {}),
-          tags: opts.tag,
-          paths: opts.path,
-        });
+        const { id, snapshot } = await selectWaiting(
+          () =>
+            selectSnapshot(repo, colon >= 0 ? ref.slice(0, colon) : ref, {
+              ...(opts.host ? { host: opts.host } : {}),
+              tags,
+              paths: opts.path,
+            }),
+          opts.wait ?? 0,
+          ctx.signal,
+        );
         const progress = createProgress(progressMode(!!g.json, !!g.quiet), 'restore');
         const started = Date.now();
         let result;
@@ -73,4 +93,22 @@ export function registerRestore(program: Command): void {
         }
       });
     });
+}
+
+/** select(), tried again every 2 s while no snapshot matches, for up to `waitSeconds`. */
+async function selectWaiting(select: () => Promise<SnapshotEntry>, waitSeconds: number, signal: AbortSignal): Promise<SnapshotEntry> {
+  const deadline = Date.now() + waitSeconds * 1000;
+  for (let announced = false; ; announced = true) {
+    try {
+      return await select();
+    } catch (err) {
+      if (!isTenderError(err, 'TENDER_SNAPSHOT_NOT_FOUND') || Date.now() >= deadline) throw err;
+      if (!announced) process.stderr.write(`${err.message}; waiting up to ${waitSeconds} s for one\n`);
+    }
+    try {
+      await delay(2000, undefined, { signal });
+    } catch {
+      throw new TenderError('TENDER_CANCELLED', 'interrupted while waiting for a snapshot to restore');
+    }
+  }
 }
