@@ -61,6 +61,7 @@ import { DEFAULT_FREEZE_TIMEOUT_MS, DEFAULT_HOOK_TIMEOUT_MS, parseOnError, parse
 import type { PolitePolicy } from '../polite/governor.js';
 import { type GpuSourceChoice, parseGpuSource } from '../polite/gpu-source.js';
 import { parseByteSize, parsePercent, parsePressureThresholds } from '../polite/parse.js';
+import { selectorMatches } from '../util/label-selector.js';
 import { neverReason, volumeClass } from './volumes.js';
 
 export const ANNOTATION_BACKUP = 'tender.io/backup-volumes';
@@ -180,27 +181,7 @@ export function nextRunAt(schedule: Schedule, afterMs: number): number {
 // Selectors
 
 export function matchesSelector(labels: Record<string, string> | undefined, selector: LabelSelector | undefined): boolean {
-  if (!selector) return true;
-  const l = labels ?? {};
-  for (const [k, v] of Object.entries(selector.matchLabels ?? {})) if (l[k] !== v) return false;
-  for (const r of selector.matchExpressions ?? []) {
-    const has = Object.prototype.hasOwnProperty.call(l, r.key);
-    switch (r.operator) {
-      case 'In':
-        if (!has || !(r.values ?? []).includes(l[r.key]!)) return false;
-        break;
-      case 'NotIn':
-        if (has && (r.values ?? []).includes(l[r.key]!)) return false;
-        break;
-      case 'Exists':
-        if (!has) return false;
-        break;
-      case 'DoesNotExist':
-        if (has) return false;
-        break;
-    }
-  }
-  return true;
+  return !selector || selectorMatches(selector, labels ?? {});
 }
 
 /** Whether the namespace's name passes `namespaces` / `excludeNamespaces` (labels are checked apart). */

@@ -5,11 +5,7 @@
  * and the pod's labels match spec.labelSelector, or one of spec.orLabelSelectors.
  */
 import { minimatch } from 'minimatch';
-
-export interface LabelSelector {
-  matchLabels?: Record<string, string>;
-  matchExpressions?: Array<{ key: string; operator: string; values?: string[] }>;
-}
+import { type LabelSelector, selectorMatches } from '../util/label-selector.js';
 
 /** The fields of a velero.io/v1 Backup read here. */
 export interface VeleroBackup {
@@ -31,32 +27,6 @@ const POD_NAMES = new Set(['*', 'pods', 'pod', 'po', 'pods.', 'pods.v1']);
 
 function nameMatches(patterns: string[], name: string): boolean {
   return patterns.some((p) => p === '*' || p === name || (/[*?[]/.test(p) && minimatch(name, p)));
-}
-
-/** Kubernetes label selector semantics (matchLabels AND every matchExpression). */
-export function selectorMatches(selector: LabelSelector, labels: Record<string, string>): boolean {
-  for (const [k, v] of Object.entries(selector.matchLabels ?? {})) if (labels[k] !== v) return false;
-  for (const e of selector.matchExpressions ?? []) {
-    const has = Object.hasOwn(labels, e.key);
-    const values = e.values ?? [];
-    switch (e.operator) {
-      case 'In':
-        if (!has || !values.includes(labels[e.key]!)) return false;
-        break;
-      case 'NotIn':
-        if (has && values.includes(labels[e.key]!)) return false;
-        break;
-      case 'Exists':
-        if (!has) return false;
-        break;
-      case 'DoesNotExist':
-        if (has) return false;
-        break;
-      default:
-        return false; // an operator Kubernetes does not know selects nothing
-    }
-  }
-  return true;
 }
 
 /** Whether the Backup backs up the pod `namespace` with `labels`. */

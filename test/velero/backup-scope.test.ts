@@ -1,6 +1,7 @@
 /** Which pods a Velero Backup covers (src/velero/backup-scope.ts): Velero's rules for pods. */
 import { describe, expect, it } from 'vitest';
-import { type VeleroBackup, backupCoversPod, selectorMatches } from '../../src/velero/backup-scope.js';
+import { selectorMatches } from '../../src/util/label-selector.js';
+import { type VeleroBackup, backupCoversPod } from '../../src/velero/backup-scope.js';
 
 const pod = (namespace: string, labels: Record<string, string> = {}) => ({ namespace, labels });
 const covers = (spec: VeleroBackup['spec'], p = pod('ml', { app: 'trainer', tier: 'gpu' })) => backupCoversPod({ spec }, p);
