@@ -390,7 +390,7 @@ class Dockerfile {
 /**
  * What the RUN steps of a stage chain produce, from package.json and the configuration it
  * names: `npm ci`/`npm install` makes node_modules and runs the "install" script (node-gyp
- * --directory D → D/build/Release/<target>.node) and "prepare"; `npm run S` runs script S; `tsc -p
+ * --directory D → D/build/Release/<target>.node, or <target> for an executable) and "prepare"; `npm run S` runs script S; `tsc -p
  * F` writes F's outDir. The last RUN that writes the path is its producer.
  */
 function producedBy(df: Dockerfile, stage: Stage, abs: string): { run: string; stage: Stage } | undefined {
@@ -405,7 +405,10 @@ function producedBy(df: Dockerfile, stage: Stage, abs: string): { run: string; s
         const gyp = /node-gyp rebuild --directory (\S+)/.exec(script);
         if (gyp) {
           const gypText = read(path.join(gyp[1]!, 'binding.gyp'));
-          for (const t of gypText.matchAll(/"target_name":\s*"([\w-]+)"/g)) outputs.push(path.posix.join(gyp[1]!, 'build', 'Release', `${t[1]}.node`));
+          // An addon target builds <target>.node; one of "type": "executable" builds <target>.
+          for (const t of gypText.matchAll(/"target_name":\s*"([\w-]+)"(,\s*"type":\s*"(\w+)")?/g)) {
+            outputs.push(path.posix.join(gyp[1]!, 'build', 'Release', t[3] === 'executable' ? t[1]! : `${t[1]}.node`));
+          }
         }
         const tsc = /\btsc -p (\S+)/.exec(script);
         if (tsc) outputs.push((JSON.parse(read(tsc[1]!)) as { compilerOptions: { outDir: string } }).compilerOptions.outDir);
