@@ -28,9 +28,11 @@ done
 R=/newroot
 mount -t 9p -o trans=virtio,version=9p2000.L,ro hostroot \$R
 mount -t proc proc \$R/proc; mount -t sysfs sys \$R/sys; mount -t devtmpfs dev \$R/dev
-mount -t cgroup2 none \$R/sys/fs/cgroup; mount -t tmpfs tmpfs \$R/tmp
-mkdir -p \$R$SHARE; mount -t 9p -o trans=virtio,version=9p2000.L share \$R$SHARE
-chroot \$R /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp /usr/bin/node $TEST
+mount -t cgroup2 none \$R/sys/fs/cgroup
+# /tmp stays the host's (read-only): a checkout under /tmp must stay visible. The shared folder
+# (it exists on the host, so its mount point does too) is the writable place, and HOME.
+mount -t 9p -o trans=virtio,version=9p2000.L share \$R$SHARE
+chroot \$R /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=$SHARE /usr/bin/node $TEST
 echo "GUEST_EXIT=\$?"
 sync; poweroff -f
 INIT
