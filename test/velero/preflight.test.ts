@@ -17,6 +17,7 @@ import { openStorage } from '../../src/storage/open.js';
 import { describeRun, errorLine, makeTree, runTender, tenderOk } from '../helpers/cli.js';
 import { createNamespace, testKubeConfig } from '../helpers/kube.js';
 import { s3TestEnv, s3TestOptions, s3TestUrl } from '../helpers/s3.js';
+import { applyVeleroCrds } from '../helpers/velero.js';
 import { type VeleroItem, ensureCrd, ensureVeleroCrds, writeVeleroTarball } from '../helpers/velero-tarball.js';
 
 const r = randomBytes(4).toString('hex');
@@ -120,8 +121,9 @@ beforeAll(async () => {
   // CRDs on the target: PyTorchJobs (with a running operator) and Notebooks (without one).
   await ensureCrd(kc, { group: kubeflow, plural: 'pytorchjobs', kind: 'PyTorchJob' });
   await ensureCrd(kc, { group: `nb${r}.example.com`, plural: 'notebooks', kind: `Notebook${r}` });
-  await ensureCrd(kc, { group: 'snapshot.storage.k8s.io', plural: 'volumesnapshotclasses', kind: 'VolumeSnapshotClass', scope: 'Cluster' });
-  await ensureCrd(kc, { group: 'snapshot.storage.k8s.io', plural: 'volumesnapshots', kind: 'VolumeSnapshot' });
+  // The real snapshot CRDs (with their status subresource), as the data-mover tests that share this
+  // API server need them: a stand-in CRD created first would stay, and break those tests.
+  await applyVeleroCrds(kc);
   operatorNs = await createNamespace(kc);
   await runningDeployment(operatorNs, 'training-operator', { 'app.kubernetes.io/name': `${kubeflow.split('.')[0]}-training-operator` }, 'kubeflow/training-operator:v1');
   await runningDeployment(operatorNs, 'snapshot-controller', { app: 'snapshot-controller' }, 'registry.k8s.io/sig-storage/snapshot-controller:v8');
