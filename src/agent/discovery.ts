@@ -28,7 +28,8 @@ import {
   type V1Volume,
 } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import { errorText, OwnerResolver, statusCode, volumeIdentity, volumeTags, type Owner } from './identity.js';
+import { kubeErrorText, statusCode } from '../util/kube-errors.js';
+import { OwnerResolver, volumeIdentity, volumeTags, type Owner } from './identity.js';
 import { podInScope, podPolicy, type AgentPolicy, type PodQuiesce, type Schedule } from './policy.js';
 import { checkVolumePath, claimName, locateVolume, readMountPoints, type ResolvedClaim } from './volumes.js';
 
@@ -372,7 +373,7 @@ export class Discovery extends EventEmitter {
     const delay = Math.round(cap / 2 + (Math.random() * cap) / 2);
     this.#attempt++;
     this.#log.warn(
-      { node: this.#opts.nodeName, err: errorText(err), attempt: this.#attempt, retryInMs: delay },
+      { node: this.#opts.nodeName, err: kubeErrorText(err), attempt: this.#attempt, retryInMs: delay },
       'listing or watching the pods of this node failed; the last known pods stay protected',
     );
     this.emit('watch-error', err);
@@ -570,10 +571,10 @@ export class Discovery extends EventEmitter {
       resolved = { ...(pvc ? { pvc } : {}), ...(pv ? { pv } : {}) };
     } catch (err) {
       this.#counters.apiErrors++;
-      this.#log.warn({ namespace: ns, pvc: claim, err: errorText(err) }, 'could not read a PersistentVolumeClaim or its PersistentVolume');
+      this.#log.warn({ namespace: ns, pvc: claim, err: kubeErrorText(err) }, 'could not read a PersistentVolumeClaim or its PersistentVolume');
       // While the API server is away, what was known stands.
       if (hit) return hit.resolved;
-      return { error: errorText(err) };
+      return { error: kubeErrorText(err) };
     }
     this.#claims.set(key, { resolved, at: Date.now() });
     return resolved;
@@ -599,7 +600,7 @@ export class Discovery extends EventEmitter {
       return labels;
     } catch (err) {
       this.#counters.apiErrors++;
-      this.#log.warn({ namespace: ns, err: errorText(err) }, 'could not read the labels of a namespace for namespaceSelector');
+      this.#log.warn({ namespace: ns, err: kubeErrorText(err) }, 'could not read the labels of a namespace for namespaceSelector');
       return hit?.labels;
     }
   }

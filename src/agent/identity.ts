@@ -20,6 +20,7 @@
  */
 import { AppsV1Api, type KubeConfig, type V1OwnerReference, type V1Pod, type V1Volume } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
+import { kubeErrorText, statusCode } from '../util/kube-errors.js';
 
 export interface Owner {
   kind: string;
@@ -145,7 +146,7 @@ export class OwnerResolver {
           ? { kind: 'Deployment', name: ref.name.slice(0, -(hash.length + 1)) }
           : { kind: 'ReplicaSet', name: ref.name };
       this.opts.logger.warn(
-        { err: errorText(err), namespace: ns, pod: pod.metadata?.name, replicaSet: ref.name, owner: guess },
+        { err: kubeErrorText(err), namespace: ns, pod: pod.metadata?.name, replicaSet: ref.name, owner: guess },
         'could not read the ReplicaSet that owns the pod; its owner is taken from the names',
       );
       // A 404 (the ReplicaSet is gone) is settled; other errors are tried again next time.
@@ -153,31 +154,4 @@ export class OwnerResolver {
       return guess;
     }
   }
-}
-
-export function statusCode(err: unknown): number | undefined {
-  const e = err as { code?: unknown; statusCode?: unknown } | null;
-  const c = e?.code ?? e?.statusCode;
-  return typeof c === 'number' ? c : undefined;
-}
-
-/** A short text for an API error (client-node's ApiException carries the whole response body). */
-export function errorText(err: unknown): string {
-  const code = statusCode(err);
-  const body = (err as { body?: unknown } | null)?.body;
-  if (code !== undefined) {
-    let message: string | undefined;
-    try {
-      const parsed: unknown = typeof body === 'string' ? JSON.parse(body) : body;
-      message = (parsed as { message?: string } | undefined)?.message;
-    } catch {
-      // not JSON
-    }
-    return `HTTP ${code}${message ? `: ${message}` : ''}`;
-  }
-  const e = err as { message?: string; code?: string; cause?: { code?: string; message?: string } } | null;
-  const sys = e?.cause?.code ?? e?.code;
-  return [e?.message ?? String(err), sys && !(e?.message ?? '').includes(sys) ? `(${sys})` : '']
-    .filter(Boolean)
-    .join(' ');
 }

@@ -14,7 +14,7 @@
 import { CustomObjectsApi, type KubeConfig, type KubernetesListObject, ListWatch, Watch } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { type VeleroBackup, backupCoversPod } from '../velero/backup-scope.js';
-import { errorText } from './identity.js';
+import { kubeErrorText } from '../util/kube-errors.js';
 
 export interface VeleroVolume {
   namespace: string;
@@ -97,7 +97,7 @@ export class VeleroBackups {
     if (!this.#failing) {
       this.#failing = true;
       this.#o.logger.warn(
-        { namespace: this.#o.namespace, err: errorText(err), retryInMs: delay },
+        { namespace: this.#o.namespace, err: kubeErrorText(err), retryInMs: delay },
         `cannot watch Velero Backups in namespace ${this.#o.namespace} (is Velero installed, and may the agent list backups.velero.io?); emptyDir volumes are not backed up with Velero backups until it can`,
       );
     }
@@ -116,7 +116,7 @@ export class VeleroBackups {
     if (this.#handled.size > MAX_REMEMBERED) this.#handled.delete(this.#handled.values().next().value!);
     this.#chain = this.#chain.then(() => this.#handle(backup, uid)).catch((err: unknown) => {
       this.#handled.delete(uid);
-      this.#o.logger.error({ backup: backup.metadata?.name, err: errorText(err) }, 'could not queue the emptyDir backups of a Velero backup');
+      this.#o.logger.error({ backup: backup.metadata?.name, err: kubeErrorText(err) }, 'could not queue the emptyDir backups of a Velero backup');
     });
   }
 

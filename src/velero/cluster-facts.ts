@@ -14,6 +14,7 @@ import {
   type V1PodTemplateSpec,
 } from '@kubernetes/client-node';
 import { TenderError } from '../errors/errors.js';
+import { SNAPSHOT_GROUP } from './contract.js';
 
 export interface Workload {
   kind: 'Deployment' | 'StatefulSet' | 'DaemonSet';
@@ -86,7 +87,7 @@ async function inspect(kc: KubeConfig, server: string, options: InspectOptions):
   const served = new Map<string, Set<string>>();
   served.set('', new Set((await core.getAPIResources()).resources.map((r) => r.name).filter((n) => !n.includes('/'))));
   const wanted = new Set(options.groups);
-  wanted.add('snapshot.storage.k8s.io');
+  wanted.add(SNAPSHOT_GROUP);
   const preferred = new Map<string, string>();
   for (const group of (await kc.makeApiClient(ApisApi).getAPIVersions()).groups) {
     if (!wanted.has(group.name)) continue;
@@ -145,10 +146,10 @@ async function inspect(kc: KubeConfig, server: string, options: InspectOptions):
   }
 
   let snapshotClasses: Map<string, string> | undefined;
-  if (served.get('snapshot.storage.k8s.io')?.has('volumesnapshotclasses')) {
+  if (served.get(SNAPSHOT_GROUP)?.has('volumesnapshotclasses')) {
     snapshotClasses = new Map();
-    const version = preferred.get('snapshot.storage.k8s.io') ?? 'v1';
-    const list = (await custom.listClusterCustomObject({ group: 'snapshot.storage.k8s.io', version, plural: 'volumesnapshotclasses' })) as {
+    const version = preferred.get(SNAPSHOT_GROUP) ?? 'v1';
+    const list = (await custom.listClusterCustomObject({ group: SNAPSHOT_GROUP, version, plural: 'volumesnapshotclasses' })) as {
       items?: Array<{ metadata?: { name?: string }; driver?: string }>;
     };
     for (const vsc of list.items ?? []) snapshotClasses.set(vsc.metadata?.name ?? '', vsc.driver ?? '');

@@ -44,7 +44,8 @@ import {
   terminalPhases,
 } from './contract.js';
 import { Exposer, type VolumePathFn } from './expose.js';
-import { Kube, type Resource, WatchLoop, accept, apiErrorText, timestamp } from './kube.js';
+import { kubeErrorText } from '../util/kube-errors.js';
+import { Kube, type Resource, WatchLoop, accept, timestamp } from './kube.js';
 
 /** What the data mover needs from the agent's run queue. */
 export interface DataMoverRuns {
@@ -288,7 +289,7 @@ export class DataMover {
   private async runJob(job: Job): Promise<void> {
     const r = job.obj.kind === 'DataUpload' ? resources.dataUpload : resources.dataDownload;
     const accepted = await accept(this.kube, r, job.obj, this.o.nodeName, new Date()).catch((err: unknown) => {
-      this.log.warn({ object: describe(job.obj), err: apiErrorText(err) }, `cannot accept ${describe(job.obj)}: ${apiErrorText(err)}`);
+      this.log.warn({ object: describe(job.obj), err: kubeErrorText(err) }, `cannot accept ${describe(job.obj)}: ${kubeErrorText(err)}`);
       return undefined;
     });
     if (!accepted) {
@@ -318,7 +319,7 @@ export class DataMover {
     try {
       await this.exposer.cleanUp(accepted);
     } catch (err) {
-      log.warn({ err: apiErrorText(err) }, `cannot delete the intermediate objects of ${what}: ${apiErrorText(err)}`);
+      log.warn({ err: kubeErrorText(err) }, `cannot delete the intermediate objects of ${what}: ${kubeErrorText(err)}`);
     }
     // The outcome must land (a stored snapshot must not turn into an orphan's failure later):
     // the job stays in hand while the API server is away, retrying from 1 s, doubling to 30 s.
@@ -333,7 +334,7 @@ export class DataMover {
       } catch (err) {
         if (attempt >= 10) throw err;
         const wait = Math.min(30_000, 1000 * 2 ** attempt);
-        log.warn({ err: apiErrorText(err), retryInMs: wait }, `cannot write the outcome of ${what} (${outcome.phase}): ${apiErrorText(err)}; again in ${wait} ms`);
+        log.warn({ err: kubeErrorText(err), retryInMs: wait }, `cannot write the outcome of ${what} (${outcome.phase}): ${kubeErrorText(err)}; again in ${wait} ms`);
         await delay(wait);
       }
     }
@@ -438,7 +439,7 @@ export class DataMover {
         if (s.phase !== 'InProgress') return false;
         s.progress = { ...p };
         return true;
-      }).catch((err: unknown) => log.warn({ err: apiErrorText(err) }, `cannot write the progress of ${describe(obj)}`));
+      }).catch((err: unknown) => log.warn({ err: kubeErrorText(err) }, `cannot write the progress of ${describe(obj)}`));
     };
     let output: RunOutput | undefined;
     let failure: unknown;
@@ -524,5 +525,5 @@ export class DataMover {
 
 function messageOf(err: unknown): string {
   if (err instanceof TenderError) return err.hint ? `${err.message} (${err.hint})` : err.message;
-  return apiErrorText(err);
+  return kubeErrorText(err);
 }

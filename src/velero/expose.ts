@@ -18,7 +18,8 @@ import type { V1ObjectMeta, V1OwnerReference, V1PersistentVolume, V1PersistentVo
 import { setTimeout as delay } from 'node:timers/promises';
 import { TenderError } from '../errors/errors.js';
 import { type DataDownload, type DataUpload, type MoverObject, DATA_DOWNLOAD_LABEL, DATA_UPLOAD_LABEL, SNAPSHOT_GROUP, describe, resources } from './contract.js';
-import { type Kube, apiErrorText, isNotFound, statusCode } from './kube.js';
+import { kubeErrorText, statusCode } from '../util/kube-errors.js';
+import { type Kube, isNotFound } from './kube.js';
 
 /** The directory of a pod's volume on this node, or why it is not there (yet). */
 export type VolumePathFn = (pod: V1Pod, volume: string, pvc: V1PersistentVolumeClaim, pv: V1PersistentVolume) => Promise<{ ok: true; path: string } | { ok: false; reason: string }>;
@@ -157,7 +158,7 @@ export class Exposer {
         await kube.custom.replaceClusterCustomObject({ ...resources.volumeSnapshotContent, name: contentName, body: c });
         return;
       } catch (err) {
-        if (statusCode(err) !== 409) throw exposeFailure(`cannot retain VolumeSnapshotContent ${contentName}: ${apiErrorText(err)}`);
+        if (statusCode(err) !== 409) throw exposeFailure(`cannot retain VolumeSnapshotContent ${contentName}: ${kubeErrorText(err)}`);
       }
     }
   }
@@ -416,7 +417,7 @@ export class Exposer {
         return await check();
       } catch (err) {
         if (err instanceof TenderError) throw err;
-        last = err instanceof NotYet ? err.message : `API error: ${apiErrorText(err)}`;
+        last = err instanceof NotYet ? err.message : `API error: ${kubeErrorText(err)}`;
       }
       if (Date.now() >= deadline) {
         throw new TenderError('TENDER_INTERRUPTED', `timed out preparing the volume: ${last}`, {

@@ -5,30 +5,10 @@
  */
 import { CoreV1Api, CustomObjectsApi, type KubeConfig, Watch } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
+import { kubeErrorText, statusCode } from '../util/kube-errors.js';
 import { type MoverObject, resources } from './contract.js';
 
 export type Resource = (typeof resources)[keyof typeof resources];
-
-/** The HTTP status of a client-node API error, if it is one. */
-export function statusCode(err: unknown): number | undefined {
-  const e = err as { code?: unknown; statusCode?: unknown } | null;
-  const c = e?.code ?? e?.statusCode;
-  return typeof c === 'number' ? c : undefined;
-}
-
-/** An API error in a sentence (client-node's ApiException carries the whole response body). */
-export function apiErrorText(err: unknown): string {
-  const code = statusCode(err);
-  if (code === undefined) return (err as Error)?.message ?? String(err);
-  const body = (err as { body?: unknown }).body;
-  let message: string | undefined;
-  try {
-    message = (typeof body === 'string' ? (JSON.parse(body) as { message?: string }) : (body as { message?: string } | undefined))?.message;
-  } catch {
-    message = undefined;
-  }
-  return `HTTP ${code}${message ? `: ${message}` : ''}`;
-}
 
 export function isNotFound(err: unknown): boolean {
   return statusCode(err) === 404;
@@ -170,7 +150,7 @@ export class WatchLoop {
     try {
       await this.o.list();
     } catch (err) {
-      this.o.logger.warn({ err: apiErrorText(err) }, `cannot list ${this.o.what}: ${apiErrorText(err)}; the watch goes on`);
+      this.o.logger.warn({ err: kubeErrorText(err) }, `cannot list ${this.o.what}: ${kubeErrorText(err)}; the watch goes on`);
     }
   }
 
@@ -199,7 +179,7 @@ export class WatchLoop {
     if (err) {
       this.failures++;
       delay = Math.min(30_000, 500 * 2 ** Math.min(this.failures, 6));
-      this.o.logger.warn({ err: apiErrorText(err), retryInMs: delay }, `the watch of ${this.o.what} failed: ${apiErrorText(err)}; again in ${delay} ms`);
+      this.o.logger.warn({ err: kubeErrorText(err), retryInMs: delay }, `the watch of ${this.o.what} failed: ${kubeErrorText(err)}; again in ${delay} ms`);
     }
     this.timer = setTimeout(() => void this.cycle(), delay);
   }
