@@ -213,7 +213,8 @@ export class RepositoryWriter {
   private async writePendingIndex(): Promise<void> {
     await this.repo.withIndexLock(async () => {
       if (this.pendingIndex.length === 0) return;
-      const packs = this.pendingIndex;
+      // A copy: uploads that end while the file is saved push onto pendingIndex, and stay there.
+      const packs = this.pendingIndex.slice();
       await this.repo.saveIndexFile({ superseded: [], packs });
       // Only now: until the file is stored, a refresh must find these packs here.
       this.pendingIndex = this.pendingIndex.slice(packs.length);
