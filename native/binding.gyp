@@ -6,7 +6,7 @@
   "targets": [
     {
       "target_name": "tender_native",
-      "sources": ["src/addon.cc", "src/gear.cc", "src/shuffle.cc", "src/seal.cc", "src/pagecache.cc", "src/lease.cc", "src/freeze.cc", "src/nvml.cc"],
+      "sources": ["src/addon.cc", "src/gear.cc", "src/shuffle.cc", "src/seal.cc", "src/pagecache.cc", "src/directio.cc", "src/lease.cc", "src/freeze.cc", "src/nvml.cc"],
       "include_dirs": ["<!@(node -p \"require('node-addon-api').include\")"],
       # NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS: a worker thread that is being terminated cannot
       # take a JS exception; without it node-addon-api aborts the whole process when a call into

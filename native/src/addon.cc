@@ -5,7 +5,9 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <vector>
 
+#include "directio.h"
 #include "freeze.h"
 #include "gear.h"
 #include "lease.h"
@@ -425,6 +427,50 @@ Napi::Value SyncFs(const Napi::CallbackInfo& info) {
 }
 #endif
 
+// writeDirect(fd, parts): Promise<number>: the parts written to fd (opened with O_DIRECT) from
+// offset 0 through an aligned bounce buffer, on a libuv worker thread (directio.cc); resolves with
+// the byte count. The parts array is held (so are its buffers) until the write has ended.
+class WriteDirectWorker : public Napi::AsyncWorker {
+ public:
+  WriteDirectWorker(Napi::Env env, int fd, Napi::Array parts)
+      : Napi::AsyncWorker(env), fd_(fd), deferred_(Napi::Promise::Deferred::New(env)), held_(Napi::Persistent(parts.As<Napi::Object>())) {
+    for (uint32_t i = 0; i < parts.Length(); i++) {
+      const ByteView view = bytes(env, parts.Get(i), "part");
+      views_.push_back({view.data, view.length});
+    }
+  }
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+ protected:
+  void Execute() override { err_ = tender::writeDirect(fd_, views_.data(), views_.size(), &written_); }
+  void OnOK() override {
+    held_.Reset();
+    if (err_ == 0) {
+      deferred_.Resolve(Napi::Number::New(Env(), static_cast<double>(written_)));
+    } else {
+      deferred_.Reject(errnoError(Env(), "write (O_DIRECT)", err_).Value());
+    }
+  }
+
+ private:
+  int fd_;
+  int err_ = 0;
+  uint64_t written_ = 0;
+  std::vector<tender::ConstBytes> views_;
+  Napi::Promise::Deferred deferred_;
+  Napi::ObjectReference held_;
+};
+
+Napi::Value WriteDirect(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[1].IsArray()) throw Napi::TypeError::New(env, "writeDirect(fd, parts: Uint8Array[])");
+  const uint32_t fd = u32(env, info[0], "fd");
+  auto* worker = new WriteDirectWorker(env, static_cast<int>(fd), info[1].As<Napi::Array>());
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("GearChunker", GearChunker::Init(env));
   exports.Set("shuffle", Napi::Function::New<Shuffle<true>>(env, "shuffle"));
@@ -459,6 +505,11 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
 #else
   exports.Set("freezeUnavailable", Napi::String::New(env, tender::freezeUnavailableReason()));
 #endif
+  if (const char* why = tender::directWriteUnavailableReason()) {
+    exports.Set("directWriteUnavailable", Napi::String::New(env, why));
+  } else {
+    exports.Set("writeDirect", Napi::Function::New<WriteDirect>(env, "writeDirect"));
+  }
   tender::exportNvml(env, exports);
   // Adding functions keeps abiVersion at 1: src/backup/chunk/native.ts checks it, and callers of
   // the new functions test for them (src/crypto/seal-into.ts).

@@ -1,8 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import { link, mkdir, open, readdir, rm, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { TenderError, systemErrorCode } from '../errors/errors.js';
+import { loadNative } from '../util/native.js';
 import { Permits } from '../util/permits.js';
 import { type ByteRange, type ObjectInfo, type PutOptions, type PutResult, type Storage, markPermanent, viewOf } from './storage.js';
 
@@ -22,6 +24,12 @@ const transientCodes = new Set(['EAGAIN', 'EBUSY', 'EINTR', 'EIO', 'EMFILE', 'EN
  * Durable once put returns 'stored': the directory that holds the new name is fsynced after the
  * link (and the parent of a directory made for it after the mkdir), so a published object
  * survives a power cut, not only its bytes.
+ *
+ * The bytes are written with O_DIRECT where the addon and the filesystem allow it (writeDirect,
+ * native/src/directio.cc): no page-cache copy (on the development VMs buffered writes of fresh
+ * pages ran at 120–180 MB/s against 0.9 GB/s direct) and no pack data crowding a training node's
+ * page cache. A filesystem that refuses direct I/O (tmpfs, some network filesystems: EINVAL) is
+ * written through the page cache from then on.
  */
 export class FsStorage implements Storage {
   readonly location: string;
@@ -30,6 +38,8 @@ export class FsStorage implements Storage {
   private readonly tmpDir: string;
   private readonly madeDirs = new Set<string>();
   private readonly unsynced = new Permits(maxUnsyncedPuts);
+  /** Direct writes until the filesystem refuses one. */
+  private writeDirect = directWriter();
 
   constructor(private readonly root: string) {
     this.location = root;
@@ -115,11 +125,11 @@ export class FsStorage implements Storage {
     const tmp = path.join(this.tmpDir, `${randomBytes(12).toString('hex')}.tmp`);
     await this.unsynced.acquire();
     try {
-      const handle = await open(tmp, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL, 0o600);
+      await this.writeTemporary(tmp, parts);
+      // The bytes are in the page cache or on the device: the caller's buffers are free while the disk syncs.
+      options.partsReleased?.();
+      const handle = await open(tmp, fsConstants.O_WRONLY);
       try {
-        await handle.writev(parts as Uint8Array[]);
-        // The bytes are in the page cache: the caller's buffers are free while the disk syncs.
-        options.partsReleased?.();
         await handle.sync();
       } finally {
         await handle.close();
@@ -137,6 +147,31 @@ export class FsStorage implements Storage {
     } finally {
       this.unsynced.release();
       await unlink(tmp).catch(() => undefined);
+    }
+  }
+
+  /** Writes `parts` into the new file `tmp`: directly while the filesystem allows it, else through the page cache. */
+  private async writeTemporary(tmp: string, parts: readonly Uint8Array[]): Promise<void> {
+    const writeDirect = this.writeDirect;
+    if (writeDirect) {
+      let handle;
+      try {
+        handle = await open(tmp, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_DIRECT, 0o600);
+        await writeDirect(handle.fd, parts as Uint8Array[]);
+        return;
+      } catch (err) {
+        if (!refusesDirectIo(err)) throw err;
+        this.writeDirect = undefined;
+        await unlink(tmp).catch(() => undefined);
+      } finally {
+        await handle?.close();
+      }
+    }
+    const handle = await open(tmp, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL, 0o600);
+    try {
+      await handle.writev(parts as Uint8Array[]);
+    } finally {
+      await handle.close();
     }
   }
 
@@ -192,6 +227,19 @@ export class FsStorage implements Storage {
     });
     return code !== undefined && transientCodes.has(code) ? wrapped : markPermanent(wrapped);
   }
+}
+
+type DirectWriter = (fd: number, parts: Uint8Array[]) => Promise<number>;
+
+/** The addon's O_DIRECT writer, where there is one (Linux, addon built; not with TENDER_NATIVE=0). */
+function directWriter(): DirectWriter | undefined {
+  const addon = loadNative();
+  return addon?.writeDirect && fsConstants.O_DIRECT !== undefined ? addon.writeDirect.bind(addon) : undefined;
+}
+
+/** O_DIRECT refused by the filesystem: at open (tmpfs) or at the first write (alignment it does not take). */
+function refusesDirectIo(err: unknown): boolean {
+  return systemErrorCode(err) === 'EINVAL' || (err as { errno?: number }).errno === osConstants.errno.EINVAL;
 }
 
 /** fsync a directory, so the names linked into it (or made in it) are on disk. */

@@ -72,6 +72,14 @@ export interface NativeAddon {
   syncFs?(path: string): Promise<void>;
   /** Why thawFs/syncFs are missing (not Linux). */
   freezeUnavailable?: string;
+  /**
+   * Writes the parts to `fd` (opened with O_DIRECT) from offset 0 and sets the file to their exact
+   * length, on a libuv thread (native/src/directio.cc). Rejects with `errno` set; EINVAL: the
+   * filesystem refuses direct I/O.
+   */
+  writeDirect?(fd: number, parts: Uint8Array[]): Promise<number>;
+  /** Why writeDirect is missing (not Linux). */
+  directWriteUnavailable?: string;
   /** NVML on a thread of the addon's own (native/src/nvml.cc); Linux only. */
   NvmlSession?: new (libraryPath: string) => NativeNvmlSession;
   /** Why NvmlSession is missing (not Linux). */
