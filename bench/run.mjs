@@ -307,7 +307,7 @@ function tenderProfile(all) {
     }
     lines.push('');
     const f = (x) => x.toFixed(1);
-    lines.push(`${r.tool} (${r.backend}) stage seconds over the backups (wall ${f(wall)} s): read ${f(stages.read)}, chunk ${f(stages.chunk)}, hash ${f(stages.hash)} (main thread); seal ${f(stages.seal)} (summed over worker threads); store ${f(stages.store)} (summed over concurrent uploads).`);
+    lines.push(`${r.tool} (${r.backend}) stage seconds over the backups (wall ${f(wall)} s): read ${f(stages.read)}, chunk ${f(stages.chunk)} (main thread); hash ${f(stages.hash)}, seal ${f(stages.seal)} (summed over worker threads); store ${f(stages.store)} (summed over concurrent uploads).`);
     lines.push('');
   }
   return lines;

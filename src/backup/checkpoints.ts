@@ -21,8 +21,8 @@ const pollMs = 500;
 /** The file-level completeness check (safetensors, torch zip, npy), as the file saver calls it. */
 export const inspectFile: FileInspector = {
   wants: mayHaveFileVerdict,
-  async check(fd, filePath, size) {
-    const verdict = await fileCompleteness(fd, filePath, size);
+  async check(fd, filePath, size, headers) {
+    const verdict = await fileCompleteness(fd, filePath, size, headers);
     if (!verdict) return undefined;
     return verdict.complete ? { complete: true } : { complete: false, reason: verdict.reason };
   },

@@ -13,7 +13,7 @@ import { throwIfCancelled } from '../util/operation.js';
 import type { Reservation } from '../repo/pack/pack.js';
 import type { CodecExecutor } from '../workers/pool.js';
 import { cachingReads, type FileReadCache, type ReadCachePolicy } from './read-cache.js';
-import { readFileLayout } from '../checkpoint/layout.js';
+import { type FileHeaders, layoutOf, readFileHeaders } from '../checkpoint/layout.js';
 import type { KindSummary } from '../repo/snapshot/snapshot.js';
 import { TensorSegments, cutSegments } from './chunk/tensor-cuts.js';
 import { TransformStats } from './transform-stats.js';
@@ -45,10 +45,12 @@ export type FileVerdict = { complete: true } | { complete: false; reason: string
  * Checks an open file after it was read and before its last fstat, so a clean read proves the
  * verdict is about the stored bytes. `wants`: whether a file of this name and first bytes (up to
  * 16, as read) may be of a format it knows; only then is `check` called (undefined: not one).
+ * `headers`: the parse made for chunking when the file was opened; the last fstat shows whether
+ * the file changed since, exactly as for the bytes read, so the verdict may rest on it.
  */
 export interface FileInspector {
   wants(path: string, head: Uint8Array): boolean;
-  check(fd: number, path: string, size: number): Promise<FileVerdict | undefined>;
+  check(fd: number, path: string, size: number, headers?: FileHeaders): Promise<FileVerdict | undefined>;
 }
 
 const headLength = 16;
@@ -189,14 +191,14 @@ export class FileSaver {
     }
   }
 
-  private async inspectRead(fd: number, path: string, size: number, head: Uint8Array, cache: FileReadCache): Promise<FileVerdict | undefined> {
+  private async inspectRead(fd: number, path: string, size: number, head: Uint8Array, cache: FileReadCache, headers?: FileHeaders): Promise<FileVerdict | undefined> {
     if (!this.inspect?.wants(path, head)) return undefined;
     const headSpan = Math.min(size, inspectCacheSpan);
     const tailStart = Math.max(headSpan, size - inspectCacheSpan);
     cache.beforeRead(0, headSpan);
     if (tailStart < size) cache.beforeRead(tailStart, size - tailStart);
     try {
-      return await this.inspect.check(fd, path, size);
+      return await this.inspect.check(fd, path, size, headers);
     } finally {
       cache.afterRead(0, headSpan);
       if (tailStart < size) cache.afterRead(tailStart, size - tailStart);
@@ -227,10 +229,11 @@ export class FileSaver {
     const handle = await open(path, 'r');
     const onBytes = this.progressOf(options);
     const cache = this.readCache.open(handle.fd);
-    const layout = await readFileLayout(handle.fd, path, size).catch(async (err: unknown) => {
+    const headers = await readFileHeaders(handle.fd, path, size).catch(async (err: unknown) => {
       await handle.close();
       throw err;
     });
+    const layout = layoutOf(headers);
     const segments = new TensorSegments(layout, this.params.minSize);
     const layoutName = layout?.kind ?? 'none';
     const content = new ContentBuilder(this.repo);
@@ -304,7 +307,7 @@ export class FileSaver {
         slot = next;
       }
       await chain;
-      const verdict = await this.inspectRead(handle.fd, path, position, head!, cache);
+      const verdict = await this.inspectRead(handle.fd, path, position, head!, cache, headers);
       const after = stampOf(await handle.stat({ bigint: true }));
       return { ...(await content.finish()), before, after, bytes: position, ...(verdict ? { verdict } : {}) };
     } finally {
@@ -339,14 +342,11 @@ export class FileSaver {
     let reserved: PendingSeal[] = [];
     try {
       const chunks = spans.length / 2;
-      const ids = new Uint8Array(chunks * 32);
+      const ids = await this.hashSlot(slot, spans);
       for (let i = 0; i < chunks; i++) {
         const offset = spans[2 * i]!;
         const length = spans[2 * i + 1]!;
         const id = ids.subarray(i * 32, i * 32 + 32);
-        const hashStarted = performance.now();
-        id.set(this.repo.codec.id(slot.view.subarray(offset, offset + length)));
-        this.stats.stageMs.hash += performance.now() - hashStarted;
         const kind = kinds[i]!;
         kind.bytesIn += length;
         if (this.repo.has(id)) {
@@ -397,25 +397,24 @@ export class FileSaver {
     }
   }
 
+  /** The slot's chunk IDs, hashed by the workers in one message each (runs of about equal bytes). */
+  private async hashSlot(slot: Slot, spans: Uint32Array): Promise<Uint8Array> {
+    const chunks = spans.length / 2;
+    const ids = new Uint8Array(chunks * 32);
+    const runs = splitByBytes(chunks, (i) => spans[2 * i + 1]!, this.parallelism);
+    await Promise.all(
+      runs.map(async ([from, to]) => {
+        const { ids: hashed, hashMs } = await this.executor.hash(slot.buffer, spans.subarray(2 * from, 2 * to));
+        ids.set(hashed, from * 32);
+        this.stats.stageMs.hash += hashMs;
+      }),
+    );
+    return ids;
+  }
+
   /** Seals reserved chunks in one message per worker, split into runs of about equal bytes. */
   private dispatch(slot: Slot, reserved: PendingSeal[]): Promise<void>[] {
-    const groups: PendingSeal[][] = [];
-    let total = 0;
-    for (const p of reserved) total += p.length;
-    const share = total / Math.max(1, this.parallelism);
-    let group: PendingSeal[] = [];
-    let groupBytes = 0;
-    for (const p of reserved) {
-      group.push(p);
-      groupBytes += p.length;
-      if (groupBytes >= share) {
-        groups.push(group);
-        group = [];
-        groupBytes = 0;
-      }
-    }
-    if (group.length > 0) groups.push(group);
-    return groups.map((g) => this.sealGroup(slot, g));
+    return splitByBytes(reserved.length, (i) => reserved[i]!.length, this.parallelism).map(([from, to]) => this.sealGroup(slot, reserved.slice(from, to)));
   }
 
   private async sealGroup(slot: Slot, group: PendingSeal[]): Promise<void> {
@@ -455,6 +454,26 @@ export class FileSaver {
       for (const p of group) this.inflight.delete(p.hex);
     }
   }
+}
+
+/** [from, to) index runs of `count` items, in order, each of about 1/parts of their total bytes. */
+function splitByBytes(count: number, bytesOf: (i: number) => number, parts: number): Array<[number, number]> {
+  let total = 0;
+  for (let i = 0; i < count; i++) total += bytesOf(i);
+  const share = total / Math.max(1, parts);
+  const runs: Array<[number, number]> = [];
+  let from = 0;
+  let runBytes = 0;
+  for (let i = 0; i < count; i++) {
+    runBytes += bytesOf(i);
+    if (runBytes >= share) {
+      runs.push([from, i + 1]);
+      from = i + 1;
+      runBytes = 0;
+    }
+  }
+  if (from < count) runs.push([from, count]);
+  return runs;
 }
 
 /** A new chunk with its room in a pack, waiting to be sealed by a worker. */

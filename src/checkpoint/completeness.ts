@@ -4,7 +4,7 @@ import { basename, dirname, join, relative } from 'node:path';
 import { throwIfCancelled } from '../util/operation.js';
 import { DCP_METADATA, isDcpShardName, readDcpMetadata } from './dcp.js';
 import { isNpyName, looksLikeNpy } from './npy.js';
-import { isIoError, parseFile } from './layout.js';
+import { type FileHeaders, readFileHeaders } from './layout.js';
 import { openForWriting } from './lease.js';
 import { PickleError } from './pickle.js';
 import { readAt } from './read-at.js';
@@ -42,18 +42,16 @@ const ORBAX_TEMPORARY_DIR = /\.orbax-checkpoint-tmp-\d+$/;
 /** Final names of checkpoint directories (HF Trainer, Megatron, DeepSpeed, common `step-N`). */
 const CHECKPOINT_NAME = /^(checkpoint-\d+|iter_\d+|global_step\d+|step[-_]?\d+)$/;
 
-/** File formats (safetensors, torch.save zip incl. ZIP64, npy): undefined when the file is none of them. */
-export async function fileCompleteness(fd: number, filePath: string, size: number): Promise<Completeness | undefined> {
+/**
+ * File formats (safetensors, torch.save zip incl. ZIP64, npy): undefined when the file is none of
+ * them. `headers`: a parse of the same file at this size already made (the caller vouches that
+ * the file did not change since); otherwise the headers are read now.
+ */
+export async function fileCompleteness(fd: number, filePath: string, size: number, headers?: FileHeaders): Promise<Completeness | undefined> {
   if (TEMPORARY_FILE.test(basename(filePath))) {
     return { complete: false, kind: 'tmp-rename', reason: 'a temporary name: the writer renames the file when it is done' };
   }
-  let parsed;
-  try {
-    parsed = await parseFile(fd, filePath, size);
-  } catch (err) {
-    if (isIoError(err)) throw err;
-    return undefined;
-  }
+  const { parsed } = headers?.size === size ? headers : await readFileHeaders(fd, filePath, size);
   if (!parsed) return undefined;
   if (!parsed.ok) return { complete: false, kind: parsed.kind, reason: parsed.reason };
   const kind = parsed.layout.kind;

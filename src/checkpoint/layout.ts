@@ -28,20 +28,38 @@ export function isIoError(err: unknown): boolean {
 }
 
 /**
+ * One parse of a file's headers, taken as `size` bytes: both its layout (for chunking) and its
+ * completeness verdict come from it, so a backup parses each checkpoint file once.
+ * `parsed` undefined: not a known format, or content no parser accepts.
+ */
+export interface FileHeaders {
+  readonly size: number;
+  readonly parsed: Parsed | undefined;
+}
+
+/**
  * Reads only headers/directories with positioned reads on an open fd (bounded memory: a header
  * over a limit is refused). DCP shard files (`__N_M.distcp`) get their extents from the sibling
- * `.metadata`. null: not a known layout, or damaged: the caller falls back to plain CDC. Never
- * throws for bad content (only for I/O errors).
+ * `.metadata`. Never throws for bad content (only for I/O errors).
  */
-export async function readFileLayout(fd: number, filePath: string, size: number): Promise<FileLayout | null> {
-  let parsed: Parsed | undefined;
+export async function readFileHeaders(fd: number, filePath: string, size: number): Promise<FileHeaders> {
   try {
-    parsed = await parseFile(fd, filePath, size);
+    return { size, parsed: await parseFile(fd, filePath, size) };
   } catch (err) {
     if (isIoError(err)) throw err;
-    return null;
+    return { size, parsed: undefined };
   }
+}
+
+/** The tensor layout the headers give; null: not a known layout, or damaged: the caller falls back to plain CDC. */
+export function layoutOf(headers: FileHeaders): FileLayout | null {
+  const { parsed, size } = headers;
   if (!parsed?.ok) return null;
   const extents = orderedExtents([...parsed.layout.extents], size);
   return extents ? { kind: parsed.layout.kind, extents } : null;
+}
+
+/** readFileHeaders, then layoutOf. */
+export async function readFileLayout(fd: number, filePath: string, size: number): Promise<FileLayout | null> {
+  return layoutOf(await readFileHeaders(fd, filePath, size));
 }

@@ -40,6 +40,13 @@ export interface OpenRequest {
   targetOffset?: number;
 }
 
+/** The IDs of the chunks at (offset, length) pairs of the source buffer, 32 bytes each, in order. */
+export interface HashedSpans {
+  ids: Uint8Array;
+  /** Time this thread spent hashing (statistics). */
+  hashMs: number;
+}
+
 /** null when the blob is intact, else what is wrong with it. */
 export type OpenResult = string | null;
 
@@ -62,6 +69,16 @@ export class CodecOps {
       );
       return { ...sealed, sealMs: performance.now() - started };
     });
+  }
+
+  hash(data: Uint8Array, spans: Uint32Array): HashedSpans {
+    const started = performance.now();
+    const ids = new Uint8Array(spans.length * 16);
+    for (let i = 0; i < spans.length; i += 2) {
+      const offset = spans[i]!;
+      ids.set(this.codec.id(data.subarray(offset, offset + spans[i + 1]!)), i * 16);
+    }
+    return { ids, hashMs: performance.now() - started };
   }
 
   open(source: Uint8Array, requests: readonly OpenRequest[]): OpenResult[] {

@@ -4,11 +4,13 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import type { CodecTransforms } from '../transform/blob-codec.js';
 import type { MasterKeys } from '../transform/keys.js';
-import { CodecOps, type OpenRequest, type OpenResult, type SealRequest, type SealedResult } from './ops.js';
+import { CodecOps, type HashedSpans, type OpenRequest, type OpenResult, type SealRequest, type SealedResult } from './ops.js';
 import type { CodecRequest, WorkerRequest, WorkerResponse } from './protocol.js';
 
 /** Where the pipeline's CPU work runs: worker threads, or this thread (workers: 0). */
 export interface CodecExecutor {
+  /** Blob IDs of the (offset, length) pairs of `buffer`. */
+  hash(buffer: SharedArrayBuffer, spans: Uint32Array): Promise<HashedSpans>;
   seal(buffer: SharedArrayBuffer, requests: SealRequest[]): Promise<SealedResult[]>;
   open(buffer: SharedArrayBuffer, requests: OpenRequest[]): Promise<OpenResult[]>;
   close(): Promise<void>;
@@ -32,6 +34,10 @@ class InlineExecutor implements CodecExecutor {
 
   constructor(keys: MasterKeys, compressionLevel: number, transforms: CodecTransforms) {
     this.ops = new CodecOps(keys, compressionLevel, transforms);
+  }
+
+  async hash(buffer: SharedArrayBuffer, spans: Uint32Array): Promise<HashedSpans> {
+    return this.ops.hash(new Uint8Array(buffer), spans);
   }
 
   async seal(buffer: SharedArrayBuffer, requests: SealRequest[]): Promise<SealedResult[]> {
@@ -112,6 +118,11 @@ class WorkerPool implements CodecExecutor {
       target.pending.set(seq, { resolve, reject });
       target.worker.postMessage({ ...request, seq } satisfies WorkerRequest);
     });
+  }
+
+  async hash(buffer: SharedArrayBuffer, spans: Uint32Array): Promise<HashedSpans> {
+    const r = await this.send({ op: 'hash', buffer, spans });
+    return (r as Extract<WorkerResponse, { op: 'hash' }>).hashed;
   }
 
   async seal(buffer: SharedArrayBuffer, requests: SealRequest[]): Promise<SealedResult[]> {

@@ -18,8 +18,15 @@ parentPort!.on('message', (msg: WorkerRequest) => {
     return;
   }
   let response: WorkerResponse;
+  const transfer: ArrayBuffer[] = [];
   try {
     switch (msg.op) {
+      case 'hash': {
+        const hashed = ops.hash(new Uint8Array(msg.buffer), msg.spans);
+        transfer.push(hashed.ids.buffer as ArrayBuffer);
+        response = { seq: msg.seq, op: 'hash', hashed };
+        break;
+      }
       case 'seal': {
         response = { seq: msg.seq, op: 'seal', sealed: ops.seal(new Uint8Array(msg.buffer), msg.requests) };
         break;
@@ -32,5 +39,5 @@ parentPort!.on('message', (msg: WorkerRequest) => {
   } catch (err) {
     response = { seq: msg.seq, op: 'error', message: (err as Error).stack ?? String(err) };
   }
-  parentPort!.postMessage(response);
+  parentPort!.postMessage(response, transfer);
 });

@@ -37,7 +37,7 @@ export function registerStats(program: Command): void {
         }
         const s = stats.stageMs;
         print(
-          `time (ms): read ${s.read.toFixed(0)}, chunk ${s.chunk.toFixed(0)}, hash ${s.hash.toFixed(0)} (main thread); ` +
+          `time (ms): read ${s.read.toFixed(0)}, chunk ${s.chunk.toFixed(0)} (main thread); hash ${s.hash.toFixed(0)}, ` +
             `seal ${s.seal.toFixed(0)} (summed over worker threads); store ${s.store.toFixed(0)} (summed over concurrent uploads)`,
         );
         print('repository data blobs:');

@@ -49,8 +49,8 @@ export interface CheckpointRecord {
  * unknown): the bytes of the chunks read, those already stored (deduplicated), and per transform
  * the new blobs it stored. `stored` is the sealed size in the pack (payload + 28 bytes), so
  * Σ stored over every kind and transform = the summary's bytesStored. A transform saved
- * bytes − stored. Stage times are in milliseconds: read, chunk and hash on the main thread;
- * seal summed over the worker threads (a blob's time goes to its transform's sealMs); store: pack
+ * bytes − stored. Stage times are in milliseconds: read and chunk on the main thread;
+ * hash and seal summed over the worker threads (a blob's time goes to its transform's sealMs); store: pack
  * uploads (data, tree and list packs) summed over the concurrent uploads.
  */
 export interface TransformSummary {
