@@ -24,7 +24,7 @@ namespace tender {
 namespace {
 
 constexpr size_t kAlign = 4096;
-constexpr size_t kBounceBytes = 4u << 20;
+constexpr size_t kBounceBytes = 1u << 20;
 
 uint8_t* bounceBuffer() {
   thread_local uint8_t* buffer = nullptr;
