@@ -24,8 +24,8 @@ async function tempDir(under: string): Promise<string> {
   return dir;
 }
 
-/** Object lengths around the 4096-byte block and the 4 MiB bounce buffer, in several parts. */
-const lengths = [0, 1, 4095, 4096, 4097, 4 * 1024 * 1024, 4 * 1024 * 1024 + 1, 9 * 1024 * 1024 + 513];
+/** Object lengths around the 4096-byte block and the 1 MiB bounce buffer, in several parts. */
+const lengths = [0, 1, 4095, 4096, 4097, 1024 * 1024, 1024 * 1024 + 1, 9 * 1024 * 1024 + 513];
 
 async function putAndCompare(storage: FsStorage, root: string): Promise<void> {
   for (const [i, length] of lengths.entries()) {
