@@ -213,7 +213,8 @@ export class RepositoryWriter {
   private async writePendingIndex(): Promise<void> {
     await this.repo.withIndexLock(async () => {
       if (this.pendingIndex.length === 0) return;
-      const packs = this.pendingIndex;
+      // A copy: packs stored while the file is written are pushed onto pendingIndex and must stay.
+      const packs = [...this.pendingIndex];
       await this.repo.saveIndexFile({ superseded: [], packs });
       // Only now: until the file is stored, a refresh must find these packs here.
       this.pendingIndex = this.pendingIndex.slice(packs.length);
