@@ -494,3 +494,47 @@ describe('S3 with a MinIO that is killed and restarted', () => {
     expect(listed.sort()).toEqual([...before, ...during].map((o) => o.key).sort());
   });
 });
+
+describe('S3 ranged GETs read straight into the caller\'s buffer (plain http)', () => {
+  it('serves ranged gets in parallel, one request each, from a prefix that needs encoding', async () => {
+    const url = s3TestUrl('direct !(x) y+z');
+    const s = storage(url, s3TestOptions());
+    const body = randomBytes(3 * 1024 * 1024);
+    await s.put('data/ab/object', [body]);
+    const ranges = Array.from({ length: 8 }, (_, i) => ({ offset: i * 300_000 + i, length: 200_000 + i * 1000 }));
+    const buffers = ranges.map((r) => Buffer.alloc(r.length + 10));
+    const got = await Promise.all(ranges.map((r, i) => s.get('data/ab/object', r, buffers[i])));
+    for (const [i, r] of ranges.entries()) {
+      expect(got[i]!.equals(body.subarray(r.offset, r.offset + r.length))).toBe(true);
+      expect(got[i]!.buffer, 'read into the given buffer').toBe(buffers[i]!.buffer);
+    }
+    // One direct GET each: none of them had to be asked again through the SDK.
+    expect(s.stats).toMatchObject({ gets: 8, directGets: 8, retries: 0, bytesDown: ranges.reduce((n, r) => n + r.length, 0) });
+    const missing = await failure(s.get('data/ab/missing', { offset: 0, length: 10 }));
+    expect(missing.code).toBe('TENDER_NOT_FOUND');
+  });
+
+  const retrying: Partial<S3Tuning> = { maxAttempts: 8, retryBudgetMs: 0, baseDelayMs: 5, maxDelayMs: 50, idleTimeoutMs: 400 };
+  for (const action of ['reset', 'stall', 'slowdown'] as const) {
+    it(`asks again through the SDK when its connection gets ${action === 'reset' ? 'reset' : action === 'stall' ? 'no answer' : 'a 503'}`, async () => {
+      const env = applyS3TestEnv();
+      const url = s3TestUrl('direct-proxy');
+      const body = randomBytes(500_000);
+      await storage(url, s3TestOptions()).put('data/cd/object', [body]);
+      // The first connection (the direct read's) fails; every later one reaches MinIO.
+      const proxy = await startProxy(new URL(env.endpoint), (n) => (n === 1 ? action : 'pass'));
+      try {
+        const s = storage(url, { s3Endpoint: proxy.endpoint }, retrying);
+        const range = { offset: 1234, length: 400_000 };
+        expect((await s.get('data/cd/object', range)).equals(body.subarray(1234, 1234 + 400_000))).toBe(true);
+        expect(proxy.counts[action]).toBe(1);
+        expect(s.stats, 'the failed direct read, then the SDK').toMatchObject({ gets: 2, directGets: 1 });
+        // The next read goes direct again, on a fresh connection.
+        expect((await s.get('data/cd/object', { offset: 0, length: 10 })).equals(body.subarray(0, 10))).toBe(true);
+        expect(s.stats).toMatchObject({ gets: 3, directGets: 2 });
+      } finally {
+        await proxy.close();
+      }
+    });
+  }
+});

@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process';
 import { constants as fsConstants } from 'node:fs';
 import { promisify } from 'node:util';
-import { chmodSync, closeSync, ftruncateSync, lchownSync, lutimesSync, openSync, utimesSync, write, writeSync } from 'node:fs';
+import { chmodSync, closeSync, ftruncateSync, lchownSync, lutimesSync, openSync, unlinkSync, utimesSync, write, writeSync } from 'node:fs';
 import { link, lstat, mkdir, readdir, rm, rmdir, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import { minimatch } from 'minimatch';
@@ -10,14 +10,12 @@ import { sealOverhead } from '../crypto/aead.js';
 import { TenderError, systemErrorCode } from '../errors/errors.js';
 import { BlobType } from '../repo/blob.js';
 import { hexToId, idToHex } from '../repo/ids.js';
-import { packKey } from '../repo/pack/pack.js';
-import { corrupt, type IndexView, type Repository } from '../repo/repository.js';
+import { corrupt, type Repository } from '../repo/repository.js';
 import type { Snapshot } from '../repo/snapshot/snapshot.js';
 import { type TreeNode, isSafeName } from '../repo/snapshot/tree.js';
-import { BufferPool, type PooledBuffer } from '../util/buffer-pool.js';
 import { type OperationContext, cancelledError, throwIfCancelled } from '../util/operation.js';
-import type { CodecExecutor } from '../workers/pool.js';
 import { type ChunkRef, type PackRead, planReads } from './plan.js';
+import { type BufferPair, PackReader, type RestoreSource } from './reader.js';
 
 export interface RestoreOptions {
   target: string;
@@ -35,6 +33,11 @@ export interface RestoreOptions {
    * snapshot is incomplete (with everything in them); each is listed in `skipped`.
    */
   onlyConsistent?: boolean;
+  /**
+   * Large reads in flight (read-ahead across packs), default 4: each holds a read buffer and a
+   * plaintext buffer of max(8 MiB, the chunker's maxSize) + 28 bytes while it runs.
+   */
+  readAhead?: number;
 }
 
 export interface RestoreProgress {
@@ -96,12 +99,16 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
       await make();
     }
   };
-  const executor = repo.executor();
+  const reader = new PackReader(src, repo.executor());
   // A read must hold at least one whole blob: the repository's largest chunk, stored raw.
   const largeBufferSize = Math.max(largeReadSize, repo.config.chunker.maxSize) + sealOverhead;
+  const readAhead = options.readAhead ?? defaultReadAhead;
+  if (!Number.isSafeInteger(readAhead) || readAhead < 1) {
+    throw new TenderError('TENDER_USAGE', `read-ahead ${readAhead} is not a positive whole number`, { hint: 'give a number of reads in flight, e.g. 4' });
+  }
   const leases = [
-    repo.leaseBuffers('restore-reads', largeBufferSize, 3),
-    repo.leaseBuffers('restore-plaintext', largeBufferSize, 3),
+    repo.leaseBuffers('restore-reads', largeBufferSize, readAhead),
+    repo.leaseBuffers('restore-plaintext', largeBufferSize, readAhead),
     repo.leaseBuffers('restore-reads', smallReadSize, 16),
     repo.leaseBuffers('restore-plaintext', smallReadSize, 16),
   ] as const;
@@ -130,6 +137,8 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
   ctx.signal.addEventListener('abort', onAbort, { once: true });
   /** Records a per-entry failure, or the fatal one. Never throws, so pending work cannot go unobserved. */
   const fail = (p: string, err: unknown): void => {
+    // The error that stopped it is already recorded.
+    if (err instanceof RestoreStopped) return;
     const code = systemErrorCode(err);
     if (code === 'ENOSPC' || code === 'EDQUOT') {
       fatal ??= new TenderError('TENDER_DISK_FULL', `the disk under ${target} is full (writing ${p})`, {
@@ -184,15 +193,26 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
       fd = openSync(full, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW, 0o600);
     });
     try {
-      const written = await writeContent(src, executor, buffers, fd, await chunkRefs(src, node), (n) => {
+      const refs = await chunkRefs(src, node);
+      const written = await writeContent(reader, buffers, fd, refs, () => fatal !== undefined, (n) => {
         progress.bytesDone += n;
         report();
       });
       if (written !== node.size) throw corrupt(`file ${rel}`, `restored to ${written} bytes, the snapshot says ${node.size}`);
       // Holes were skipped, not written: set the length so trailing holes exist too.
       ftruncateSync(fd, written);
-    } finally {
+    } catch (err) {
+      // Never leave a half-written file behind that could pass for the restored one.
       closeSync(fd);
+      fd = -1;
+      try {
+        unlinkSync(full);
+      } catch {
+        // Gone already: nothing is left to mistake for the file.
+      }
+      throw err;
+    } finally {
+      if (fd !== -1) closeSync(fd);
     }
     setMetadata(full, node);
     result.files++;
@@ -271,7 +291,8 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
       reads.map((read) =>
         smallReads(async () => {
           if (fatal) return;
-          await readAndOpen(src, executor, buffersFor(buffers, read), read, (ref, chunk) => writeFiles(chunk, filesOf.get(ref)!));
+          const pools = buffersFor(buffers, read);
+          await reader.read(pools, await reader.reserve(pools), read, (ref, chunk) => writeFiles(chunk, filesOf.get(ref)!));
         }).catch((err) => fail(filesOf.get(read.refs[0]!)![0]!.rel, err)),
       ),
     );
@@ -411,12 +432,6 @@ function inconsistencyOf(snapshot: Snapshot, subpath: string | undefined): (rel:
   };
 }
 
-/** The repository as one restore sees it: lookups and pack numbers from one index view. */
-interface RestoreSource {
-  repo: Repository;
-  view: IndexView;
-}
-
 /** The tree to restore: the snapshot's root, or the directory `subpath` names in it. */
 async function subpathTree(src: RestoreSource, rootTree: string, subpath: string | undefined): Promise<string> {
   let tree = rootTree;
@@ -488,13 +503,7 @@ async function chunkRefs(src: RestoreSource, node: TreeNode): Promise<ChunkRef[]
   });
 }
 
-/** Reused shared buffers for restore: packs are read into one, workers write plaintext into another. */
-interface BufferPair {
-  reads: BufferPool;
-  plaintext: BufferPool;
-}
-
-/** Large reads (up to 16 MiB) take few large buffers; small ones (small files) many small buffers. */
+/** Large reads (up to 8 MiB) take few large buffers; small ones (small files) many small buffers. */
 interface RestoreBuffers {
   large: BufferPair;
   small: BufferPair;
@@ -506,92 +515,68 @@ interface RestoreBuffers {
  */
 const largeReadSize = 8 * 1024 * 1024;
 const smallReadSize = 1024 * 1024;
+const defaultReadAhead = 4;
 
 /**
- * Fetches the file's chunks with ranged reads (adjacent blobs of a pack in one request) and
- * writes each chunk at its offset. All-zero chunks are skipped (holes). Memory is bounded by the
- * buffer pools.
+ * Writes a file's chunks at their offsets (pwrite), skipping all-zero chunks (holes). Reads are
+ * planned in file order and started in that order, each as soon as a read buffer is free: up to
+ * the pool's count are fetched, opened (by all workers) and written at once, so the next packs
+ * are read while the current ones are decoded and written. Stops starting reads once `stopped()`
+ * (a cancel, another file's fatal error) or one of its reads failed; throws that failure once
+ * the reads under way have ended.
  */
 async function writeContent(
-  src: RestoreSource,
-  executor: CodecExecutor,
+  reader: PackReader,
   buffers: RestoreBuffers,
   fd: number,
   refs: ChunkRef[],
+  stopped: () => boolean,
   onBytes: (n: number) => void,
 ): Promise<number> {
-  const reads = planReads(refs, buffers.large.reads.bufferSize, buffers.large.plaintext.bufferSize);
-  const fetches = pLimit(3);
   let size = 0;
   for (const r of refs) size += r.loc.rawLength;
-  await Promise.all(
-    reads.map((read) =>
-      fetches(() => {
-        return readAndOpen(src, executor, buffersFor(buffers, read), read, async (ref, chunk) => {
-          if (!isAllZero(chunk)) {
-            let done = 0;
-            while (done < chunk.length) {
-              const { bytesWritten } = await writeAt(fd, chunk, done, chunk.length - done, ref.fileOffset + done);
-              done += bytesWritten;
-            }
-          }
-          onBytes(chunk.length);
-        });
-      }),
-    ),
-  );
+  const writeChunk = async (ref: ChunkRef, chunk: Uint8Array) => {
+    if (!isAllZero(chunk)) {
+      for (let done = 0; done < chunk.length; ) {
+        const { bytesWritten } = await writeAt(fd, chunk, done, chunk.length - done, ref.fileOffset + done);
+        done += bytesWritten;
+      }
+    }
+    onBytes(chunk.length);
+  };
+  let failure: { error: unknown } | undefined;
+  const inFlight = new Set<Promise<void>>();
+  const reads = planReads(refs, buffers.large.reads.bufferSize, buffers.large.plaintext.bufferSize);
+  let started = 0;
+  for (const read of reads) {
+    if (failure || stopped()) break;
+    const pools = buffersFor(buffers, read);
+    const sealed = await reader.reserve(pools);
+    if (failure || stopped()) {
+      pools.reads.release(sealed);
+      break;
+    }
+    started++;
+    const running: Promise<void> = reader
+      .read(pools, sealed, read, writeChunk)
+      .catch((error: unknown) => void (failure ??= { error }))
+      .finally(() => inFlight.delete(running));
+    inFlight.add(running);
+  }
+  await Promise.all(inFlight);
+  if (failure) throw failure.error;
+  if (started < reads.length) throw new RestoreStopped();
   return size;
+}
+
+/** A file left unfinished because the restore is ending (cancelled, or failed elsewhere): that error is reported, not this. */
+class RestoreStopped extends Error {
+  constructor() {
+    super('the restore stopped before this file was complete');
+  }
 }
 
 /** The buffer pair a read fits in: a small one when it can (a blob may be a little over its plaintext). */
 function buffersFor(buffers: RestoreBuffers, read: PackRead): BufferPair {
   return read.length <= smallReadSize && read.rawLength <= smallReadSize ? buffers.small : buffers.large;
-}
-
-/**
- * One ranged read of a pack into a pooled buffer; the workers decrypt, decompress and verify its
- * blobs into another pooled buffer; `use` gets each blob's plaintext in turn (valid until it
- * returns). Throws naming the pack when it is missing, short or damaged.
- */
-async function readAndOpen(
-  src: RestoreSource,
-  executor: CodecExecutor,
-  pools: BufferPair,
-  read: PackRead,
-  use: (ref: ChunkRef, plaintext: Uint8Array) => Promise<void>,
-): Promise<void> {
-  const packId = src.view.packIdAt(read.packIndex);
-  const key = packKey(packId);
-  let sealed: PooledBuffer | undefined = await pools.reads.acquire();
-  let plain: PooledBuffer | undefined;
-  try {
-    await src.repo.readPackRange(packId, read.offset, read.length, sealed.view);
-    plain = await pools.plaintext.acquire();
-    let at = 0;
-    const requests = read.refs.map((ref) => {
-      const request = {
-        type: BlobType.data,
-        id: ref.id,
-        flags: ref.loc.flags,
-        rawLength: ref.loc.rawLength,
-        offset: ref.loc.offset - read.offset,
-        storedLength: ref.loc.storedLength,
-        target: plain!.buffer,
-        targetOffset: at,
-      };
-      at += ref.loc.rawLength;
-      return request;
-    });
-    const opened = await executor.open(sealed.buffer, requests);
-    pools.reads.release(sealed);
-    sealed = undefined;
-    for (let i = 0; i < opened.length; i++) {
-      if (opened[i] !== null) throw corrupt(key, `is damaged: ${opened[i]}`);
-      const ref = read.refs[i]!;
-      await use(ref, plain.view.subarray(requests[i]!.targetOffset, requests[i]!.targetOffset + ref.loc.rawLength));
-    }
-  } finally {
-    if (sealed) pools.reads.release(sealed);
-    if (plain) pools.plaintext.release(plain);
-  }
 }

@@ -53,6 +53,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { TenderError, type ErrorCode } from '../errors/errors.js';
+import { DirectGetFailed, DirectRangeReader } from './s3-direct-get.js';
 import type { StorageOptions } from './options.js';
 import { markPermanent, totalLength, viewOf, type ByteRange, type ObjectInfo, type PutResult, type Storage } from './storage.js';
 
@@ -62,6 +63,8 @@ export interface S3Stats {
   puts: number;
   /** GetObject attempts. */
   gets: number;
+  /** Of those, ranged GETs read straight into the caller's buffer (s3-direct-get.ts), failed ones included. */
+  directGets: number;
   /** HeadObject / HeadBucket attempts. */
   heads: number;
   /** ListObjectsV2 attempts (one per page). */
@@ -127,7 +130,7 @@ export const defaultS3Tuning: Readonly<S3Tuning> = {
 const totals: S3Stats = newStats();
 
 function newStats(): S3Stats {
-  return { puts: 0, gets: 0, heads: 0, lists: 0, deletes: 0, retries: 0, bytesUp: 0, bytesDown: 0 };
+  return { puts: 0, gets: 0, directGets: 0, heads: 0, lists: 0, deletes: 0, retries: 0, bytesUp: 0, bytesDown: 0 };
 }
 
 /** Requests made by every S3Storage in this process so far (for benchmarks and progress output). */
@@ -251,6 +254,10 @@ export class S3Storage implements Storage {
   private closed = false;
   /** One controller per attempt in flight, so close() can cut them off. */
   private readonly inflight = new Set<AbortController>();
+  /** Ranged GETs read straight into the caller's buffer, for a plain-http endpoint (s3-direct-get.ts). */
+  private readonly directReader: DirectRangeReader | undefined;
+  /** The endpoint's own path, before /bucket/key (path-style addressing). */
+  private readonly endpointPath: string = '';
 
   constructor(url: string, options: StorageOptions = {}, tuning: Partial<S3Tuning> = {}) {
     const { bucket, prefix } = parseS3Url(url);
@@ -306,6 +313,22 @@ export class S3Storage implements Storage {
         logger: silent,
       }),
     });
+    const plain = this.endpoint !== undefined ? new URL(this.endpoint) : undefined;
+    if (plain?.protocol === 'http:') {
+      this.endpointPath = plain.pathname.replace(/\/+$/, '');
+      const host = plain.hostname.replace(/^\[(.*)\]$/, '$1');
+      this.directReader = new DirectRangeReader(host, Number(plain.port || 80), (request) => this.signGet(request), {
+        connectMs: this.tuning.connectTimeoutMs,
+        idleMs: this.tuning.idleTimeoutMs,
+      });
+    }
+  }
+
+  /** SigV4 headers for a GET, from the client's own signer (its credential chain, region and clock). */
+  private async signGet(request: { hostname: string; port: number; path: string; headers: Record<string, string> }): Promise<Record<string, string>> {
+    const signer = await this.client.config.signer();
+    const signed = await signer.sign({ method: 'GET', protocol: 'http:', query: {}, ...request });
+    return signed.headers;
   }
 
   private keyOf(key: string): string {
@@ -360,6 +383,23 @@ export class S3Storage implements Storage {
       // HTTP cannot ask for zero bytes; still report a missing object as missing.
       if ((await this.stat(key)) === undefined) throw this.notFound(key);
       return Buffer.alloc(0);
+    }
+    if (range && this.directReader && !this.closed) {
+      const out = into ? viewOf(into, range.length) : Buffer.allocUnsafe(range.length);
+      try {
+        this.count('gets', false);
+        this.stats.directGets++;
+        totals.directGets++;
+        await this.directReader.read(`${this.endpointPath}/${uriEncode(this.bucket)}/${k.split('/').map(uriEncode).join('/')}`, range.offset, out);
+        this.bucketVerified = true;
+        this.stats.bytesDown += out.length;
+        totals.bytesDown += out.length;
+        return out;
+      } catch (err) {
+        if (!(err instanceof DirectGetFailed)) throw err;
+        // Not the plain answer (missing object, throttling, a cut connection): the SDK path
+        // below asks again, and classifies, reports and retries what it gets.
+      }
     }
     const rangeHeader = range ? `bytes=${range.offset}-${range.offset + range.length - 1}` : undefined;
     const buf = await this.withRetry('gets', 'get', key, async (signal) => {
@@ -543,6 +583,7 @@ export class S3Storage implements Storage {
 
   async close(): Promise<void> {
     this.closed = true;
+    this.directReader?.close();
     for (const c of this.inflight) c.abort();
     this.client.destroy();
     this.httpAgent.destroy();
@@ -795,4 +836,9 @@ function sliceParts(parts: readonly Uint8Array[], start: number, end: number): U
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** A path segment as SigV4 and S3 want it: everything but unreserved characters percent-encoded. */
+function uriEncode(segment: string): string {
+  return encodeURIComponent(segment).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
 }
