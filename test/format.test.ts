@@ -147,37 +147,46 @@ interface BuiltPack {
 /**
  * A pack made by PackBuilder: blobs are reserved in the pack buffer (sometimes more room than
  * they end up using, as compression does), filled, committed; one reservation is abandoned.
+ * `large`: every fifth blob is larger than what finish() moves (stays a part of its own).
  */
-function buildPack(blobs: number, seed = 1): BuiltPack {
+function buildPack(blobs: number, seed = 1, large = false): BuiltPack {
   const encryptionKey = key();
-  const builder = new PackBuilder(sharedBuffer(1 << 20));
+  const builder = new PackBuilder(sharedBuffer(large ? 8 << 20 : 1 << 20));
   const next = prng(seed);
-  const committed: Array<Omit<BlobEntry, 'offset'>> = [];
+  const committed: Array<Omit<BlobEntry, 'offset'> & { bytes: Buffer }> = [];
   for (let i = 0; i < blobs; i++) {
-    const stored = 1 + Math.floor(next() * 200);
+    const stored = large && i % 5 === 4 ? 65 * 1024 + Math.floor(next() * 100_000) : 1 + Math.floor(next() * 200);
     const r = builder.reserve(stored + Math.floor(next() * 20))!;
     expect(r).toBeDefined();
     if (i === 1) {
       builder.abandon(r);
       continue;
     }
-    new Uint8Array(r.buffer, r.offset, stored).set(randomBytes(stored));
+    const bytes = randomBytes(stored);
+    new Uint8Array(r.buffer, r.offset, stored).set(bytes);
     const entry = { id: randomBytes(idLength), type: [BlobType.data, BlobType.tree, BlobType.list][i % 3]!, flags: i % 2, rawLength: stored * 3 };
-    builder.commit(r, entry, stored);
-    committed.push({ ...entry, storedLength: stored });
+    builder.commit(r, entry.id, entry.type, entry.flags, entry.rawLength, stored);
+    committed.push({ ...entry, storedLength: stored, bytes });
   }
   builder.closed = true;
   expect(builder.complete).toBe(true);
-  const { parts, size, entries } = builder.finish(encryptionKey);
+  const finished = builder.finish(encryptionKey);
+  const { parts, size } = finished;
+  const entries = [...finished.entries];
   const bytes = Buffer.concat(parts);
   expect(bytes.length).toBe(size);
   let offset = 0;
-  const expected = committed.map((e) => {
+  const expected = committed.map(({ bytes: blobBytes, ...e }) => {
     const full = { ...e, offset };
+    // Each blob's bytes are where its entry says, whether finish() moved them or not.
+    expect(bytes.subarray(offset, offset + e.storedLength).equals(blobBytes)).toBe(true);
     offset += e.storedLength;
     return full;
   });
   expect(entries).toEqual(expected);
+  // Small blobs are joined into runs: a part per large blob at most, plus header and trailer.
+  const largeBlobs = committed.filter((e) => e.storedLength > 64 * 1024).length;
+  expect(parts.length).toBeLessThanOrEqual(2 * largeBlobs + 1 + 2);
   return { encryptionKey, builder, bytes, entries, headerStart: offset };
 }
 
@@ -194,8 +203,8 @@ function packWithHeader(encryptionKey: Buffer, packId: Buffer, blobBytes: number
 
 describe('pack header', () => {
   it('round-trips: decoding gives every entry with its offset, from the whole pack or just its tail', () => {
-    for (const n of [0, 1, 2, 17, 300]) {
-      const p = buildPack(n, n + 1);
+    for (const [n, large] of [[0, false], [1, false], [2, false], [17, false], [300, false], [40, true]] as const) {
+      const p = buildPack(n, n + 1, large);
       const decoded = decodePackHeader(p.encryptionKey, p.builder.id, p.bytes, p.bytes.length);
       expect(decoded).toEqual(p.entries);
       let offset = 0;

@@ -12,6 +12,7 @@ import { type BlobEntry, BlobType } from './blob.js';
 import { type ChunkerParams, defaultChunkerParams } from './chunker-params.js';
 import { type RepositoryConfig, type Transform, configKey, encodeConfig, openConfig, readConfigEnvelope, versionFor } from './config.js';
 import type { BlobLocation } from './index/id-table.js';
+import type { BlobEntries } from './blob-entries.js';
 import { type IndexFile, type IndexedPack, decodeIndex, encodeIndex } from './index/index-file.js';
 import { IndexView } from './index/index-view.js';
 import { idToHex, randomId, storedObjectId } from './ids.js';
@@ -338,7 +339,7 @@ export class Repository {
     }
   }
 
-  async saveIndexFile(file: IndexFile): Promise<string> {
+  async saveIndexFile(file: IndexFile<BlobEntries>): Promise<string> {
     const bytes = encodeIndex(this.keys.encryption, file);
     const key = `index/${idToHex(storedObjectId([bytes]))}`;
     await this.storage.put(key, [bytes]);

@@ -4,6 +4,7 @@ import type { MasterKeys } from '../transform/keys.js';
 import { type BufferPool, type PooledBuffer, sharedBuffer } from '../util/buffer-pool.js';
 import { BlobType } from './blob.js';
 import { idToHex } from './ids.js';
+import type { BlobEntryList, BlobEntries } from './blob-entries.js';
 import type { IndexFile, IndexedPack } from './index/index-file.js';
 import type { IndexView } from './index/index-view.js';
 import { PackBuilder, type Reservation } from './pack/pack.js';
@@ -18,7 +19,7 @@ export interface WriterRepository {
   has(id: Uint8Array): boolean;
   hasHex(hex: string): boolean;
   storePack(key: string, parts: readonly Uint8Array[], partsReleased: () => void): Promise<void>;
-  saveIndexFile(file: IndexFile): Promise<string>;
+  saveIndexFile(file: IndexFile<BlobEntries>): Promise<string>;
   withIndexLock<T>(fn: () => Promise<T>): Promise<T>;
 }
 
@@ -43,7 +44,7 @@ export class RepositoryWriter {
   private readonly openPacks = new Map<BlobType, PackBuilder>();
   private readonly uploads = new Set<Promise<void>>();
   /** Packs stored and added to the shared index whose index file is not written yet. */
-  private pendingIndex: IndexedPack[] = [];
+  private pendingIndex: IndexedPack<BlobEntryList>[] = [];
   private pendingIndexBlobs = 0;
   private uploadError: unknown;
   private readonly packsPerIndex: number;
@@ -81,7 +82,7 @@ export class RepositoryWriter {
   }
 
   /** Packs this writer stored whose index file is not written yet (an index refresh keeps them). */
-  get packsAwaitingIndex(): readonly IndexedPack[] {
+  get packsAwaitingIndex(): readonly IndexedPack<BlobEntries>[] {
     return this.pendingIndex;
   }
 
@@ -128,9 +129,8 @@ export class RepositoryWriter {
 
   /** Records the sealed blob written into `r`. The blob counts as stored (`has`) from now on. */
   commit(r: Reservation, type: BlobType, id: Uint8Array, rawLength: number, storedLength: number, flags: number): void {
-    const idCopy = Buffer.from(id);
-    r.pack.commit(r, { id: idCopy, type, flags, rawLength }, storedLength);
-    this.unindexed.add(idToHex(idCopy));
+    r.pack.commit(r, id, type, flags, rawLength, storedLength);
+    this.unindexed.add(idToHex(id));
     if (r.pack.complete) this.startUpload(r.pack);
   }
 
@@ -193,7 +193,7 @@ export class RepositoryWriter {
       // Synchronous from here to the push: an index refresh sees these entries either in the
       // view it replaces (and then in packsAwaitingIndex) or in the one it installs.
       this.repo.index.addPack(pack.id, size, entries);
-      for (const e of entries) this.unindexed.delete(idToHex(e.id));
+      for (let i = 0; i < entries.length; i++) this.unindexed.delete(idToHex(entries.idAt(i)));
       this.pendingIndex.push({ packId: pack.id, packSize: size, blobs: entries });
       this.pendingIndexBlobs += entries.length;
       // Packs of tiny files hold tens of thousands of blobs: bound the entries waiting in memory too.

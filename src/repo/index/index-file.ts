@@ -1,5 +1,6 @@
 import { aadLabel, open, seal } from '../../crypto/aead.js';
 import { BinaryReader, BinaryWriter, FormatError } from '../binary.js';
+import type { BlobEntries } from '../blob-entries.js';
 import { type BlobEntry, isBlobType } from '../blob.js';
 import { idLength } from '../ids.js';
 
@@ -15,18 +16,19 @@ export const indexVersion = 1;
 const entrySize = 1 + 1 + 4 + 4 + 4 + idLength;
 const packRecordMin = idLength + 4 + 4;
 
-export interface IndexedPack {
+/** A pack's record in an index file: decoded files give arrays; writers pass packed lists (BlobEntryList). */
+export interface IndexedPack<Blobs extends BlobEntries = BlobEntry[]> {
   packId: Buffer;
   packSize: number;
-  blobs: BlobEntry[];
+  blobs: Blobs;
 }
 
-export interface IndexFile {
+export interface IndexFile<Blobs extends BlobEntries = BlobEntry[]> {
   superseded: Buffer[];
-  packs: IndexedPack[];
+  packs: IndexedPack<Blobs>[];
 }
 
-export function encodeIndex(encryptionKey: Uint8Array, index: IndexFile): Buffer {
+export function encodeIndex(encryptionKey: Uint8Array, index: IndexFile<BlobEntries>): Buffer {
   let size = 1 + 4 + index.superseded.length * idLength + 4;
   for (const p of index.packs) size += packRecordMin + p.blobs.length * entrySize;
   const w = new BinaryWriter(size).u8(indexVersion).u32(index.superseded.length);

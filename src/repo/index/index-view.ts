@@ -1,4 +1,4 @@
-import type { BlobEntry } from '../blob.js';
+import type { BlobEntries } from '../blob-entries.js';
 import { idLength, idToHex } from '../ids.js';
 import { type BlobLocation, IdTable } from './id-table.js';
 import type { IndexedPack } from './index-file.js';
@@ -21,11 +21,11 @@ export class IndexView {
   /** `excludedPacks`: the packs left out of this view (doomed by pending deletion plans). */
   constructor(readonly excludedPacks: ReadonlySet<string> = new Set()) {}
 
-  addPacks(packs: readonly IndexedPack[]): void {
+  addPacks(packs: readonly IndexedPack<BlobEntries>[]): void {
     for (const pack of packs) this.addPack(pack.packId, pack.packSize, pack.blobs);
   }
 
-  addPack(packId: Buffer, packSize: number, blobs: readonly BlobEntry[]): void {
+  addPack(packId: Buffer, packSize: number, blobs: BlobEntries): void {
     const packIndex = this.packIndexOf(packId, packSize);
     for (const b of blobs) {
       this.table.add(b.id, { packIndex, offset: b.offset, storedLength: b.storedLength, rawLength: b.rawLength, type: b.type, flags: b.flags });

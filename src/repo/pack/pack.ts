@@ -1,7 +1,8 @@
 import { DecryptError, aadLabel, open, seal } from '../../crypto/aead.js';
 import type { PooledBuffer } from '../../util/buffer-pool.js';
 import { BinaryReader, BinaryWriter, FormatError } from '../binary.js';
-import { type BlobEntry, isBlobType } from '../blob.js';
+import { BlobEntryList } from '../blob-entries.js';
+import { type BlobEntry, type BlobType, isBlobType } from '../blob.js';
 import { idLength, idToHex, randomId } from '../ids.js';
 
 /**
@@ -40,22 +41,32 @@ export interface Reservation {
   readonly capacity: number;
 }
 
-type PackBlob =
-  | { state: 'reserved'; offset: number }
-  | { state: 'committed'; entry: Omit<BlobEntry, 'offset'>; bytes: Uint8Array }
-  | { state: 'abandoned' };
+const reserved = 0;
+const committed = 1;
+const abandoned = 2;
+const noId = new Uint8Array(idLength);
+/**
+ * A committed blob at most this large is moved down over the unused room before it (compression
+ * leaves some in every reservation), so a pack of small blobs is stored as one part instead of
+ * one part per blob; larger blobs stay where they were sealed (a part each).
+ */
+const moveLimit = 64 * 1024;
 
 /**
  * One pack being filled. Sealed blobs are written straight into reserved regions of the pack's
- * buffer (by worker threads), so they are never copied; a reserved region may end up partly
- * unused (compression), and `finish` lists only the bytes used. Blob offsets in the pack file are
- * the sums of the stored lengths before them, so they are known when the pack is finished.
+ * buffer (by worker threads); a reserved region may end up partly unused (compression), and
+ * `finish` lists only the bytes used. Blob offsets in the pack file are the sums of the stored
+ * lengths before them, so they are known when the pack is finished. The blobs' records are kept
+ * packed (BlobEntryList), not as objects: a pack of tiny files holds tens of thousands.
  */
 export class PackBuilder {
   readonly id = randomId();
-  private readonly blobs: PackBlob[] = [];
+  /** Per reservation, in order: its region's offset in the buffer, then the committed entry. */
+  private slots = new BlobEntryList();
+  private states = new Uint8Array(64);
   private reserved = 0;
   private pending = 0;
+  private committedCount = 0;
   /** No more reservations: the pack is stored once every reserved blob is committed. */
   closed = false;
 
@@ -67,18 +78,27 @@ export class PackBuilder {
     const offset = this.reserved;
     this.reserved += capacity;
     this.pending++;
-    this.blobs.push({ state: 'reserved', offset });
-    return { pack: this, slot: this.blobs.length - 1, buffer: this.buffer.buffer, offset, capacity };
+    const slot = this.slots.length;
+    if (slot === this.states.length) {
+      const states = new Uint8Array(2 * slot);
+      states.set(this.states);
+      this.states = states;
+    }
+    this.states[slot] = reserved;
+    this.slots.push(noId, 0 as BlobType, 0, offset, 0, 0);
+    return { pack: this, slot, buffer: this.buffer.buffer, offset, capacity };
   }
 
-  commit(r: Reservation, entry: Omit<BlobEntry, 'offset' | 'storedLength'>, storedLength: number): void {
+  commit(r: Reservation, id: Uint8Array, type: BlobType, flags: number, rawLength: number, storedLength: number): void {
     if (storedLength > r.capacity) throw new Error(`sealed blob of ${storedLength} bytes overflows its ${r.capacity}-byte reservation`);
-    this.blobs[r.slot] = { state: 'committed', entry: { ...entry, storedLength }, bytes: this.buffer.view.subarray(r.offset, r.offset + storedLength) };
+    this.slots.set(r.slot, id, type, flags, r.offset, storedLength, rawLength);
+    this.states[r.slot] = committed;
+    this.committedCount++;
     this.pending--;
   }
 
   abandon(r: Reservation): void {
-    this.blobs[r.slot] = { state: 'abandoned' };
+    this.states[r.slot] = abandoned;
     this.pending--;
   }
 
@@ -88,20 +108,39 @@ export class PackBuilder {
   }
 
   get isEmpty(): boolean {
-    return !this.blobs.some((b) => b.state === 'committed');
+    return this.committedCount === 0;
   }
 
-  /** The pack file's parts (views into the buffer, then the sealed header and trailer) and its blob entries. */
-  finish(encryptionKey: Uint8Array): { key: string; parts: Uint8Array[]; size: number; entries: BlobEntry[] } {
+  /**
+   * The pack file's parts (runs of the buffer, then the sealed header and trailer) and its blob
+   * entries. Call once the pack is complete: small blobs are moved within the buffer.
+   */
+  finish(encryptionKey: Uint8Array): { key: string; parts: Uint8Array[]; size: number; entries: BlobEntryList } {
     const parts: Uint8Array[] = [];
-    const entries: BlobEntry[] = [];
+    const entries = new BlobEntryList(this.committedCount);
+    const bytes = this.buffer.bytes;
+    let runStart = 0;
+    let runEnd = 0;
     let size = 0;
-    for (const b of this.blobs) {
-      if (b.state !== 'committed') continue;
-      entries.push({ ...b.entry, offset: size });
-      parts.push(b.bytes);
-      size += b.bytes.length;
+    for (let i = 0; i < this.slots.length; i++) {
+      if (this.states[i] !== committed) continue;
+      const e = this.slots.at(i);
+      let at = e.offset;
+      if (at !== runEnd && e.storedLength <= moveLimit) {
+        // Buffer.copy is a memmove: the regions may overlap.
+        bytes.copy(bytes, runEnd, at, at + e.storedLength);
+        at = runEnd;
+      }
+      if (at !== runEnd) {
+        if (runEnd > runStart) parts.push(this.buffer.view.subarray(runStart, runEnd));
+        runStart = at;
+      }
+      runEnd = at + e.storedLength;
+      entries.push(e.id, e.type, e.flags, size, e.storedLength, e.rawLength);
+      size += e.storedLength;
     }
+    if (runEnd > runStart) parts.push(this.buffer.view.subarray(runStart, runEnd));
+    this.slots = new BlobEntryList(0);
     const w = new BinaryWriter(1 + 4 + entries.length * headerEntrySize).u8(packHeaderVersion).u32(entries.length);
     for (const e of entries) w.u8(e.type).u8(e.flags).u32(e.storedLength).u32(e.rawLength).id(e.id);
     const sealed = seal(encryptionKey, w.finish(), headerAad(this.id));
