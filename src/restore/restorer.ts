@@ -582,6 +582,7 @@ async function readAndOpen(
       at += ref.loc.rawLength;
       return request;
     });
+    await src.repo.attachDeltaBases(requests, src.view);
     const opened = await executor.open(sealed.buffer, requests);
     pools.reads.release(sealed);
     sealed = undefined;

@@ -12,6 +12,11 @@ import type { BoundaryFinder } from './fastcdc.js';
  * an element and its byte planes line up; between large tensors, a cut is moved back to the last
  * tensor start after the first half of the minimum chunk size, so chunks there hold whole small
  * tensors. Without a layout the file is one segment: plain CDC.
+ * With `fixedFloatChunk` (repositories with delta blobs), a large float tensor is cut at fixed
+ * distances from its start instead: CDC cuts follow the content, so a tensor whose every weight
+ * moved a little would be cut elsewhere in each version, and no chunk would find the same range in
+ * the previous version to be a delta against (backup/delta-bases.ts). Tensor bytes never shift
+ * inside a tensor, so fixed cuts deduplicate an unchanged or moved tensor as CDC does.
  */
 
 /** Float element size of a dtype: what the byte-plane transform works on (0: not a float of ≥ 2 bytes). */
@@ -54,7 +59,9 @@ export class TensorSegments {
 
   constructor(
     layout: FileLayout | null,
-    private readonly minSize: number,
+    readonly minSize: number,
+    /** Cut large float tensors every this many bytes (a multiple of 8); undefined: by CDC. */
+    readonly fixedFloatChunk?: number,
   ) {
     this.extents = layout?.extents ?? [];
     this.large = this.extents.filter((e) => e.length >= minSize);
@@ -145,6 +152,15 @@ export function cutSegments(
     const segment = segments.segmentAt(base + start);
     const segmentEnd = segment.end - base;
     const limit = Math.min(end, segmentEnd);
+    if (segment.inTensor && segment.elementSize > 0 && segments.fixedFloatChunk) {
+      // Chunks of a tensor start at its start and follow each other: each is `size` from the last.
+      const length = fixedCut(segments.fixedFloatChunk, segments.minSize, start, segmentEnd);
+      // The chunk's end is not read yet: the next slot starts with it.
+      if (start + length > end) break;
+      spans.push(start, length);
+      start += length;
+      continue;
+    }
     let length = finder.cut(data, start, limit);
     // A cut at the end of the bytes read may only mean that the boundary lies beyond them.
     if (!eof && limit === end && segmentEnd > end && length === end - start && length < maxSize) break;
@@ -161,4 +177,14 @@ export function cutSegments(
     start += length;
   }
   return start;
+}
+
+/**
+ * The next fixed cut of a float tensor ending at `tensorEnd`: `size` bytes on from `start` (each
+ * chunk of the tensor starts a multiple of `size` from its start), or to the tensor's end when
+ * less than `minSize` would be left after the cut (a short tail joins the chunk before it).
+ */
+function fixedCut(size: number, minSize: number, start: number, tensorEnd: number): number {
+  const rest = tensorEnd - start;
+  return rest - size < minSize ? rest : size;
 }

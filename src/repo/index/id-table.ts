@@ -8,6 +8,8 @@ export interface BlobLocation {
   rawLength: number;
   type: number;
   flags: number;
+  /** A delta blob's base (BlobFlag.delta): the blob it must be opened with. */
+  base?: Uint8Array;
 }
 
 const maxLoad = 0.7;
@@ -40,6 +42,8 @@ export class IdTable {
   /** Slot → entry number + 1; 0 is empty. */
   private slots: Uint32Array;
   private readonly blocks: EntryBlock[] = [];
+  /** Bases of delta blobs by entry number: few (one per large float chunk), so kept apart. */
+  private readonly bases = new Map<number, Uint8Array>();
 
   constructor(initialCapacity = 1024) {
     this.capacity = 1 << Math.ceil(Math.log2(Math.max(16, initialCapacity)));
@@ -81,6 +85,7 @@ export class IdTable {
     const b = this.blocks[entry >>> blockBits]!;
     const i = entry & blockMask;
     const tf = b.typeFlags[i]!;
+    const base = this.bases.get(entry);
     return {
       packIndex: b.packIndex[i]!,
       offset: b.offset[i]!,
@@ -88,6 +93,7 @@ export class IdTable {
       rawLength: b.rawLength[i]!,
       type: tf >> 8,
       flags: tf & 0xff,
+      ...(base ? { base } : {}),
     };
   }
 
@@ -106,6 +112,7 @@ export class IdTable {
     b.storedLength[i] = loc.storedLength;
     b.rawLength[i] = loc.rawLength;
     b.typeFlags[i] = (loc.type << 8) | loc.flags;
+    if (loc.base) this.bases.set(entry, Uint8Array.from(loc.base));
     this.slots[slot] = entry + 1;
     this.count++;
     return true;

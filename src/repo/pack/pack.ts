@@ -1,12 +1,13 @@
 import { DecryptError, aadLabel, open, seal } from '../../crypto/aead.js';
 import type { PooledBuffer } from '../../util/buffer-pool.js';
 import { BinaryReader, BinaryWriter, FormatError } from '../binary.js';
-import { type BlobEntry, isBlobType } from '../blob.js';
+import { type BlobEntry, BlobFlag, entryBase, isBlobType } from '../blob.js';
 import { idLength, idToHex, randomId } from '../ids.js';
 
 /**
  * Pack file: blob₁ ‖ … ‖ blobₙ ‖ seal(header) ‖ u32le(len(seal(header)))
- * header = u8 version ‖ u32le n ‖ n × (u8 type ‖ u8 flags ‖ u32le storedLength ‖ u32le rawLength ‖ id[32])
+ * header = u8 version ‖ u32le n ‖ n × (u8 type ‖ u8 flags ‖ u32le storedLength ‖ u32le rawLength ‖ id[32]
+ *          ‖ baseId[32] only when flags has the delta bit)
  * Blob offsets follow from the order and stored lengths. The header is sealed with
  * AAD "tender:pack-header" ‖ packId, so a pack can be indexed from its own bytes alone.
  */
@@ -102,8 +103,14 @@ export class PackBuilder {
       parts.push(b.bytes);
       size += b.bytes.length;
     }
-    const w = new BinaryWriter(1 + 4 + entries.length * headerEntrySize).u8(packHeaderVersion).u32(entries.length);
-    for (const e of entries) w.u8(e.type).u8(e.flags).u32(e.storedLength).u32(e.rawLength).id(e.id);
+    let headerSize = 1 + 4 + entries.length * headerEntrySize;
+    for (const e of entries) if (e.base) headerSize += idLength;
+    const w = new BinaryWriter(headerSize).u8(packHeaderVersion).u32(entries.length);
+    for (const e of entries) {
+      w.u8(e.type).u8(e.flags).u32(e.storedLength).u32(e.rawLength).id(e.id);
+      const base = entryBase(e, 'pack header entry');
+      if (base) w.id(base);
+    }
     const sealed = seal(encryptionKey, w.finish(), headerAad(this.id));
     const trailer = Buffer.alloc(trailerSize);
     trailer.writeUInt32LE(sealed.length);
@@ -149,7 +156,9 @@ export function decodePackHeader(encryptionKey: Uint8Array, packId: Uint8Array, 
     const rawLength = r.u32('raw length');
     const id = Buffer.from(r.id('blob id'));
     if (!isBlobType(type)) throw new FormatError(`unknown blob type ${type}`);
-    entries.push({ id, type, flags, offset, storedLength, rawLength });
+    const entry: BlobEntry = { id, type, flags, offset, storedLength, rawLength };
+    if (flags & BlobFlag.delta) entry.base = Buffer.from(r.id('base id'));
+    entries.push(entry);
     offset += storedLength;
   }
   r.end('pack header');
