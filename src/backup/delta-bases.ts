@@ -1,4 +1,5 @@
 import { BlobFlag, BlobType } from '../repo/blob.js';
+import type { ChunkerParams } from '../repo/chunker-params.js';
 import { hexToId } from '../repo/ids.js';
 import type { Repository } from '../repo/repository.js';
 import type { TreeNode } from '../repo/snapshot/tree.js';
@@ -17,9 +18,17 @@ type FileContent = Pick<TreeNode, 'content' | 'contentLists'>;
 export class DeltaBaseFinder {
   constructor(private readonly repo: Repository) {}
 
-  /** Whether the repository stores delta blobs (then float tensors are cut at fixed offsets). */
+  /** Whether the repository stores delta blobs. */
   get enabled(): boolean {
     return this.repo.codecTransforms.delta === true;
+  }
+
+  /**
+   * Where deltas are stored, checkpoint files are cut along their layout (TensorSegments'
+   * fixedFloatChunk): every avgSize bytes, where a chunk of avgSize + minSize stays under maxSize.
+   */
+  fixedCutSize(params: ChunkerParams): number | undefined {
+    return this.enabled && params.avgSize + params.minSize <= params.maxSize ? params.avgSize : undefined;
   }
 
   /** The parent version's chunks by offset, or undefined where no base can be had. */

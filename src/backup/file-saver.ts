@@ -236,7 +236,7 @@ export class FileSaver {
       throw err;
     });
     // Delta blobs need a tensor's chunks at the same offsets in every version (tensor-cuts.ts).
-    const segments = new TensorSegments(layout, this.params.minSize, this.deltaBases?.enabled ? this.params.avgSize : undefined);
+    const segments = new TensorSegments(layout, this.params.minSize, this.deltaBases?.fixedCutSize(this.params));
     const bases = layout && this.deltaBases ? await this.deltaBases.forFile(options.parent).catch(() => undefined) : undefined;
     const layoutName = layout?.kind ?? 'none';
     const content = new ContentBuilder(this.repo);
