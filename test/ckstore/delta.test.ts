@@ -9,6 +9,7 @@ import { describe, expect, it } from 'vitest';
 import { sealOverhead } from '../../src/crypto/aead.js';
 import { sealInto } from '../../src/crypto/seal-into.js';
 import { BlobFlag, BlobType } from '../../src/repo/blob.js';
+import { IdTable } from '../../src/repo/index/id-table.js';
 import { decodeIndex, encodeIndex } from '../../src/repo/index/index-file.js';
 import { IndexView } from '../../src/repo/index/index-view.js';
 import { PackBuilder, decodePackHeader } from '../../src/repo/pack/pack.js';
@@ -151,6 +152,31 @@ describe('XOR-delta blobs', () => {
     // A delta flag without planes, and no base at all.
     expect(open(sealed, baseRef, BlobFlag.delta)).toThrow(/flags 4 that no tender writes/);
     expect(open(sealed, undefined)).toThrow(/opened without its base/);
+  });
+
+  it('the in-memory index keeps the base of each delta entry across entry blocks', () => {
+    const table = new IdTable();
+    const ids = Array.from({ length: 140_000 }, (_, i) => {
+      const id = Buffer.alloc(32);
+      id.writeUInt32LE(Math.imul(i, 2654435761) >>> 0, 0);
+      id.writeUInt32LE(i, 4);
+      return id;
+    });
+    const baseOf = (i: number) => (i % 3 === 0 ? ids[(i + 1) % ids.length] : undefined);
+    ids.forEach((id, i) => {
+      const base = baseOf(i);
+      table.add(id, { packIndex: i, offset: 0, storedLength: 1, rawLength: 2, type: BlobType.data, flags: base ? BlobFlag.delta | BlobFlag.planes : 0, ...(base ? { base } : {}) });
+    });
+    for (const i of [0, 1, 3, 65_535, 65_536, 65_538, 139_998]) {
+      const loc = table.get(ids[i]!)!;
+      expect(loc.packIndex).toBe(i);
+      const base = baseOf(i);
+      if (base) expect(Buffer.from(loc.base!).equals(base), `entry ${i}`).toBe(true);
+      else expect(loc.base, `entry ${i}`).toBeUndefined();
+    }
+    let withBase = 0;
+    table.forEach((_id, loc) => (withBase += loc.base ? 1 : 0));
+    expect(withBase).toBe(Math.ceil(140_000 / 3));
   });
 
   it('index files and pack headers carry the base of a delta entry, and only of one', () => {
