@@ -33,7 +33,11 @@ import { RepositoryWriter, type WriterOptions } from './writer.js';
 const metadataCacheBytes = 16 * 1024 * 1024;
 /** Size of the buffers tree and list packs fill (at most the repository's pack size). */
 const metadataPackSize = 4 * 1024 * 1024;
-/** Sealed delta bases read at once (backup and restore), each into a buffer of the largest chunk. */
+/**
+ * Sealed delta bases read at once (backup and restore). A buffer holds a chunk of layout cuts
+ * (at most avgSize + minSize, docs/design.md "Layout cuts"); a larger base (a CDC-cut chunk) is
+ * read into a buffer of its own.
+ */
 const deltaBaseReads = 4;
 
 export interface InitOptions {
@@ -115,7 +119,8 @@ export class Repository {
     this.dataPackBuffers = new BufferPool(config.packSize, storage.concurrentPuts);
     // Per writer: open tree and list packs; plus one uploading.
     this.metadataPackBuffers = new BufferPool(Math.min(config.packSize, metadataPackSize), 1);
-    this.deltaBaseBuffers = new BufferPool(config.chunker.maxSize + sealOverhead, deltaBaseReads);
+    const { minSize, avgSize, maxSize } = config.chunker;
+    this.deltaBaseBuffers = new BufferPool(Math.min(maxSize, avgSize + minSize) + sealOverhead, deltaBaseReads);
   }
 
   static async init(storage: Storage, password: string, options: InitOptions & OpenOptions = {}): Promise<Repository> {
