@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Reproducible, checkpoint-shaped benchmark data (see bench/README.md).
 //
-//   node bench/dataset.mjs [--scale S] [--versions N] [--seed X] [--dir DIR]
+//   node bench/dataset.mjs [--scale S] [--versions N] [--drift D] [--seed X] [--dir DIR]
 //   node bench/dataset.mjs --small-files N [--seed X] [--dir DIR]
 //
 // --scale S: one version is about S GiB (default 1). Versions are generated into
@@ -9,10 +9,14 @@
 // the path of each version is printed. Generation writes a finished version under a temporary name
 // and renames it, so an interrupted run never leaves a half version that looks complete.
 //
+// --drift D: how far a trained tensor moves from one version to the next, as a trainer moves it
+// (default 0.005, a fine-tuning run; see "Changed tensors" below and bench/README.md).
+//
 // Each version holds:
 //   full/model.pt, full/optim.pt        torch.save archives (ckpt-formats.mjs): fp32 ~N(0, 0.02)
-//                                       weights, Adam moments; all new each version
-//   export/model-bf16.safetensors       a bf16 export of fp32 weights (safetensors); new each version
+//                                       weights, Adam moments; all change each version
+//   export/model-bf16.safetensors       a bf16 export of fp32 weights (safetensors): the top 16 bits
+//                                       of this version's weights
 //   frozen/model.safetensors            bf16 safetensors; the backbone (~75% of the bytes) is the same
 //                                       in every version, adapters and the head change
 //   dcp/__0_0.distcp, dcp/__1_0.distcp  a two-rank torch.distributed.checkpoint (each tensor a
@@ -27,6 +31,17 @@
 // byte-identical wherever it lands. Float tensors are shaped from the keystream in place: sign and
 // mantissa random, exponent drawn from the exponent distribution of the target normal law, which is
 // what makes real fp32/bf16 checkpoints compress by ~10% / ~30% with zstd.
+//
+// Changed tensors evolve from their previous version as training evolves them, version by version
+// from version 1 (each step has its own keystream, so version v is the same whoever generates it):
+//   weights      w_v = w_{v-1} + D·0.02·N(0,1)       (a random walk: each weight moves by about D
+//                                                    times the weights' scale per version)
+//   exp_avg      m_v = a·m_{v-1} + √(1−a²)·fresh     a = β1^K, β1 = 0.9
+//   exp_avg_sq   s_v = b·s_{v-1} + (1−b)·fresh²      b = β2^K, β2 = 0.999
+// with K = 100 optimizer steps between checkpoints: Adam's first moment is then all new (a ≈ 3e-5),
+// the second keeps ~90% of its previous value. bf16 tensors (the export, adapters, the head) are the
+// top 16 bits of such fp32 values. N(0,1) comes from a 64Ki-entry quantile table indexed by
+// keystream bits, so generation stays a few passes over memory per step.
 import { createCipheriv, createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -38,7 +53,13 @@ const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 const BLOCK = 16 * MiB;
 /** Bumped whenever the generator's output changes, so old caches are not reused. */
-const GENERATOR_VERSION = 4;
+const GENERATOR_VERSION = 5;
+export const DEFAULT_DRIFT = 0.005;
+/** Optimizer steps between two checkpoints, and Adam's betas (the moments' EMAs over them). */
+const STEPS_PER_VERSION = 100;
+const ADAM_M_KEEP = 0.9 ** STEPS_PER_VERSION;
+const ADAM_SQ_KEEP = 0.999 ** STEPS_PER_VERSION;
+const WEIGHT_SCALE = 0.02;
 export const DEFAULT_DATA_DIR = path.join(path.dirname(fileURLToPath(import.meta.url)), '.data');
 
 // ---------------------------------------------------------------- random streams
@@ -151,6 +172,59 @@ function shape(buf, dtype, kind) {
   }
 }
 
+/** The block evolvingFloats computes in (its callers copy what they keep). */
+const EVOLVING = new Float32Array(BLOCK / 4);
+
+/** N(0,1) at the 65536 quantiles (i + 0.5) / 65536: a standard normal from 16 random bits. */
+const NORMAL = Float32Array.from({ length: 65536 }, (_, i) => normInv((i + 0.5) / 65536));
+
+/**
+ * `n` bytes (a multiple of 4) of fp32 values of `kind` at `version`, evolved from version 1 as
+ * "Changed tensors" above says, BLOCK by BLOCK; `write` gets each block (reused: copy to keep).
+ */
+function evolvingFloats(seed, label, version, kind, drift, n, write) {
+  const first = new Stream(seed, `${label}:v1`);
+  const steps = [];
+  for (let s = 2; s <= version; s++) steps.push(new Stream(seed, `${label}:step${s}`));
+  for (let left = n; left > 0; ) {
+    const k = Math.min(left, BLOCK);
+    const count = k / 4;
+    const x = EVOLVING.subarray(0, count);
+    const b = first.next(k);
+    shape(b, 'F32', kind);
+    x.set(new Float32Array(b.buffer, b.byteOffset, count));
+    for (const stream of steps) {
+      if (kind === 'weight') {
+        // Two bytes per element: one normal deviate each.
+        const bits = stream.next(2 * count);
+        const noise = new Uint16Array(bits.buffer, bits.byteOffset, count);
+        const step = drift * WEIGHT_SCALE;
+        for (let i = 0; i < count; i++) x[i] += step * NORMAL[noise[i]];
+      } else {
+        const fresh = stream.next(k);
+        shape(fresh, 'F32', kind);
+        const f = new Float32Array(fresh.buffer, fresh.byteOffset, count);
+        if (kind === 'adam_m') {
+          const mix = Math.sqrt(1 - ADAM_M_KEEP * ADAM_M_KEEP);
+          for (let i = 0; i < count; i++) x[i] = ADAM_M_KEEP * x[i] + mix * f[i];
+        } else {
+          for (let i = 0; i < count; i++) x[i] = ADAM_SQ_KEEP * x[i] + (1 - ADAM_SQ_KEEP) * f[i];
+        }
+      }
+    }
+    write(Buffer.from(EVOLVING.buffer, 0, k));
+    left -= k;
+  }
+}
+
+/** bf16 of fp32 bytes: the top 16 bits of each value, into a new buffer. */
+function topHalves(fp32) {
+  const words = new Uint16Array(fp32.buffer, fp32.byteOffset, fp32.length / 2);
+  const bf16 = new Uint16Array(fp32.length / 4);
+  for (let i = 0; i < bf16.length; i++) bf16[i] = words[2 * i + 1];
+  return Buffer.from(bf16.buffer);
+}
+
 // ---------------------------------------------------------------- file writing
 
 /** Buffered writer: collects small pieces, writes 16 MiB at a time. */
@@ -182,6 +256,11 @@ class Writer {
       write(b);
       left -= k;
     }
+  }
+  /** Write a tensor that evolves between versions (evolvingFloats), as F32 or BF16. */
+  evolving(seed, label, version, dtype, kind, drift, n, write = (b) => this.write(b)) {
+    if (dtype === 'F32') evolvingFloats(seed, label, version, kind, drift, n, write);
+    else evolvingFloats(seed, label, version, kind, drift, 2 * n, (fp32) => write(topHalves(fp32)));
   }
   /** Overwrites bytes already written at file offset `offset` (a header field known only after its data). */
   patch(offset, bytes) {
@@ -230,31 +309,31 @@ const numel = (shape) => shape.reduce((a, b) => a * b, 1);
  * A torch.save of a state dict of fp32 tensors (an OrderedDict name → tensor, as model.state_dict()
  * pickles), each tensor's storage an entry of its own.
  */
-function writeTorchFile(file, seed, version, tensors, kindOf) {
+function writeTorchFile(file, seed, version, drift, tensors, kindOf) {
   const w = new Writer(file);
   const pickler = new Pickler();
   pickler.value(orderedDict(tensors.map((t, i) => [t.name, tensorRef(i, 'F32', t.shape)])));
   const storages = tensors.map((t, i) => ({ key: String(i), bytes: tensorBytes('F32', t.shape), tensor: t }));
   const label = file.split(path.sep).slice(-2).join('/');
-  writeTorchArchive(w, pickler.bytes(), storages, (s, write) => w.tensor(seed, `${label}:${s.tensor.name}:v${version}`, 'F32', kindOf(s.tensor), s.bytes, write));
+  writeTorchArchive(w, pickler.bytes(), storages, (s, write) => w.evolving(seed, `${label}:${s.tensor.name}`, version, 'F32', kindOf(s.tensor), drift, s.bytes, write));
   w.close();
 }
 
 // ---------------------------------------------------------------- the four parts
 
-function writeFull(dir, seed, version, bytes) {
+function writeFull(dir, seed, version, drift, bytes) {
   fs.mkdirSync(path.join(dir, 'full'), { recursive: true });
   const { tensors } = transformer(bytes / 3, 4, 'model.');
-  writeTorchFile(path.join(dir, 'full', 'model.pt'), seed, version, tensors, () => 'weight');
+  writeTorchFile(path.join(dir, 'full', 'model.pt'), seed, version, drift, tensors, () => 'weight');
   const optim = [];
   for (const t of tensors) {
     optim.push({ name: `state.${t.name}.exp_avg`, shape: t.shape, kind: 'adam_m' });
     optim.push({ name: `state.${t.name}.exp_avg_sq`, shape: t.shape, kind: 'adam_sq' });
   }
-  writeTorchFile(path.join(dir, 'full', 'optim.pt'), seed, version, optim, (t) => t.kind);
+  writeTorchFile(path.join(dir, 'full', 'optim.pt'), seed, version, drift, optim, (t) => t.kind);
 }
 
-function writeFrozen(dir, seed, version, bytes) {
+function writeFrozen(dir, seed, version, drift, bytes) {
   fs.mkdirSync(path.join(dir, 'frozen'), { recursive: true });
   // ~75% backbone (frozen), ~5% adapters interleaved with it, ~20% head at the end.
   const { d, layers, tensors: backbone } = transformer(bytes * 0.75, 2, 'backbone.');
@@ -269,7 +348,9 @@ function writeFrozen(dir, seed, version, bytes) {
   tensors.push({ name: 'head.out.weight', shape: [headRows, d], frozen: false });
   tensors.push({ name: 'head.norm.weight', shape: [d], frozen: false });
   writeBf16Safetensors(path.join(dir, 'frozen', 'model.safetensors'), tensors, (w, t) =>
-    w.tensor(seed, `frozen:${t.name}:v${t.frozen ? 0 : version}`, 'BF16', 'weight', numel(t.shape) * 2),
+    t.frozen
+      ? w.tensor(seed, `frozen:${t.name}:v0`, 'BF16', 'weight', numel(t.shape) * 2)
+      : w.evolving(seed, `frozen:${t.name}`, version, 'BF16', 'weight', drift, numel(t.shape) * 2),
   );
 }
 
@@ -294,20 +375,16 @@ function writeBf16Safetensors(file, tensors, data) {
   w.close();
 }
 
-/** A bf16 export of this version's fp32 weights: each value's top 16 bits, every tensor new each version. */
-function writeExport(dir, seed, version, bytes) {
+/** A bf16 export of this version's fp32 weights: each value's top 16 bits. */
+function writeExport(dir, seed, version, drift, bytes) {
   fs.mkdirSync(path.join(dir, 'export'), { recursive: true });
   const { tensors } = transformer(bytes, 2, 'model.');
   writeBf16Safetensors(path.join(dir, 'export', 'model-bf16.safetensors'), tensors, (w, t) =>
-    w.tensor(seed, `export:${t.name}:v${version}`, 'F32', 'weight', numel(t.shape) * 4, (fp32) => {
-      const bf16 = Buffer.allocUnsafe(fp32.length / 2);
-      for (let i = 0; i < bf16.length; i += 2) bf16.writeUInt16LE(fp32.readUInt16LE(2 * i + 2), i);
-      w.write(bf16);
-    }),
+    w.evolving(seed, `export:${t.name}`, version, 'BF16', 'weight', drift, numel(t.shape) * 2),
   );
 }
 
-function writeDcp(dir, seed, version, bytes) {
+function writeDcp(dir, seed, version, drift, bytes) {
   fs.mkdirSync(path.join(dir, 'dcp'), { recursive: true });
   // Each rank holds half of the model and its Adam state; ~15% of it (embeddings, frozen layers)
   // does not change between versions.
@@ -327,7 +404,9 @@ function writeDcp(dir, seed, version, bytes) {
         const pickler = new Pickler();
         pickler.value(tensorRef(0, 'F32', t.shape));
         const storage = { key: '0', bytes: tensorBytes('F32', t.shape) };
-        writeTorchArchive(w, pickler.bytes(), [storage], (s, write) => w.tensor(seed, `dcp:${fqn}:v${frozen ? 0 : version}`, 'F32', kind, s.bytes, write));
+        writeTorchArchive(w, pickler.bytes(), [storage], (s, write) =>
+          frozen ? w.tensor(seed, `dcp:${fqn}:v0`, 'F32', kind, s.bytes, write) : w.evolving(seed, `dcp:${fqn}`, version, 'F32', kind, drift, s.bytes, write),
+        );
         items.push({ fqn, dtype: 'F32', shape: t.shape, relativePath, offset, length: w.size - offset });
       }
     }
@@ -412,10 +491,11 @@ function paramsKey(p) {
  * Generate (or reuse) versions 1..versions of the checkpoint series at `scale` GiB per version.
  * Returns { root, versions: [dir of v1, …], bytes: [logical bytes of each], files: [file count of each] }.
  */
-export function checkpointSeries({ scale = 1, versions = 4, seed = 'tender-bench', dataDir = DEFAULT_DATA_DIR, log = () => {} } = {}) {
-  const root = path.join(dataDir, `ckpt-${paramsKey({ kind: 'ckpt', scale, seed })}`);
+export function checkpointSeries({ scale = 1, versions = 4, drift = DEFAULT_DRIFT, seed = 'tender-bench', dataDir = DEFAULT_DATA_DIR, log = () => {} } = {}) {
+  if (!(drift > 0)) throw new Error(`--drift must be a positive number, not ${drift}`);
+  const root = path.join(dataDir, `ckpt-${paramsKey({ kind: 'ckpt', scale, seed, drift })}`);
   fs.mkdirSync(root, { recursive: true });
-  fs.writeFileSync(path.join(root, 'params.json'), JSON.stringify({ generator: GENERATOR_VERSION, scale, seed }) + '\n');
+  fs.writeFileSync(path.join(root, 'params.json'), JSON.stringify({ generator: GENERATOR_VERSION, scale, seed, drift }) + '\n');
   const bytes = scale * GiB;
   const dirs = [];
   for (let v = 1; v <= versions; v++) {
@@ -424,10 +504,10 @@ export function checkpointSeries({ scale = 1, versions = 4, seed = 'tender-bench
       const tmp = path.join(root, `.tmp-v${v}-${process.pid}`);
       fs.rmSync(tmp, { recursive: true, force: true });
       const t0 = performance.now();
-      writeFull(tmp, seed, v, bytes * 0.40);
-      writeExport(tmp, seed, v, bytes * 0.08);
-      writeFrozen(tmp, seed, v, bytes * 0.25);
-      writeDcp(tmp, seed, v, bytes * 0.25);
+      writeFull(tmp, seed, v, drift, bytes * 0.40);
+      writeExport(tmp, seed, v, drift, bytes * 0.08);
+      writeFrozen(tmp, seed, v, drift, bytes * 0.25);
+      writeDcp(tmp, seed, v, drift, bytes * 0.25);
       writeMisc(tmp, seed, v, v > 1 ? path.join(root, `v${v - 1}`) : undefined);
       fs.renameSync(tmp, dir);
       const s = treeStats(dir);
@@ -492,6 +572,7 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
     options: {
       scale: { type: 'string', default: '1' },
       versions: { type: 'string', default: '4' },
+      drift: { type: 'string', default: String(DEFAULT_DRIFT) },
       seed: { type: 'string', default: 'tender-bench' },
       dir: { type: 'string', default: DEFAULT_DATA_DIR },
       'small-files': { type: 'string' },
@@ -502,7 +583,7 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
     const r = smallFiles({ count: Number(o['small-files'] || 1_000_000), seed: o.seed, dataDir: o.dir, log });
     console.log(`${r.dir}\t${r.files} files\t${r.bytes} bytes`);
   } else {
-    const r = checkpointSeries({ scale: Number(o.scale), versions: Number(o.versions), seed: o.seed, dataDir: o.dir, log });
+    const r = checkpointSeries({ scale: Number(o.scale), versions: Number(o.versions), drift: Number(o.drift), seed: o.seed, dataDir: o.dir, log });
     r.versions.forEach((d, i) => console.log(`${d}\t${r.files[i]} files\t${r.bytes[i]} bytes`));
   }
 }

@@ -2,7 +2,7 @@
 // Side-by-side backup/restore benchmark of tender, restic and kopia on checkpoint-shaped data
 // (see bench/README.md).
 //
-//   node bench/run.mjs [--scale 1] [--versions 4] [--backend local|minio|both] [--tools tender,restic,kopia]
+//   node bench/run.mjs [--scale 1] [--versions 4] [--drift 0.005] [--backend local|minio|both] [--tools tender,restic,kopia]
 //                      [--small-files N] [--small-files-only] [--keep] [--timeout-min 60] [--seed S]
 //
 // For each backend and tool: init; back up versions 1..N in turn through one path (work/, whose
@@ -17,7 +17,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { checkpointSeries, smallFiles, DEFAULT_DATA_DIR } from './dataset.mjs';
+import { checkpointSeries, smallFiles, DEFAULT_DATA_DIR, DEFAULT_DRIFT } from './dataset.mjs';
 import { TOOLS, createBucket, kopiaBinary, makeTool, measure, toolVersions } from './tools.mjs';
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url));
@@ -28,6 +28,7 @@ const { values: o } = parseArgs({
   options: {
     scale: { type: 'string', default: '1' },
     versions: { type: 'string', default: '4' },
+    drift: { type: 'string', default: String(DEFAULT_DRIFT) },
     backend: { type: 'string', default: 'both' },
     tools: { type: 'string', default: TOOLS.join(',') },
     'small-files': { type: 'string' },
@@ -284,12 +285,13 @@ function tenderProfile(all) {
       for (const s of Object.keys(stages)) stages[s] += (t.stageMs[s] ?? 0) / 1000;
       for (const k of t.kinds) {
         const key = `${k.layout} ${k.dtype}`;
-        const sum = kinds.get(key) ?? { in: 0, dedup: 0, planes: [0, 0], zstd: [0, 0], raw: [0, 0] };
+        const sum = kinds.get(key) ?? { in: 0, dedup: 0, delta: [0, 0], planes: [0, 0], zstd: [0, 0], raw: [0, 0] };
         sum.in += k.bytesIn;
         sum.dedup += k.bytesDeduplicated;
-        for (const name of ['planes', 'zstd', 'raw']) {
-          sum[name][0] += k.transforms[name].bytes;
-          sum[name][1] += k.transforms[name].stored;
+        for (const name of ['delta', 'planes', 'zstd', 'raw']) {
+          // A tender from before delta blobs has no figures for them.
+          sum[name][0] += k.transforms[name]?.bytes ?? 0;
+          sum[name][1] += k.transforms[name]?.stored ?? 0;
         }
         kinds.set(key, sum);
       }
@@ -298,12 +300,14 @@ function tenderProfile(all) {
     const m = (n) => (n / MiB).toFixed(0);
     lines.push(`${r.tool} (${r.backend}), versions 1..N: per layout and dtype (MiB; "saved" = plaintext − stored of the blobs that transform stored)`);
     lines.push('');
-    lines.push('| layout dtype | read | dedup | planes in → stored | zstd in → stored | raw | stored/new |');
-    lines.push('|---|--:|--:|--:|--:|--:|--:|');
+    lines.push('| layout dtype | read | dedup | delta in → stored | planes in → stored | zstd in → stored | raw | stored/new |');
+    lines.push('|---|--:|--:|--:|--:|--:|--:|--:|');
     for (const [key, s] of [...kinds].sort()) {
-      const newBytes = s.planes[0] + s.zstd[0] + s.raw[0];
-      const stored = s.planes[1] + s.zstd[1] + s.raw[1];
-      lines.push(`| ${key} | ${m(s.in)} | ${m(s.dedup)} | ${m(s.planes[0])} → ${m(s.planes[1])} | ${m(s.zstd[0])} → ${m(s.zstd[1])} | ${m(s.raw[0])} | ${newBytes ? (stored / newBytes).toFixed(3) : '–'} |`);
+      const newBytes = s.delta[0] + s.planes[0] + s.zstd[0] + s.raw[0];
+      const stored = s.delta[1] + s.planes[1] + s.zstd[1] + s.raw[1];
+      lines.push(
+        `| ${key} | ${m(s.in)} | ${m(s.dedup)} | ${m(s.delta[0])} → ${m(s.delta[1])} | ${m(s.planes[0])} → ${m(s.planes[1])} | ${m(s.zstd[0])} → ${m(s.zstd[1])} | ${m(s.raw[0])} | ${newBytes ? (stored / newBytes).toFixed(3) : '–'} |`,
+      );
     }
     lines.push('');
     const f = (x) => x.toFixed(1);
@@ -337,8 +341,8 @@ say(`tools: ${JSON.stringify(env.versions)}; load average ${env.loadavgAtStart.j
 
 let data;
 if (!o['small-files-only']) {
-  say(`dataset: ${nVersions} versions at scale ${scale} (≈${(scale * 1024).toFixed(0)} MiB each)`);
-  data = checkpointSeries({ scale, versions: nVersions, seed: o.seed, dataDir: o['data-dir'], log: say });
+  say(`dataset: ${nVersions} versions at scale ${scale} (≈${(scale * 1024).toFixed(0)} MiB each), drift ${o.drift}`);
+  data = checkpointSeries({ scale, versions: nVersions, drift: Number(o.drift), seed: o.seed, dataDir: o['data-dir'], log: say });
 }
 let small;
 if (smallCount > 0) {

@@ -218,18 +218,18 @@ describe('opening a repository', () => {
     expectRepoUnchanged(before, await hashFiles(repo));
   });
 
-  it('a repository of a newer format (version 3): exit 1, says which versions', async () => {
+  it('a repository of a newer format (version 4): exit 1, says which versions', async () => {
     const repo = await copyRepo();
     const file = path.join(repo, 'config');
     const envelope = JSON.parse(await readFile(file, 'utf8')) as { version: number };
-    envelope.version = 3;
+    envelope.version = 4;
     await writeFile(file, JSON.stringify(envelope, null, 2) + '\n');
     const before = await hashFiles(repo);
     // A wrong password must not be what is reported: the version is checked first.
     const { message, hint } = await fails(['--repo', repo, 'snapshots'], 1, { env: { TENDER_PASSWORD: 'whatever' } });
     expect(message).toContain(repo);
-    expect(message).toMatch(/format version 3/);
-    expect(message).toMatch(/up to version 2/);
+    expect(message).toMatch(/format version 4/);
+    expect(message).toMatch(/up to version 3/);
     expect(hint).toMatch(/upgrade/);
     await fails(['--repo', repo, 'backup', src], 1);
     expectRepoUnchanged(before, await hashFiles(repo));

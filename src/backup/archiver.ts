@@ -13,6 +13,7 @@ import { gearTable } from './chunk/fastcdc.js';
 import { createBoundaryFinder } from './chunk/native.js';
 import { CheckpointTracker, type IncompletePolicy, inspectFile, recheckFile } from './checkpoints.js';
 import { type ConsistentRead, defaultRereads, readConsistently } from './consistency.js';
+import { DeltaBaseFinder } from './delta-bases.js';
 import { FileSaver } from './file-saver.js';
 import { cacheNeutralReads, cachingReads } from './read-cache.js';
 import { type EntryStat, compareNames, lstatEntries, lstatPath, metadataNode, nodeType, readDirSorted, unchangedSince } from './walk.js';
@@ -238,6 +239,7 @@ async function runBackup(
     signal,
     hooks.beforeRead ? (bytes, s) => hooks.beforeRead!(bytes, s) : undefined,
     options.checkpoints === false ? undefined : inspectFile,
+    new DeltaBaseFinder(repo),
   );
   const checkpoints = options.checkpoints === false ? undefined : new CheckpointTracker(options.checkpoints?.incomplete ?? { mode: 'store' }, signal, ctx.now);
   const rereads = options.rereads ?? defaultRereads;
@@ -271,14 +273,14 @@ async function runBackup(
   };
 
   /** Reads and stores a changed file; false when it could not be read (reported, left out). */
-  const saveFile = async (filePath: string, node: TreeNode): Promise<boolean> => {
+  const saveFile = async (filePath: string, node: TreeNode, previous: TreeNode | undefined): Promise<boolean> => {
     const linkKey = node.links > 1 ? `${node.device}:${node.inode}` : undefined;
     let pending = linkKey ? hardlinks.get(linkKey) : undefined;
     if (!pending) {
       progress.currentFile = filePath;
       const size = node.size!;
       const walked = { size, mtimeNs: node.mtime, ctimeNs: node.ctime, ino: node.inode };
-      const read = () => readConsistently(saver, filePath, walked, rereads);
+      const read = () => readConsistently(saver, filePath, walked, rereads, previous?.type === 'file' ? previous : undefined);
       const hooked = hooks.aroundFile ? () => hooks.aroundFile!(filePath, size, read) : read;
       // Small files go to a shared batch; only large ones hold slots while they are read.
       pending = size <= params.minSize ? hooked() : readers(hooked);
@@ -359,7 +361,7 @@ async function runBackup(
     summary.totalBytes += node.size!;
     if (await reuseUnchanged(entryPath, node, previous)) return ready(stored(entryPath, node));
     await filesInFlight.acquire();
-    const saved = saveFile(entryPath, node).finally(() => filesInFlight.release());
+    const saved = saveFile(entryPath, node, previous).finally(() => filesInFlight.release());
     return { done: settle(saved.then((ok) => (ok ? stored(entryPath, node) : undefined))) };
   };
 

@@ -1,6 +1,6 @@
 import { systemErrorCode } from '../errors/errors.js';
 import type { TreeNode } from '../repo/snapshot/tree.js';
-import type { FileSaver, FileStamp, SavedFile } from './file-saver.js';
+import type { FileContent, FileSaver, FileStamp, SavedFile } from './file-saver.js';
 
 /**
  * Torn-read detection (borg's approach): the file's stamp is taken before its first read (the
@@ -36,16 +36,17 @@ export function describeChange(saved: SavedFile): string | undefined {
 /**
  * Reads a file until one read is clean, at most 1 + `rereads` times. The first read is checked
  * against the walk's lstat (`walked`: taken before the open, so the check covers more, and one
- * fstat per file is saved); a re-read against an fstat at its open.
+ * fstat per file is saved); a re-read against an fstat at its open. `parent`: the file's content
+ * in the parent snapshot (delta bases).
  */
-export async function readConsistently(saver: FileSaver, path: string, walked: FileStamp, rereads: number): Promise<ConsistentRead> {
-  let saved = await saver.save(path, walked.size, { before: walked });
+export async function readConsistently(saver: FileSaver, path: string, walked: FileStamp, rereads: number, parent?: FileContent): Promise<ConsistentRead> {
+  let saved = await saver.save(path, walked.size, { before: walked, ...(parent ? { parent } : {}) });
   let change = describeChange(saved);
   let attempts = 0;
   while (change !== undefined && attempts < rereads) {
     attempts++;
     try {
-      saved = await saver.save(path, saved.after.size, { reread: true });
+      saved = await saver.save(path, saved.after.size, { reread: true, ...(parent ? { parent } : {}) });
     } catch (err) {
       // Deleted (by a checkpoint rotation) after a read that saw it change: keep that read.
       if (systemErrorCode(err) !== 'ENOENT') throw err;

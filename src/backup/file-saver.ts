@@ -3,7 +3,7 @@ import { open } from 'node:fs/promises';
 import type { ChunkerParams } from '../repo/chunker-params.js';
 import type { BoundaryFinder } from './chunk/fastcdc.js';
 import type { BufferPool, PooledBuffer as Slot } from '../util/buffer-pool.js';
-import { BlobType, transformOf } from '../repo/blob.js';
+import { BlobFlag, BlobType, transformOf } from '../repo/blob.js';
 import { idToHex } from '../repo/ids.js';
 import type { RepositoryWriter } from '../repo/repository.js';
 import { inlineContentLimit, listBlobCapacity } from '../repo/snapshot/tree.js';
@@ -17,6 +17,7 @@ import { type FileHeaders, layoutOf, readFileHeaders } from '../checkpoint/layou
 import type { KindSummary } from '../repo/snapshot/snapshot.js';
 import { TensorSegments, cutSegments } from './chunk/tensor-cuts.js';
 import { TransformStats } from './transform-stats.js';
+import type { DeltaBaseFinder } from './delta-bases.js';
 
 /**
  * The file stage: read → chunk (this thread) → hash → dedup → compress+encrypt (workers) → pack.
@@ -69,6 +70,8 @@ export interface SaveOptions {
    * which is then not made. A change between the two shows as a change during the read.
    */
   before?: FileStamp;
+  /** The file's content in the parent snapshot: where delta bases come from (delta-bases.ts). */
+  parent?: FileContent;
 }
 
 /** A saved file: its content, the fd's stamps at open and after the last read, the bytes read. */
@@ -114,6 +117,7 @@ export class FileSaver {
     /** Paid before each read (BackupHooks.beforeRead); reads are then at most pacedReadBytes each. */
     private readonly beforeRead?: (bytes: number, signal: AbortSignal) => Promise<void>,
     private readonly inspect?: FileInspector,
+    private readonly deltaBases?: DeltaBaseFinder,
   ) {
     // Each filled slot must yield a chunk: the carried tail is < maxSize, so the slot must be larger.
     if (slots.bufferSize <= params.maxSize) throw new Error('slot size must exceed the maximum chunk size');
@@ -234,7 +238,9 @@ export class FileSaver {
       throw err;
     });
     const layout = layoutOf(headers);
-    const segments = new TensorSegments(layout, this.params.minSize);
+    // Delta blobs need a tensor's chunks at the same offsets in every version (tensor-cuts.ts).
+    const segments = new TensorSegments(layout, this.params.minSize, this.deltaBases?.fixedCutSize(this.params));
+    const bases = layout && this.deltaBases ? await this.deltaBases.forFile(options.parent).catch(() => undefined) : undefined;
     const layoutName = layout?.kind ?? 'none';
     const content = new ContentBuilder(this.repo);
     let chain: Promise<void> = Promise.resolve();
@@ -282,11 +288,13 @@ export class FileSaver {
         const chunks = spans.length / 2;
         const elementSizes = new Uint8Array(chunks);
         const kinds = new Array<KindSummary>(chunks);
+        const deltaBases: Array<Uint8Array | undefined> = [];
         for (let i = 0; i < chunks; i++) {
           const chunkStart = base + spans[2 * i]!;
           const kind = segments.describe(chunkStart, chunkStart + spans[2 * i + 1]!);
           elementSizes[i] = kind.elementSize;
           kinds[i] = this.stats.kind(layoutName, kind.dtype);
+          if (bases && kind.elementSize > 0) deltaBases[i] = bases.baseFor(chunkStart, spans[2 * i + 1]!);
         }
         this.stats.stageMs.chunk += performance.now() - cutStarted;
         const next = eof ? undefined : await this.slots.acquire();
@@ -295,7 +303,7 @@ export class FileSaver {
           slot.bytes.copy(next.bytes, 0, start, end);
           carry = end - start;
         }
-        const processed = this.processSlot(slot, Uint32Array.from(spans), elementSizes, kinds);
+        const processed = this.processSlot(slot, Uint32Array.from(spans), elementSizes, kinds, deltaBases);
         processed.catch(() => undefined); // observed through `chain`; do not report it as unhandled
         inProgress.push(processed);
         held = next;
@@ -336,7 +344,13 @@ export class FileSaver {
    * reserve room in a pack and have the workers seal the new chunks straight into their rooms,
    * a few messages per slot. Resolves with the slot's chunk IDs in order.
    */
-  private async processSlot(slot: Slot, spans: Uint32Array, elementSizes: Uint8Array, kinds: readonly KindSummary[]): Promise<Uint8Array> {
+  private async processSlot(
+    slot: Slot,
+    spans: Uint32Array,
+    elementSizes: Uint8Array,
+    kinds: readonly KindSummary[],
+    deltaBases: ReadonlyArray<Uint8Array | undefined> = [],
+  ): Promise<Uint8Array> {
     const sealing: Promise<void>[] = [];
     /** Reserved and not yet handed to the workers: abandoned if this slot fails. */
     let reserved: PendingSeal[] = [];
@@ -373,7 +387,7 @@ export class FileSaver {
           this.inflight.delete(hex);
           throw err;
         }
-        reserved.push({ id, hex, offset, length, r, elementSize: elementSizes[i]!, kind });
+        reserved.push({ id, hex, offset, length, r, elementSize: elementSizes[i]!, kind, base: deltaBases[i] });
       }
       sealing.push(...this.dispatch(slot, reserved));
       reserved = [];
@@ -420,6 +434,7 @@ export class FileSaver {
   private async sealGroup(slot: Slot, group: PendingSeal[]): Promise<void> {
     let committed = 0;
     try {
+      await this.loadDeltaBases(group);
       const sealed = await this.executor.seal(
         slot.buffer,
         group.map((p) => ({
@@ -431,11 +446,12 @@ export class FileSaver {
           targetOffset: p.r.offset,
           targetCapacity: p.r.capacity,
           elementSize: p.elementSize,
+          ...(p.base ? { base: p.base } : {}),
         })),
       );
       for (const [i, p] of group.entries()) {
         const { storedLength, flags, sealMs } = sealed[i]!;
-        this.repo.commit(p.r, BlobType.data, p.id, p.length, storedLength, flags);
+        this.repo.commit(p.r, BlobType.data, p.id, p.length, storedLength, flags, flags & BlobFlag.delta ? p.base : undefined);
         committed++;
         this.counters.blobsAdded++;
         this.counters.bytesAdded += p.length;
@@ -453,6 +469,19 @@ export class FileSaver {
     } finally {
       for (const p of group) this.inflight.delete(p.hex);
     }
+  }
+
+  /**
+   * Loads each base into the room reserved for its chunk (SealRequest.base). A base that cannot
+   * be read (a damaged pack: `tender check` reports it) costs only the delta: the chunk is
+   * stored whole, so the backup is not failed by an older snapshot's damage.
+   */
+  private async loadDeltaBases(group: PendingSeal[]): Promise<void> {
+    await Promise.all(
+      group.map(async (p) => {
+        if (p.base) await this.deltaBases!.loadInto(p.base, p.length, p.r.buffer, p.r.offset).catch(() => (p.base = undefined));
+      }),
+    );
   }
 }
 
@@ -486,6 +515,8 @@ interface PendingSeal {
   /** Float element size for byte planes (0: none). */
   elementSize: number;
   kind: KindSummary;
+  /** The base for an XOR-delta (delta-bases.ts), if there is one. */
+  base: Uint8Array | undefined;
 }
 
 interface SmallFileBatch {

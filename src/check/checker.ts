@@ -1,6 +1,6 @@
 import pLimit from 'p-limit';
 import { TenderError } from '../errors/errors.js';
-import { BlobType } from '../repo/blob.js';
+import { BlobFlag, BlobType } from '../repo/blob.js';
 import { FormatError } from '../repo/binary.js';
 import { hexToId, idToHex } from '../repo/ids.js';
 import type { IndexedPack } from '../repo/index/index-file.js';
@@ -39,7 +39,8 @@ const maxAffectedListed = 20;
 /**
  * `tender check`: every object is examined on its own, so one damaged object never hides
  * another. Structure: keys, index files, pack presence and sizes, snapshots, trees, and that
- * every blob a snapshot needs is indexed. With readData: every pack's header and every blob.
+ * every blob a snapshot needs is indexed, and the base of every delta blob. With readData: every
+ * pack's header and every blob (a delta blob opened with its base).
  * Packs no index lists are a warning (an interrupted backup), not damage.
  */
 export async function check(repo: Repository, options: CheckOptions, ctx: OperationContext): Promise<CheckReport> {
@@ -122,14 +123,28 @@ export async function check(repo: Repository, options: CheckOptions, ctx: Operat
           if (!(err instanceof FormatError)) throw err;
           problem(key, `header: ${err.message}`);
         }
+        const whole = pack.blobs.filter((b) => !(b.flags & BlobFlag.delta));
         const opened = await executor.open(
           pooled.buffer,
-          pack.blobs.map((b) => ({ type: b.type, id: b.id, flags: b.flags, rawLength: b.rawLength, offset: b.offset, storedLength: b.storedLength })),
+          whole.map((b) => ({ type: b.type, id: b.id, flags: b.flags, rawLength: b.rawLength, offset: b.offset, storedLength: b.storedLength })),
         );
+        // A delta blob needs its base: loaded from its own pack (a base is read once per delta).
+        for (const b of pack.blobs) {
+          if (!(b.flags & BlobFlag.delta) || !view.has(b.base!)) continue;
+          const error = await repo.loadBlob(b.id, undefined, view).then(
+            () => null,
+            (err: unknown) => {
+              if (err instanceof TenderError && err.code === 'TENDER_CORRUPT') return err.message;
+              throw err;
+            },
+          );
+          opened.push(error);
+          whole.push(b);
+        }
         opened.forEach((error, i) => {
           if (error === null) return;
           problem(key, `is damaged: ${error}`);
-          damagedBlobs.set(idToHex(pack.blobs[i]!.id), `${key} is damaged`);
+          damagedBlobs.set(idToHex(whole[i]!.id), `${key} is damaged`);
         });
       } finally {
         if (pooled.view.length === buffers.bufferSize) buffers.release(pooled);
@@ -142,6 +157,26 @@ export async function check(repo: Repository, options: CheckOptions, ctx: Operat
       lease.release();
     }
   }
+
+  say('checking delta bases');
+  /** Delta blobs whose base is missing or not a base: unreadable, whether or not a snapshot uses them. */
+  const baseless = new Map<string, string>();
+  view.forEachBlob((id, loc) => {
+    if (!loc.base) return;
+    const baseHex = idToHex(loc.base);
+    const base = view.lookup(loc.base);
+    const wrong = !base
+      ? 'which is not in any index (missing)'
+      : base.type !== BlobType.data || base.flags & BlobFlag.delta || base.rawLength !== loc.rawLength
+        ? 'which is not a whole data blob of its length'
+        : damagedBlobs.has(baseHex)
+          ? `which is damaged (${damagedBlobs.get(baseHex)})`
+          : undefined;
+    if (wrong === undefined) return;
+    const text = `is a delta against base ${baseHex}, ${wrong}`;
+    baseless.set(idToHex(id), text);
+    damagedBlobs.set(idToHex(id), text);
+  });
 
   say('checking snapshots');
   const snapshotIds = await repo.listSnapshotIds();
@@ -196,6 +231,7 @@ export async function check(repo: Repository, options: CheckOptions, ctx: Operat
   for (const [blobHex, where] of affected) {
     problem(`blob ${blobHex}`, damagedBlobs.get(blobHex) ?? 'is not in any index (missing)', where);
   }
+  for (const [blobHex, text] of baseless) if (!affected.has(blobHex)) problem(`blob ${blobHex}`, text);
   report.blobs = view.blobCount;
   return report;
 }

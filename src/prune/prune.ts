@@ -133,7 +133,7 @@ async function mark(
         const bytes = await repo.readPack(pack.packId);
         for (const b of pack.blobs) {
           if (!isCanonicalUse(view, used, b.id, pack.packId, alreadyDoomed)) continue;
-          await writer.saveSealed(b.type, b.id, b.rawLength, bytes.subarray(b.offset, b.offset + b.storedLength), b.flags);
+          await writer.saveSealed(b.type, b.id, b.rawLength, bytes.subarray(b.offset, b.offset + b.storedLength), b.flags, b.base);
           report.planned.blobsRepacked++;
         }
         doomed.push(idToHex(pack.packId));
@@ -190,18 +190,24 @@ async function markTree(repo: Repository, view: IndexView, treeHex: string, used
     seenTrees.add(id);
     return false;
   };
+  /** A data blob, and the base it needs when it is a delta (docs/design.md, "Delta blobs"). */
+  const markData = (id: Uint8Array) => {
+    if (!used.add(id, markedLocation)) return;
+    const base = view.lookup(id)?.base;
+    if (base) used.add(base, markedLocation);
+  };
   for await (const step of walkTree(repo, treeHex, { view, skip, signal })) {
     if (step.kind === 'tree') {
       used.add(hexToId(step.id), markedLocation);
       continue;
     }
     const { node } = step;
-    for (const hex of node.content ?? []) used.add(hexToId(hex), markedLocation);
+    for (const hex of node.content ?? []) markData(hexToId(hex));
     for (const hex of node.contentLists ?? []) {
       const listId = hexToId(hex);
       if (!used.add(listId, markedLocation)) continue;
       const list = await repo.loadBlob(listId, BlobType.list, view);
-      for (let i = 0; i < list.length; i += 32) used.add(list.subarray(i, i + 32), markedLocation);
+      for (let i = 0; i < list.length; i += 32) markData(list.subarray(i, i + 32));
     }
   }
 }

@@ -18,6 +18,8 @@ export class BlobEntryList implements BlobEntries {
   private offsets: Uint32Array;
   private storedLengths: Uint32Array;
   private rawLengths: Uint32Array;
+  /** Delta blobs' bases by entry number: few per pack (large float chunks), so a sparse map. */
+  private readonly bases = new Map<number, Buffer>();
 
   constructor(capacity = 64) {
     this.ids = new Uint8Array(capacity * idLength);
@@ -32,13 +34,16 @@ export class BlobEntryList implements BlobEntries {
     return this.count;
   }
 
-  push(id: Uint8Array, type: BlobType, flags: number, offset: number, storedLength: number, rawLength: number): void {
+  /** `base`: a delta blob's base (exactly when flags has BlobFlag.delta); copied. */
+  push(id: Uint8Array, type: BlobType, flags: number, offset: number, storedLength: number, rawLength: number, base?: Uint8Array): void {
     if (this.count === this.types.length) this.grow(Math.max(64, 2 * this.count));
-    this.set(this.count++, id, type, flags, offset, storedLength, rawLength);
+    this.set(this.count++, id, type, flags, offset, storedLength, rawLength, base);
   }
 
   /** Overwrites entry i (i < length). */
-  set(i: number, id: Uint8Array, type: BlobType, flags: number, offset: number, storedLength: number, rawLength: number): void {
+  set(i: number, id: Uint8Array, type: BlobType, flags: number, offset: number, storedLength: number, rawLength: number, base?: Uint8Array): void {
+    if (base) this.bases.set(i, Buffer.from(base));
+    else this.bases.delete(i);
     this.ids.set(id.subarray(0, idLength), i * idLength);
     this.types[i] = type;
     this.flags[i] = flags;
@@ -60,7 +65,13 @@ export class BlobEntryList implements BlobEntries {
     return Buffer.from(this.ids.buffer, this.ids.byteOffset + i * idLength, idLength);
   }
 
+  /** The i-th delta base, if entry i is a delta blob. */
+  baseAt(i: number): Buffer | undefined {
+    return this.bases.get(i);
+  }
+
   at(i: number): BlobEntry {
+    const base = this.bases.get(i);
     return {
       id: this.idAt(i),
       type: this.types[i]! as BlobType,
@@ -68,6 +79,7 @@ export class BlobEntryList implements BlobEntries {
       offset: this.offsets[i]!,
       storedLength: this.storedLengths[i]!,
       rawLength: this.rawLengths[i]!,
+      ...(base ? { base } : {}),
     };
   }
 

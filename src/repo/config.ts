@@ -13,12 +13,14 @@ import { holdsRepositoryObjects } from './storage-probe.js';
  * may use ("planes": byte-plane blobs): a version-1 tender refuses it as a newer format instead
  * of reading a plane blob as damage. A version-1 repository stays version 1: this tender writes
  * no transformed blob into it, so older clients sharing it keep reading everything.
+ * Version 3 adds the transform "delta" (XOR-delta blobs against a base blob, which index entries
+ * and pack headers name): a version-2 tender refuses it as a newer format. "delta" needs "planes".
  */
-export const formatVersion = 2;
+export const formatVersion = 3;
 export const configKey = 'config';
 
-/** Blob transforms a version-2 repository may name; an unknown one is refused, never ignored. */
-export const knownTransforms = ['planes'] as const;
+/** Blob transforms a version-2/3 repository may name; an unknown one is refused, never ignored. */
+export const knownTransforms = ['planes', 'delta'] as const;
 export type Transform = (typeof knownTransforms)[number];
 
 export interface RepositoryConfig {
@@ -30,12 +32,12 @@ export interface RepositoryConfig {
   compressionLevel: number;
   /** Target size of a pack file in bytes. */
   packSize: number;
-  /** Version 2 only: blob transforms writers may use. */
+  /** Version 2 and 3: blob transforms writers may use. */
   transforms?: Transform[];
 }
 
 /** The format version a repository with these transforms needs. */
-export const versionFor = (transforms: readonly Transform[]): number => (transforms.length > 0 ? 2 : 1);
+export const versionFor = (transforms: readonly Transform[]): number => (transforms.includes('delta') ? 3 : transforms.length > 0 ? 2 : 1);
 
 
 interface ConfigEnvelope {
@@ -122,6 +124,9 @@ export function openConfig(storage: Storage, encryptionKey: Uint8Array, envelope
       throw new TenderError('TENDER_REPO_VERSION', `the repository at ${storage.location} uses the blob transform "${unknown}", which this tender does not know`, {
         hint: 'upgrade tender to a release that supports this format',
       });
+    }
+    if (transforms.includes('delta') && (config.version < 3 || !transforms.includes('planes'))) {
+      throw corruptConfig(storage, `names the transform "delta" ${config.version < 3 ? `in format version ${config.version}` : 'without "planes"'}`);
     }
   } else if (config.transforms !== undefined) {
     throw corruptConfig(storage, 'names transforms in format version 1');

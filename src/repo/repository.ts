@@ -1,14 +1,15 @@
 import pLimit from 'p-limit';
-import { DecryptError, aadLabel, open, seal } from '../crypto/aead.js';
+import { DecryptError, aadLabel, open, seal, sealOverhead } from '../crypto/aead.js';
 import { TenderError } from '../errors/errors.js';
 import type { Storage } from '../storage/storage.js';
 import { BlobCodec, BlobCorruptError, type CodecTransforms } from '../transform/blob-codec.js';
 import type { MasterKeys } from '../transform/keys.js';
-import { BufferPool } from '../util/buffer-pool.js';
+import { BufferPool, sharedBuffer } from '../util/buffer-pool.js';
 import { type Identity, processIdentity } from '../util/operation.js';
+import type { OpenRequest } from '../workers/ops.js';
 import { type CodecExecutor, createExecutor, defaultWorkerCount } from '../workers/pool.js';
 import { FormatError } from './binary.js';
-import { type BlobEntry, BlobType } from './blob.js';
+import { type BlobEntry, BlobFlag, BlobType } from './blob.js';
 import { type ChunkerParams, defaultChunkerParams } from './chunker-params.js';
 import { type RepositoryConfig, type Transform, configKey, encodeConfig, openConfig, readConfigEnvelope, versionFor } from './config.js';
 import type { BlobLocation } from './index/id-table.js';
@@ -33,6 +34,12 @@ import { RepositoryWriter, type WriterOptions } from './writer.js';
 const metadataCacheBytes = 16 * 1024 * 1024;
 /** Size of the buffers tree and list packs fill (at most the repository's pack size). */
 const metadataPackSize = 4 * 1024 * 1024;
+/**
+ * Sealed delta bases read at once (backup and restore). A buffer holds a chunk of layout cuts
+ * (at most avgSize + minSize, docs/design.md "Layout cuts"); a larger base (a CDC-cut chunk) is
+ * read into a buffer of its own.
+ */
+const deltaBaseReads = 4;
 
 export interface InitOptions {
   chunker?: ChunkerParams;
@@ -84,6 +91,8 @@ export class Repository {
   /** Pack buffers shared by all writers: their count grows with the writers open (see openWriter). */
   private readonly dataPackBuffers: BufferPool;
   private readonly metadataPackBuffers: BufferPool;
+  /** Sealed bases of delta blobs on their way to the workers (loadBaseInto). */
+  private readonly deltaBaseBuffers: BufferPool;
   private readonly writers = new Set<RepositoryWriter>();
   /** Read slots and restore buffers, by kind and size, shared by the operations (see leaseBuffers). */
   private readonly sharedPools = new Map<string, { pool: BufferPool; leased: number; floor: number }>();
@@ -102,7 +111,7 @@ export class Repository {
     readonly keyFile: string,
     options: OpenOptions,
   ) {
-    this.codecTransforms = { planes: config.transforms?.includes('planes') ?? false };
+    this.codecTransforms = { planes: config.transforms?.includes('planes') ?? false, delta: config.transforms?.includes('delta') ?? false };
     this.codec = new BlobCodec(keys, config.compressionLevel, this.codecTransforms);
     this.identity = options.identity ?? processIdentity();
     this.now = options.now ?? Date.now;
@@ -111,6 +120,8 @@ export class Repository {
     this.dataPackBuffers = new BufferPool(config.packSize, storage.concurrentPuts);
     // Per writer: open tree and list packs; plus one uploading.
     this.metadataPackBuffers = new BufferPool(Math.min(config.packSize, metadataPackSize), 1);
+    const { minSize, avgSize, maxSize } = config.chunker;
+    this.deltaBaseBuffers = new BufferPool(Math.min(maxSize, avgSize + minSize) + sealOverhead, deltaBaseReads);
   }
 
   static async init(storage: Storage, password: string, options: InitOptions & OpenOptions = {}): Promise<Repository> {
@@ -127,7 +138,10 @@ export class Repository {
     const identity = options.identity ?? processIdentity();
     const keys = newMasterKeys();
     const repository = idToHex(randomId());
-    const transforms = options.transforms ?? ['planes'];
+    const transforms = options.transforms ?? ['planes', 'delta'];
+    if (transforms.includes('delta') && !transforms.includes('planes')) {
+      throw new TenderError('TENDER_USAGE', 'the transform "delta" needs "planes" (a delta is stored as byte planes)');
+    }
     const config: RepositoryConfig = {
       version: versionFor(transforms),
       repository,
@@ -512,7 +526,77 @@ export class Repository {
     return cached.bytes;
   }
 
-  /** Loads, decrypts and verifies one blob on this thread. */
+  /** The base a delta blob names, checked to be what a base must be: a whole data blob of its length. */
+  private deltaBaseOf(id: Uint8Array, loc: BlobLocation, view: IndexView): { base: Uint8Array; baseLoc: BlobLocation } {
+    const base = loc.base!;
+    const baseLoc = view.lookup(base);
+    const what = `delta blob ${idToHex(id)}`;
+    if (!baseLoc) {
+      throw corrupt(what, `needs its base ${idToHex(base)}, which is not in the index`, 'run `tender check`; the base of this chunk is missing');
+    }
+    if (baseLoc.type !== BlobType.data || baseLoc.flags & BlobFlag.delta || baseLoc.rawLength !== loc.rawLength) {
+      throw corrupt(what, `names a base ${idToHex(base)} that is not a whole data blob of its length`);
+    }
+    return { base, baseLoc };
+  }
+
+  /**
+   * Loads the base of the delta blob `id` (its index entry names it) into `target` at
+   * `targetOffset`: one ranged read into a pooled buffer, opened by the workers. The pool bounds
+   * the sealed bases in memory; a caller holds one buffer at a time, so callers never deadlock.
+   */
+  async loadBaseInto(id: Uint8Array, target: SharedArrayBuffer, targetOffset: number, view: IndexView = this.shared): Promise<Uint8Array> {
+    const loc = view.lookup(id);
+    if (!loc?.base) throw new Error(`blob ${idToHex(id)} is not a delta blob in this index`);
+    return this.loadWholeBlobInto(loc.base, loc.rawLength, target, targetOffset, view, this.deltaBaseOf(id, loc, view).baseLoc);
+  }
+
+  /**
+   * Loads the data blob `base` (stored whole: no delta) of `rawLength` bytes into `target` at
+   * `targetOffset` (backup: the room reserved for a new chunk's delta against it). Returns the
+   * base ID.
+   */
+  async loadWholeBlobInto(
+    base: Uint8Array,
+    rawLength: number,
+    target: SharedArrayBuffer,
+    targetOffset: number,
+    view: IndexView = this.shared,
+    loc: BlobLocation | undefined = view.lookup(base),
+  ): Promise<Uint8Array> {
+    if (!loc || loc.type !== BlobType.data || loc.flags & BlobFlag.delta || loc.rawLength !== rawLength) {
+      throw new Error(`blob ${idToHex(base)} is not a whole data blob of ${rawLength} bytes in this index`);
+    }
+    const packId = view.packIdAt(loc.packIndex);
+    const pool = this.deltaBaseBuffers;
+    const sealed = loc.storedLength <= pool.bufferSize ? await pool.acquire() : sharedBuffer(loc.storedLength);
+    try {
+      await this.readPackRange(packId, loc.offset, loc.storedLength, sealed.view);
+      const request = { type: BlobType.data, id: base, flags: loc.flags, rawLength, offset: 0, storedLength: loc.storedLength, target, targetOffset };
+      const [error] = await this.executor().open(sealed.buffer, [request]);
+      if (error) throw corrupt(packKey(packId), `is damaged: ${error}`);
+    } finally {
+      if (sealed.pool) pool.release(sealed);
+    }
+    return base;
+  }
+
+  /**
+   * Prepares open requests for the workers: each delta blob among them gets its base's plaintext
+   * loaded into its target region and named in the request, so the worker XORs the delta back in
+   * place (docs/design.md, "Delta blobs"). Requests of other blobs are left as they are.
+   */
+  async attachDeltaBases(requests: OpenRequest[], view: IndexView = this.shared): Promise<void> {
+    await Promise.all(
+      requests.map(async (r) => {
+        if (!(r.flags & BlobFlag.delta)) return;
+        if (!r.target) throw new Error('a delta blob is opened into a target region');
+        r.base = await this.loadBaseInto(r.id, r.target, r.targetOffset ?? 0, view);
+      }),
+    );
+  }
+
+  /** Loads, decrypts and verifies one blob on this thread (a delta blob's base too). */
   async loadBlob(id: Uint8Array, expectedType?: BlobType, view: IndexView = this.shared): Promise<Buffer> {
     const loc = view.lookup(id);
     if (!loc) {
@@ -521,9 +605,11 @@ export class Repository {
       });
     }
     if (expectedType !== undefined && loc.type !== expectedType) throw corrupt(`blob ${idToHex(id)}`, 'has the wrong type');
+    const base = loc.base ? this.deltaBaseOf(id, loc, view).base : undefined;
+    const basePlaintext = base ? await this.loadBlob(base, BlobType.data, view) : undefined;
     const sealed = await this.readSealed(id, loc, view);
     try {
-      return this.codec.open(loc.type, id, loc.flags, loc.rawLength, sealed);
+      return this.codec.open(loc.type, id, loc.flags, loc.rawLength, sealed, base ? { id: base, plaintext: basePlaintext! } : undefined);
     } catch (err) {
       if (err instanceof BlobCorruptError) {
         throw corrupt(packKey(view.packIdAt(loc.packIndex)), `is damaged: ${err.message}`);

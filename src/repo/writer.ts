@@ -127,9 +127,12 @@ export class RepositoryWriter {
     return pack.reserve(capacity);
   }
 
-  /** Records the sealed blob written into `r`. The blob counts as stored (`has`) from now on. */
-  commit(r: Reservation, type: BlobType, id: Uint8Array, rawLength: number, storedLength: number, flags: number): void {
-    r.pack.commit(r, id, type, flags, rawLength, storedLength);
+  /**
+   * Records the sealed blob written into `r`. The blob counts as stored (`has`) from now on.
+   * `base`: a delta blob's base (given exactly when flags has BlobFlag.delta).
+   */
+  commit(r: Reservation, type: BlobType, id: Uint8Array, rawLength: number, storedLength: number, flags: number, base?: Uint8Array): void {
+    r.pack.commit(r, id, type, flags, rawLength, storedLength, base);
     this.unindexed.add(idToHex(id));
     if (r.pack.complete) this.startUpload(r.pack);
   }
@@ -150,10 +153,10 @@ export class RepositoryWriter {
   }
 
   /** Saves an already sealed blob (repack copies sealed bytes between packs unchanged). */
-  async saveSealed(type: BlobType, id: Uint8Array, rawLength: number, sealed: Uint8Array, flags: number): Promise<void> {
+  async saveSealed(type: BlobType, id: Uint8Array, rawLength: number, sealed: Uint8Array, flags: number, base?: Uint8Array): Promise<void> {
     const r = await this.reserve(type, sealed.length);
     new Uint8Array(r.buffer, r.offset, sealed.length).set(sealed);
-    this.commit(r, type, id, rawLength, sealed.length, flags);
+    this.commit(r, type, id, rawLength, sealed.length, flags, base);
   }
 
   async saveTree(tree: Tree): Promise<string> {

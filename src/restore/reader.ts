@@ -35,8 +35,8 @@ const openGroupBytes = 1024 * 1024;
  *   reserve (a read buffer: waits while all are in use) → ranged get → open the blobs in groups,
  *   each group in its own worker message → `use` each group's blobs as soon as it is open
  *
- * A blob whose decoding needs another blob's plaintext first (a delta against a base) would get
- * that plaintext at the open step: opening is per blob request, never per read.
+ * A delta blob's base is loaded into the blob's target region before the open step
+ * (Repository.attachDeltaBases); the worker then XORs the delta onto it in place.
  */
 export class PackReader {
   constructor(
@@ -70,6 +70,8 @@ export class PackReader {
       await this.src.repo.readPackRange(packId, read.offset, read.length, sealed.view);
       plain = await pools.plaintext.acquire();
       const requests = openRequests(read, plain.buffer);
+      // A delta blob is opened onto its base's plaintext, loaded into its target region first.
+      await this.src.repo.attachDeltaBases(requests, this.src.view);
       const view = plain.view;
       let opened = 0;
       const groups = groupRequests(requests).map(async ([from, to]) => {

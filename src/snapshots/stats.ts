@@ -37,7 +37,9 @@ export async function repositoryStats(repo: Repository, entries: readonly Snapsh
       sum.bytesIn += k.bytesIn;
       sum.bytesDeduplicated += k.bytesDeduplicated;
       for (const name of Object.keys(sum.transforms) as TransformName[]) {
+        // Snapshots from before delta blobs have no figures for them.
         const from = k.transforms[name];
+        if (!from) continue;
         const to = sum.transforms[name];
         to.blobs += from.blobs;
         to.bytes += from.bytes;
@@ -47,7 +49,7 @@ export async function repositoryStats(repo: Repository, entries: readonly Snapsh
     }
     for (const stage of Object.keys(stageMs) as Array<keyof typeof stageMs>) stageMs[stage] += t.stageMs[stage] ?? 0;
   }
-  const stored = { planes: { blobs: 0, bytes: 0, stored: 0 }, zstd: { blobs: 0, bytes: 0, stored: 0 }, raw: { blobs: 0, bytes: 0, stored: 0 } };
+  const stored = { delta: { blobs: 0, bytes: 0, stored: 0 }, planes: { blobs: 0, bytes: 0, stored: 0 }, zstd: { blobs: 0, bytes: 0, stored: 0 }, raw: { blobs: 0, bytes: 0, stored: 0 } };
   const index = await repo.loadIndex();
   index.forEachBlob((_id, loc) => {
     if (loc.type !== BlobType.data) return;

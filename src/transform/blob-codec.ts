@@ -5,12 +5,16 @@ import { blobId } from './blob-id.js';
 import { BlobFlag, blobTypeName, knownBlobFlags } from './blob-kind.js';
 import type { MasterKeys } from './keys.js';
 import { PlaneDecoder, PlaneEncoder, PlanePayloadError, planeElementSizes } from './planes.js';
+import { DeltaEstimator, xorBytes } from './xor-delta.js';
 
 /**
  * The blob transform, the same on the main thread and in workers:
  *   store:   plaintext → ID = BLAKE3-keyed(plaintext) → byte planes (float tensor chunks, when the
- *            repository allows them) or zstd, each kept only if it saves space → AES-GCM
- *   load:    AES-GCM open → decode planes or zstd (as flagged) → check length and ID
+ *            repository allows them) or zstd, each kept only if it saves space → AES-GCM;
+ *            a float chunk given a base (the same range of the file's previous version) is
+ *            stored as base ID ‖ planes(plaintext XOR base) where that pays (xor-delta.ts)
+ *   load:    AES-GCM open → decode planes or zstd (as flagged) → XOR the base back (delta)
+ *            → check length and ID
  * The AAD of a blob is "tender:blob" ‖ type ‖ ID, so a sealed blob cannot pass for another.
  */
 export interface SealedBlob {
@@ -22,7 +26,21 @@ export interface SealedBlob {
 export interface CodecTransforms {
   /** Byte planes for chunks of float tensors (format version 2). */
   planes?: boolean;
+  /** XOR-delta of float chunks against a base blob (format version 3; needs planes). */
+  delta?: boolean;
 }
+
+/**
+ * The base of a delta blob: a data blob stored whole (no delta flag) with the same raw length.
+ * `plaintext` may be the first bytes of the `dst` that sealInto/openInto are given (the callers
+ * load the base there, so it needs no buffer of its own): it is read before `dst` is written.
+ */
+export interface DeltaBase {
+  id: Uint8Array;
+  plaintext: Uint8Array;
+}
+
+const baseIdLength = 32;
 
 const aadPrefix = Buffer.from('tender:blob', 'utf8');
 
@@ -41,6 +59,9 @@ export class BlobCodec {
   private scratch = Buffer.alloc(0);
   private readonly planeEncoder: PlaneEncoder | undefined;
   private planeDecoder: PlaneDecoder | undefined;
+  private readonly deltaEstimator: DeltaEstimator | undefined;
+  /** XOR of plaintext and base (sealing), or the decoded XOR (opening); reused. */
+  private deltaScratch = Buffer.alloc(0);
 
   constructor(
     private readonly keys: MasterKeys,
@@ -52,6 +73,7 @@ export class BlobCodec {
       this.compressor = new zstd.CCtx();
       this.compressor.setParameter(zstd.CParameter.compressionLevel, compressionLevel);
       if (transforms.planes) this.planeEncoder = new PlaneEncoder();
+      if (transforms.planes && transforms.delta) this.deltaEstimator = new DeltaEstimator();
     }
   }
 
@@ -63,12 +85,17 @@ export class BlobCodec {
    * Seals `plaintext` straight into `dst` (a reserved region of a pack buffer), which must hold at
    * least plaintext length + sealOverhead bytes. Returns the stored length and flags.
    * `elementSize` (2, 4 or 8) says the chunk holds float elements of that size, aligned to its
-   * start: it is then stored as byte planes where the repository allows them and they pay.
+   * start: it is then stored as byte planes where the repository allows them and they pay, or as
+   * a delta against `base` (same length) where the repository allows it and it pays.
    */
-  sealInto(type: number, id: Uint8Array, plaintext: Uint8Array, dst: Uint8Array, elementSize = 0): SealedBlob {
+  sealInto(type: number, id: Uint8Array, plaintext: Uint8Array, dst: Uint8Array, elementSize = 0, base?: DeltaBase): SealedBlob {
     let payload: Uint8Array = plaintext;
     let flags = 0;
-    if (this.planeEncoder && planeElementSizes.includes(elementSize)) {
+    const delta = base ? this.deltaPayload(plaintext, base, elementSize) : undefined;
+    if (delta) {
+      payload = delta;
+      flags |= BlobFlag.delta | BlobFlag.planes;
+    } else if (this.planeEncoder && planeElementSizes.includes(elementSize)) {
       // Float data that does not code as planes does not code whole either: no second attempt.
       const planes = this.planeEncoder.encode(plaintext, elementSize);
       if (planes) {
@@ -88,20 +115,50 @@ export class BlobCodec {
     return { storedLength: sealInto(this.keys.encryption, blobAad(type, id), payload, dst), flags };
   }
 
-  /** Returns the verified plaintext in a new buffer, or throws BlobCorruptError saying what is wrong. */
-  open(type: number, id: Uint8Array, flags: number, rawLength: number, sealed: Uint8Array): Buffer {
+  /** base ID ‖ planes(plaintext XOR base), or undefined where the delta does not pay. */
+  private deltaPayload(plaintext: Uint8Array, base: DeltaBase, elementSize: number): Buffer | undefined {
+    const rawLength = plaintext.byteLength;
+    if (!this.deltaEstimator || !planeElementSizes.includes(elementSize) || base.plaintext.byteLength !== rawLength) return undefined;
+    if (!this.deltaEstimator.pays(plaintext, base.plaintext, elementSize)) return undefined;
+    if (this.deltaScratch.length < rawLength) this.deltaScratch = Buffer.allocUnsafeSlow(rawLength);
+    const xor = this.deltaScratch.subarray(0, rawLength);
+    xorBytes(plaintext, base.plaintext, xor);
+    const planes = this.planeEncoder!.encode(xor, elementSize);
+    if (!planes) return undefined;
+    // The XOR is no longer needed: the payload goes into the same scratch (planes is another buffer).
+    if (this.deltaScratch.length < baseIdLength + planes.length) this.deltaScratch = Buffer.allocUnsafeSlow(baseIdLength + planes.length);
+    this.deltaScratch.set(base.id.subarray(0, baseIdLength), 0);
+    planes.copy(this.deltaScratch, baseIdLength);
+    return this.deltaScratch.subarray(0, baseIdLength + planes.length);
+  }
+
+  /**
+   * Returns the verified plaintext in a new buffer, or throws BlobCorruptError saying what is
+   * wrong. A delta blob needs its base (the one its index entry names).
+   */
+  open(type: number, id: Uint8Array, flags: number, rawLength: number, sealed: Uint8Array, base?: DeltaBase): Buffer {
     const plaintext = Buffer.allocUnsafeSlow(rawLength);
-    this.openInto(type, id, flags, rawLength, sealed, plaintext);
+    this.openInto(type, id, flags, rawLength, sealed, plaintext, base);
     return plaintext;
   }
 
   /**
    * Decrypts, decompresses and verifies a sealed blob into `dst` (exactly `rawLength` bytes are
    * written); throws BlobCorruptError saying what is wrong. Allocates nothing per call.
+   * A delta blob needs `base`, whose plaintext may be the start of `dst` (see DeltaBase).
    */
-  openInto(type: number, id: Uint8Array, flags: number, rawLength: number, sealed: Uint8Array, dst: Uint8Array): void {
-    if ((flags & ~knownBlobFlags) !== 0 || (flags & (BlobFlag.zstd | BlobFlag.planes)) === (BlobFlag.zstd | BlobFlag.planes)) {
+  openInto(type: number, id: Uint8Array, flags: number, rawLength: number, sealed: Uint8Array, dst: Uint8Array, base?: DeltaBase): void {
+    if (
+      (flags & ~knownBlobFlags) !== 0 ||
+      (flags & (BlobFlag.zstd | BlobFlag.planes)) === (BlobFlag.zstd | BlobFlag.planes) ||
+      ((flags & BlobFlag.delta) !== 0 && (flags & BlobFlag.planes) === 0)
+    ) {
       throw new BlobCorruptError(type, id, `has flags ${flags} that no tender writes`);
+    }
+    const isDelta = (flags & BlobFlag.delta) !== 0;
+    if (isDelta && !base) throw new Error(`delta blob ${Buffer.from(id).toString('hex')} opened without its base`);
+    if (isDelta && base!.plaintext.byteLength < rawLength) {
+      throw new BlobCorruptError(type, id, `has a base of ${base!.plaintext.byteLength} bytes, ${rawLength} needed`);
     }
     const compressed = (flags & (BlobFlag.zstd | BlobFlag.planes)) !== 0;
     const payloadLength = sealed.byteLength - sealOverhead;
@@ -116,7 +173,21 @@ export class BlobCodec {
       if (err instanceof DecryptError) throw new BlobCorruptError(type, id, 'does not decrypt (damaged or not this blob)');
       throw err;
     }
-    if (flags & BlobFlag.planes) {
+    if (isDelta) {
+      const payload = this.scratch.subarray(0, payloadLength);
+      if (payloadLength < baseIdLength || !payload.subarray(0, baseIdLength).equals(base!.id.subarray(0, baseIdLength))) {
+        throw new BlobCorruptError(type, id, `does not name its base ${Buffer.from(base!.id).toString('hex')} (damaged)`);
+      }
+      if (this.deltaScratch.length < rawLength) this.deltaScratch = Buffer.allocUnsafeSlow(rawLength);
+      const xor = this.deltaScratch.subarray(0, rawLength);
+      try {
+        (this.planeDecoder ??= new PlaneDecoder()).decode(payload.subarray(baseIdLength), rawLength, xor);
+      } catch (err) {
+        if (err instanceof PlanePayloadError) throw new BlobCorruptError(type, id, `has a damaged delta payload (${err.message})`);
+        throw err;
+      }
+      xorBytes(xor, base!.plaintext, out);
+    } else if (flags & BlobFlag.planes) {
       try {
         (this.planeDecoder ??= new PlaneDecoder()).decode(this.scratch.subarray(0, payloadLength), rawLength, out);
       } catch (err) {

@@ -18,11 +18,17 @@ export const BlobFlag = {
   zstd: 1,
   /** The sealed payload is a byte-plane payload (transform/planes.ts); format version 2. */
   planes: 2,
+  /**
+   * The sealed payload is the base blob's ID, then the byte-plane payload of plaintext XOR the
+   * base's plaintext (transform/xor-delta.ts); always with `planes`; format version 3.
+   */
+  delta: 4,
 } as const;
 
-export const knownBlobFlags = BlobFlag.zstd | BlobFlag.planes;
+export const knownBlobFlags = BlobFlag.zstd | BlobFlag.planes | BlobFlag.delta;
 
 /** How a blob's payload was transformed, by its flags (the names statistics use). */
-export type TransformName = 'planes' | 'zstd' | 'raw';
+export type TransformName = 'delta' | 'planes' | 'zstd' | 'raw';
 
-export const transformOf = (flags: number): TransformName => (flags & BlobFlag.planes ? 'planes' : flags & BlobFlag.zstd ? 'zstd' : 'raw');
+export const transformOf = (flags: number): TransformName =>
+  flags & BlobFlag.delta ? 'delta' : flags & BlobFlag.planes ? 'planes' : flags & BlobFlag.zstd ? 'zstd' : 'raw';

@@ -16,6 +16,11 @@ export interface SealRequest {
   targetCapacity: number;
   /** Float element size of the chunk's tensor data (BlobCodec.sealInto), 0 or absent: none. */
   elementSize?: number;
+  /**
+   * A base for an XOR-delta (BlobCodec.sealInto): its ID; its plaintext (`length` bytes) is at
+   * targetOffset, where the caller loaded it (the sealed blob then overwrites it).
+   */
+  base?: Uint8Array;
 }
 
 export interface SealedResult {
@@ -38,6 +43,8 @@ export interface OpenRequest {
   storedLength: number;
   target?: SharedArrayBuffer;
   targetOffset?: number;
+  /** A delta blob's base: its ID; its plaintext is in the target region (Repository.attachDeltaBases). */
+  base?: Uint8Array;
 }
 
 /** The IDs of the chunks at (offset, length) pairs of the source buffer, 32 bytes each, in order. */
@@ -60,13 +67,9 @@ export class CodecOps {
   seal(data: Uint8Array, requests: readonly SealRequest[]): SealedResult[] {
     return requests.map((r) => {
       const started = performance.now();
-      const sealed = this.codec.sealInto(
-        r.type,
-        r.id,
-        data.subarray(r.offset, r.offset + r.length),
-        new Uint8Array(r.target, r.targetOffset, r.targetCapacity),
-        r.elementSize,
-      );
+      const dst = new Uint8Array(r.target, r.targetOffset, r.targetCapacity);
+      const base = r.base ? { id: r.base, plaintext: dst.subarray(0, r.length) } : undefined;
+      const sealed = this.codec.sealInto(r.type, r.id, data.subarray(r.offset, r.offset + r.length), dst, r.elementSize, base);
       return { ...sealed, sealMs: performance.now() - started };
     });
   }
@@ -86,7 +89,7 @@ export class CodecOps {
       try {
         const sealed = source.subarray(r.offset, r.offset + r.storedLength);
         const dst = r.target ? new Uint8Array(r.target, r.targetOffset ?? 0, r.rawLength) : this.verifyScratch(r.rawLength);
-        this.codec.openInto(r.type, r.id, r.flags, r.rawLength, sealed, dst);
+        this.codec.openInto(r.type, r.id, r.flags, r.rawLength, sealed, dst, r.base ? { id: r.base, plaintext: dst } : undefined);
         return null;
       } catch (err) {
         return (err as Error).message;

@@ -66,15 +66,15 @@ describe('format versions', () => {
     expect(flags.every((f) => (f & BlobFlag.planes) === 0)).toBe(true);
   });
 
-  it('creates version 2 with byte planes by default (and writes them) and version 1 with --no-transforms', async () => {
+  it('creates version 3 with byte planes and deltas by default (and writes planes) and version 1 with --no-transforms', async () => {
     const v2 = path.join(tmp, 'new-v2');
     const v1 = path.join(tmp, 'new-v1');
     await tenderOk(['--repo', v2, 'init']);
     await tenderOk(['--repo', v1, 'init', '--no-transforms']);
-    expect(JSON.parse(await readFile(path.join(v2, configKey), 'utf8')).version).toBe(2);
+    expect(JSON.parse(await readFile(path.join(v2, configKey), 'utf8')).version).toBe(3);
     expect(JSON.parse(await readFile(path.join(v1, configKey), 'utf8')).version).toBe(1);
     const open = async (dir: string) => (await Repository.open(new FsStorage(dir), testPassword, { workers: 0 })).config.transforms;
-    expect(await open(v2)).toEqual(['planes']);
+    expect(await open(v2)).toEqual(['planes', 'delta']);
     expect(await open(v1)).toBeUndefined();
     const src = path.join(tmp, 'v2-src');
     await cp(path.join(fixtures, 'v1-source'), src, { recursive: true });
@@ -99,10 +99,10 @@ describe('format versions', () => {
     const newer = await make('newer');
     const configPath = path.join(newer, configKey);
     const envelope = JSON.parse(await readFile(configPath, 'utf8'));
-    await writeFile(configPath, JSON.stringify({ ...envelope, version: 3 }));
+    await writeFile(configPath, JSON.stringify({ ...envelope, version: 4 }));
     let r = await runTender(['--repo', newer, 'snapshots']);
     expect(r.code).not.toBe(0);
-    expect(errorLine(r).message).toMatch(/has format version 3; this tender reads up to version 2/);
+    expect(errorLine(r).message).toMatch(/has format version 4; this tender reads up to version 3/);
 
     const unknown = await make('unknown-transform');
     await rewriteConfig(unknown, (c) => ({ ...c, transforms: ['planes', 'xor-delta-v9'] as never }));
@@ -118,5 +118,15 @@ describe('format versions', () => {
     expect(envelope1.version).toBe(1);
     r = await runTender(['--repo', damaged, 'snapshots']);
     expect(errorLine(r).message).toMatch(/names transforms in format version 1/);
+
+    // Deltas in version 2 (where a version-2 tender would not know them), or without planes.
+    const deltaV2 = await make('delta-in-v2');
+    await rewriteConfig(deltaV2, (c) => ({ ...c, version: 2 }));
+    r = await runTender(['--repo', deltaV2, 'snapshots']);
+    expect(errorLine(r).message).toMatch(/names the transform "delta" in format version 2/);
+    const deltaAlone = await make('delta-alone');
+    await rewriteConfig(deltaAlone, (c) => ({ ...c, transforms: ['delta'] }));
+    r = await runTender(['--repo', deltaAlone, 'snapshots']);
+    expect(errorLine(r).message).toMatch(/names the transform "delta" without "planes"/);
   });
 });

@@ -15,8 +15,8 @@ const chunker = new GearChunker(params, gearTable(randomBytes(32)));
 const dtypes: Dtype[] = ['F32', 'BF16', 'F16', 'F64', 'I64', 'U8'];
 
 /** Cuts a whole buffer the way FileSaver does, in slots of `slotSize` with the unfinished chunk carried. */
-function cutFile(data: Uint8Array, layout: FileLayout | null, slotSize = data.length + 1): Array<[number, number]> {
-  const segments = new TensorSegments(layout, params.minSize);
+function cutFile(data: Uint8Array, layout: FileLayout | null, slotSize = data.length + 1, fixedFloatChunk?: number): Array<[number, number]> {
+  const segments = new TensorSegments(layout, params.minSize, fixedFloatChunk);
   const cuts: Array<[number, number]> = [];
   let base = 0;
   while (base < data.length || cuts.length === 0) {
@@ -91,6 +91,49 @@ describe('tensor-aligned cuts', () => {
         expect(cutFile(data, layout, slotSize)).toEqual(cuts);
       }),
       { numRuns: 150 },
+    );
+  });
+
+  it('with layout cuts (delta repositories): a float tensor is cut every avgSize from its start, small tensors grouped at their starts, whatever the bytes', () => {
+    fc.assert(
+      fc.property(layoutArb, fc.integer({ min: params.maxSize + 1, max: 3 * params.maxSize }), ({ extents, trailer, seed }, slotSize) => {
+        const data = fileFor(extents, trailer, seed);
+        const layout: FileLayout = { kind: 'safetensors', extents };
+        const cuts = cutFile(data, layout, undefined, params.avgSize);
+        let at = 0;
+        for (const [start, length] of cuts) {
+          expect(start).toBe(at);
+          expect(length).toBeGreaterThan(0);
+          expect(length).toBeLessThanOrEqual(params.maxSize);
+          at += length;
+        }
+        expect(at).toBe(data.length);
+        // Every tensor's bytes changed (a training step): the float tensors' cuts stay.
+        const next = fileFor(extents, trailer, seed + 1);
+        const nextCuts = cutFile(next, layout, undefined, params.avgSize);
+        for (const e of extents.filter((x) => x.length >= params.minSize && floatElementSize(x.dtype) > 0)) {
+          const inside = (c: Array<[number, number]>) => c.filter(([s]) => s >= e.offset && s < e.offset + e.length);
+          const expected: Array<[number, number]> = [];
+          for (let s = e.offset; s < e.offset + e.length; ) {
+            const rest = e.offset + e.length - s;
+            const l = rest - params.avgSize < params.minSize ? rest : params.avgSize;
+            expected.push([s, l]);
+            s += l;
+          }
+          expect(inside(cuts), e.name).toEqual(expected);
+          expect(inside(nextCuts), e.name).toEqual(expected);
+        }
+        // Up to the last tensor start, every cut comes from the layout (small tensors are close
+        // enough together in these layouts), so every chunk there keeps its range; large tensors
+        // of other dtypes are still cut by CDC.
+        const lastStart = extents.length ? extents[extents.length - 1]!.offset : 0;
+        const byCdc = (s: number) => extents.some((e) => e.length >= params.minSize && floatElementSize(e.dtype) === 0 && s > e.offset && s < e.offset + e.length);
+        const early = (c: Array<[number, number]>) => c.filter(([s]) => s < lastStart && !byCdc(s)).map(([s]) => s);
+        expect(early(nextCuts)).toEqual(early(cuts));
+        for (const s of early(cuts)) expect(s === 0 || extents.some((e) => e.offset === s || (e.length >= params.minSize && s > e.offset && s <= e.offset + e.length)), `cut at ${s}`).toBe(true);
+        expect(cutFile(data, layout, slotSize, params.avgSize)).toEqual(cuts);
+      }),
+      { numRuns: 100 },
     );
   });
 

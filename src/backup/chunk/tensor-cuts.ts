@@ -12,6 +12,14 @@ import type { BoundaryFinder } from './fastcdc.js';
  * an element and its byte planes line up; between large tensors, a cut is moved back to the last
  * tensor start after the first half of the minimum chunk size, so chunks there hold whole small
  * tensors. Without a layout the file is one segment: plain CDC.
+ * With `fixedFloatChunk` (repositories with delta blobs), cuts follow the layout, not the
+ * content, wherever the layout allows: CDC cuts follow the content, so a tensor whose every weight
+ * moved a little would be cut elsewhere in each version, and no chunk would find the same range in
+ * the previous version to be a delta against (backup/delta-bases.ts). A large float tensor is cut
+ * every `fixedFloatChunk` bytes from its start; between large tensors a chunk ends at a small
+ * tensor's start picked from the layout alone (layoutCut), by CDC only where no tensor starts near.
+ * Tensor bytes never shift inside a tensor, so these cuts deduplicate an unchanged or moved tensor
+ * as CDC does.
  */
 
 /** Float element size of a dtype: what the byte-plane transform works on (0: not a float of ≥ 2 bytes). */
@@ -54,7 +62,9 @@ export class TensorSegments {
 
   constructor(
     layout: FileLayout | null,
-    private readonly minSize: number,
+    readonly minSize: number,
+    /** Cut large float tensors every this many bytes (a multiple of 8); undefined: by CDC. */
+    readonly fixedFloatChunk?: number,
   ) {
     this.extents = layout?.extents ?? [];
     this.large = this.extents.filter((e) => e.length >= minSize);
@@ -65,19 +75,50 @@ export class TensorSegments {
    * last tensor start in (start + minSize/2, end], or at `end` when there is none.
    */
   snapToTensor(start: number, end: number): number {
-    // Binary search: the last extent starting at or before `end`.
+    const offset = this.lastStartAtOrBefore(end);
+    return offset > start + this.minSize / 2 ? offset : end;
+  }
+
+  /** The start of the last extent starting at or before `at`, or -1. */
+  private lastStartAtOrBefore(at: number): number {
     let lo = 0;
     let hi = this.extents.length - 1;
     let found = -1;
     while (lo <= hi) {
       const mid = (lo + hi) >>> 1;
-      if (this.extents[mid]!.offset <= end) {
+      if (this.extents[mid]!.offset <= at) {
         found = mid;
         lo = mid + 1;
       } else hi = mid - 1;
     }
-    const offset = found >= 0 ? this.extents[found]!.offset : -1;
-    return offset > start + this.minSize / 2 ? offset : end;
+    return found >= 0 ? this.extents[found]!.offset : -1;
+  }
+
+  /**
+   * With fixedFloatChunk, between large tensors: the length of the chunk from `start` (file
+   * offsets) chosen from the layout alone: the rest of the segment when less than size + minSize
+   * is left, else up to the last tensor start in (start + minSize/2, start + size], else up to the
+   * first one in (start + size, start + size + minSize); undefined when neither exists (CDC cuts).
+   */
+  layoutCut(start: number, segmentEnd: number): number | undefined {
+    const size = this.fixedFloatChunk!;
+    if (segmentEnd - start < size + this.minSize) return segmentEnd - start;
+    const before = this.lastStartAtOrBefore(start + size);
+    if (before > start + this.minSize / 2) return before - start;
+    const after = this.lastStartAtOrBefore(start + size + this.minSize - 1);
+    return after > start + size ? this.firstStartAfter(start + size) - start : undefined;
+  }
+
+  /** The start of the first extent starting after `at` (one exists: the caller checked). */
+  private firstStartAfter(at: number): number {
+    let lo = 0;
+    let hi = this.extents.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.extents[mid]!.offset > at) hi = mid;
+      else lo = mid + 1;
+    }
+    return this.extents[lo]!.offset;
   }
 
   /**
@@ -145,6 +186,23 @@ export function cutSegments(
     const segment = segments.segmentAt(base + start);
     const segmentEnd = segment.end - base;
     const limit = Math.min(end, segmentEnd);
+    const fixed = !segments.fixedFloatChunk
+      ? undefined
+      : segment.inTensor
+        ? // Chunks of a tensor start at its start and follow each other: each is `size` from the last.
+          segment.elementSize > 0
+          ? fixedCut(segments.fixedFloatChunk, segments.minSize, start, segmentEnd)
+          : undefined
+        : segments.layoutCut(base + start, segment.end);
+    if (fixed !== undefined) {
+      // The chunk's end is not read yet: the next slot starts with it (at the end of the file,
+      // shorter than its layout says, it ends where the file does).
+      if (start + fixed > end && !eof) break;
+      const length = Math.min(fixed, end - start);
+      spans.push(start, length);
+      start += length;
+      continue;
+    }
     let length = finder.cut(data, start, limit);
     // A cut at the end of the bytes read may only mean that the boundary lies beyond them.
     if (!eof && limit === end && segmentEnd > end && length === end - start && length < maxSize) break;
@@ -161,4 +219,14 @@ export function cutSegments(
     start += length;
   }
   return start;
+}
+
+/**
+ * The next fixed cut of a float tensor ending at `tensorEnd`: `size` bytes on from `start` (each
+ * chunk of the tensor starts a multiple of `size` from its start), or to the tensor's end when
+ * less than `minSize` would be left after the cut (a short tail joins the chunk before it).
+ */
+function fixedCut(size: number, minSize: number, start: number, tensorEnd: number): number {
+  const rest = tensorEnd - start;
+  return rest - size < minSize ? rest : size;
 }

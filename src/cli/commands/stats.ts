@@ -24,15 +24,15 @@ export function registerStats(program: Command): void {
           return;
         }
         print(`backups: ${stats.snapshots.length} snapshots${stats.withoutFigures.length ? ` (${stats.withoutFigures.length} without figures: made before tender recorded them)` : ''}`);
-        print('layout       dtype     read        dedup       new         stored      planes saved  zstd saved');
+        print('layout       dtype     read        dedup       new         stored      delta saved planes saved  zstd saved');
         const col = (n: number) => formatBytes(n).padEnd(12);
         for (const k of stats.kinds) {
           const t = k.transforms;
-          const newBytes = t.planes.bytes + t.zstd.bytes + t.raw.bytes;
-          const stored = t.planes.stored + t.zstd.stored + t.raw.stored;
+          const newBytes = t.delta.bytes + t.planes.bytes + t.zstd.bytes + t.raw.bytes;
+          const stored = t.delta.stored + t.planes.stored + t.zstd.stored + t.raw.stored;
           print(
             `${k.layout.padEnd(13)}${k.dtype.padEnd(10)}${col(k.bytesIn)}${col(k.bytesDeduplicated)}${col(newBytes)}${col(stored)}` +
-              `${col(t.planes.bytes - t.planes.stored)}  ${formatBytes(t.zstd.bytes - t.zstd.stored)}`,
+              `${col(t.delta.bytes - t.delta.stored)}${col(t.planes.bytes - t.planes.stored)}  ${formatBytes(t.zstd.bytes - t.zstd.stored)}`,
           );
         }
         const s = stats.stageMs;

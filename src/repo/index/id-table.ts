@@ -8,6 +8,8 @@ export interface BlobLocation {
   rawLength: number;
   type: number;
   flags: number;
+  /** A delta blob's base (BlobFlag.delta): the blob it must be opened with. */
+  base?: Uint8Array;
 }
 
 const maxLoad = 0.7;
@@ -24,6 +26,8 @@ interface EntryBlock {
   storedLength: Uint32Array;
   rawLength: Uint32Array;
   typeFlags: Uint16Array;
+  /** Base number + 1 of each delta entry (0: none); allocated with the block's first delta. */
+  baseNumbers?: Uint32Array;
 }
 
 /**
@@ -40,6 +44,9 @@ export class IdTable {
   /** Slot → entry number + 1; 0 is empty. */
   private slots: Uint32Array;
   private readonly blocks: EntryBlock[] = [];
+  /** Base IDs of delta entries, 32 bytes each, in blocks of blockSize (never moved: views stay valid). */
+  private readonly baseBlocks: Uint8Array[] = [];
+  private baseCount = 0;
 
   constructor(initialCapacity = 1024) {
     this.capacity = 1 << Math.ceil(Math.log2(Math.max(16, initialCapacity)));
@@ -81,6 +88,8 @@ export class IdTable {
     const b = this.blocks[entry >>> blockBits]!;
     const i = entry & blockMask;
     const tf = b.typeFlags[i]!;
+    const number = b.baseNumbers?.[i] ?? 0;
+    const base = number === 0 ? undefined : this.baseAt(number - 1);
     return {
       packIndex: b.packIndex[i]!,
       offset: b.offset[i]!,
@@ -88,6 +97,7 @@ export class IdTable {
       rawLength: b.rawLength[i]!,
       type: tf >> 8,
       flags: tf & 0xff,
+      ...(base ? { base } : {}),
     };
   }
 
@@ -106,9 +116,20 @@ export class IdTable {
     b.storedLength[i] = loc.storedLength;
     b.rawLength[i] = loc.rawLength;
     b.typeFlags[i] = (loc.type << 8) | loc.flags;
+    if (loc.base) {
+      const number = this.baseCount++;
+      if ((number & blockMask) === 0) this.baseBlocks.push(new Uint8Array(blockSize * idLength));
+      this.baseBlocks[number >>> blockBits]!.set(loc.base.subarray(0, idLength), (number & blockMask) * idLength);
+      (b.baseNumbers ??= new Uint32Array(blockSize))[i] = number + 1;
+    }
     this.slots[slot] = entry + 1;
     this.count++;
     return true;
+  }
+
+  private baseAt(number: number): Uint8Array {
+    const at = (number & blockMask) * idLength;
+    return this.baseBlocks[number >>> blockBits]!.subarray(at, at + idLength);
   }
 
   /** Visits every entry in insertion order; the id view is only valid during the callback. */

@@ -1,7 +1,7 @@
 import { aadLabel, open, seal } from '../../crypto/aead.js';
 import { BinaryReader, BinaryWriter, FormatError } from '../binary.js';
 import type { BlobEntries } from '../blob-entries.js';
-import { type BlobEntry, isBlobType } from '../blob.js';
+import { type BlobEntry, BlobFlag, entryBase, isBlobType } from '../blob.js';
 import { idLength } from '../ids.js';
 
 /**
@@ -9,6 +9,7 @@ import { idLength } from '../ids.js';
  *   u8 version ‖ u32le s ‖ s × supersededIndexId[32]
  *   ‖ u32le p ‖ p × ( packId[32] ‖ u32le packSize ‖ u32le n ‖ n × entry )
  *   entry = u8 type ‖ u8 flags ‖ u32le offset ‖ u32le storedLength ‖ u32le rawLength ‖ id[32]
+ *           ‖ baseId[32] (only when flags has the delta bit: the blob the delta is against)
  * "superseded" lists index files whose content this one includes (written by repair/prune), so
  * readers may skip them and they may be deleted afterwards.
  */
@@ -30,13 +31,18 @@ export interface IndexFile<Blobs extends BlobEntries = BlobEntry[]> {
 
 export function encodeIndex(encryptionKey: Uint8Array, index: IndexFile<BlobEntries>): Buffer {
   let size = 1 + 4 + index.superseded.length * idLength + 4;
-  for (const p of index.packs) size += packRecordMin + p.blobs.length * entrySize;
+  for (const p of index.packs) for (const b of p.blobs) size += b.base ? entrySize + idLength : entrySize;
+  size += index.packs.length * packRecordMin;
   const w = new BinaryWriter(size).u8(indexVersion).u32(index.superseded.length);
   for (const id of index.superseded) w.id(id);
   w.u32(index.packs.length);
   for (const p of index.packs) {
     w.id(p.packId).u32(p.packSize).u32(p.blobs.length);
-    for (const b of p.blobs) w.u8(b.type).u8(b.flags).u32(b.offset).u32(b.storedLength).u32(b.rawLength).id(b.id);
+    for (const b of p.blobs) {
+      w.u8(b.type).u8(b.flags).u32(b.offset).u32(b.storedLength).u32(b.rawLength).id(b.id);
+      const base = entryBase(b, 'index entry');
+      if (base) w.id(base);
+    }
   }
   return seal(encryptionKey, w.finish(), aadLabel('index'));
 }
@@ -65,7 +71,9 @@ export function decodeIndex(encryptionKey: Uint8Array, stored: Buffer): IndexFil
       const id = Buffer.from(r.id('blob id'));
       if (!isBlobType(type)) throw new FormatError(`unknown blob type ${type}`);
       if (offset + storedLength > packSize) throw new FormatError('blob extends past the end of its pack');
-      blobs.push({ id, type, flags, offset, storedLength, rawLength });
+      const entry: BlobEntry = { id, type, flags, offset, storedLength, rawLength };
+      if (flags & BlobFlag.delta) entry.base = Buffer.from(r.id('base id'));
+      blobs.push(entry);
     }
     packs.push({ packId, packSize, blobs });
   }

@@ -28,7 +28,15 @@ export class IndexView {
   addPack(packId: Buffer, packSize: number, blobs: BlobEntries): void {
     const packIndex = this.packIndexOf(packId, packSize);
     for (const b of blobs) {
-      this.table.add(b.id, { packIndex, offset: b.offset, storedLength: b.storedLength, rawLength: b.rawLength, type: b.type, flags: b.flags });
+      this.table.add(b.id, {
+        packIndex,
+        offset: b.offset,
+        storedLength: b.storedLength,
+        rawLength: b.rawLength,
+        type: b.type,
+        flags: b.flags,
+        ...(b.base ? { base: b.base } : {}),
+      });
     }
   }
 

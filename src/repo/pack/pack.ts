@@ -2,12 +2,13 @@ import { DecryptError, aadLabel, open, seal } from '../../crypto/aead.js';
 import type { PooledBuffer } from '../../util/buffer-pool.js';
 import { BinaryReader, BinaryWriter, FormatError } from '../binary.js';
 import { BlobEntryList } from '../blob-entries.js';
-import { type BlobEntry, type BlobType, isBlobType } from '../blob.js';
+import { type BlobEntry, BlobFlag, type BlobType, entryBase, isBlobType } from '../blob.js';
 import { idLength, idToHex, randomId } from '../ids.js';
 
 /**
  * Pack file: blob₁ ‖ … ‖ blobₙ ‖ seal(header) ‖ u32le(len(seal(header)))
- * header = u8 version ‖ u32le n ‖ n × (u8 type ‖ u8 flags ‖ u32le storedLength ‖ u32le rawLength ‖ id[32])
+ * header = u8 version ‖ u32le n ‖ n × (u8 type ‖ u8 flags ‖ u32le storedLength ‖ u32le rawLength ‖ id[32]
+ *          ‖ baseId[32] only when flags has the delta bit)
  * Blob offsets follow from the order and stored lengths. The header is sealed with
  * AAD "tender:pack-header" ‖ packId, so a pack can be indexed from its own bytes alone.
  */
@@ -89,9 +90,11 @@ export class PackBuilder {
     return { pack: this, slot, buffer: this.buffer.buffer, offset, capacity };
   }
 
-  commit(r: Reservation, id: Uint8Array, type: BlobType, flags: number, rawLength: number, storedLength: number): void {
+  /** `base`: a delta blob's base, given exactly when flags has BlobFlag.delta. */
+  commit(r: Reservation, id: Uint8Array, type: BlobType, flags: number, rawLength: number, storedLength: number, base?: Uint8Array): void {
     if (storedLength > r.capacity) throw new Error(`sealed blob of ${storedLength} bytes overflows its ${r.capacity}-byte reservation`);
-    this.slots.set(r.slot, id, type, flags, r.offset, storedLength, rawLength);
+    entryBase({ flags, ...(base ? { base } : {}) }, 'pack entry');
+    this.slots.set(r.slot, id, type, flags, r.offset, storedLength, rawLength, base);
     this.states[r.slot] = committed;
     this.committedCount++;
     this.pending--;
@@ -136,13 +139,19 @@ export class PackBuilder {
         runStart = at;
       }
       runEnd = at + e.storedLength;
-      entries.push(e.id, e.type, e.flags, size, e.storedLength, e.rawLength);
+      entries.push(e.id, e.type, e.flags, size, e.storedLength, e.rawLength, e.base);
       size += e.storedLength;
     }
     if (runEnd > runStart) parts.push(this.buffer.view.subarray(runStart, runEnd));
     this.slots = new BlobEntryList(0);
-    const w = new BinaryWriter(1 + 4 + entries.length * headerEntrySize).u8(packHeaderVersion).u32(entries.length);
-    for (const e of entries) w.u8(e.type).u8(e.flags).u32(e.storedLength).u32(e.rawLength).id(e.id);
+    let headerSize = 1 + 4 + entries.length * headerEntrySize;
+    for (let i = 0; i < entries.length; i++) if (entries.baseAt(i)) headerSize += idLength;
+    const w = new BinaryWriter(headerSize).u8(packHeaderVersion).u32(entries.length);
+    for (const e of entries) {
+      w.u8(e.type).u8(e.flags).u32(e.storedLength).u32(e.rawLength).id(e.id);
+      const base = entryBase(e, 'pack header entry');
+      if (base) w.id(base);
+    }
     const sealed = seal(encryptionKey, w.finish(), headerAad(this.id));
     const trailer = Buffer.alloc(trailerSize);
     trailer.writeUInt32LE(sealed.length);
@@ -188,7 +197,9 @@ export function decodePackHeader(encryptionKey: Uint8Array, packId: Uint8Array, 
     const rawLength = r.u32('raw length');
     const id = Buffer.from(r.id('blob id'));
     if (!isBlobType(type)) throw new FormatError(`unknown blob type ${type}`);
-    entries.push({ id, type, flags, offset, storedLength, rawLength });
+    const entry: BlobEntry = { id, type, flags, offset, storedLength, rawLength };
+    if (flags & BlobFlag.delta) entry.base = Buffer.from(r.id('base id'));
+    entries.push(entry);
     offset += storedLength;
   }
   r.end('pack header');

@@ -75,7 +75,7 @@ export interface TransformFigures {
 
 export function emptyKindSummary(layout: string, dtype: string): KindSummary {
   const figures = () => ({ blobs: 0, bytes: 0, stored: 0, sealMs: 0 });
-  return { layout, dtype, bytesIn: 0, bytesDeduplicated: 0, transforms: { planes: figures(), zstd: figures(), raw: figures() } };
+  return { layout, dtype, bytesIn: 0, bytesDeduplicated: 0, transforms: { delta: figures(), planes: figures(), zstd: figures(), raw: figures() } };
 }
 
 /** Orders kinds by layout, then dtype. */
