@@ -25,9 +25,11 @@ export class DirectRangeReader {
   private readonly all = new Set<Connection>();
   private closed = false;
 
+  /** `host` and `port` to connect to; `hostHeader` as the endpoint URL spells them (`[::1]:9000`). */
   constructor(
     private readonly host: string,
     private readonly port: number,
+    private readonly hostHeader: string,
     private readonly sign: SignGet,
     private readonly timeouts: { connectMs: number; idleMs: number },
   ) {}
@@ -39,7 +41,7 @@ export class DirectRangeReader {
       hostname: this.host,
       port: this.port,
       path,
-      headers: { host: `${this.host}:${this.port}`, range: `bytes=${offset}-${offset + into.length - 1}`, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' },
+      headers: { host: this.hostHeader, range: `bytes=${offset}-${offset + into.length - 1}`, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' },
     });
     let head = `GET ${path} HTTP/1.1\r\n`;
     for (const [name, value] of Object.entries(headers)) head += `${name}: ${value}\r\n`;

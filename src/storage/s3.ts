@@ -317,7 +317,7 @@ export class S3Storage implements Storage {
     if (plain?.protocol === 'http:') {
       this.endpointPath = plain.pathname.replace(/\/+$/, '');
       const host = plain.hostname.replace(/^\[(.*)\]$/, '$1');
-      this.directReader = new DirectRangeReader(host, Number(plain.port || 80), (request) => this.signGet(request), {
+      this.directReader = new DirectRangeReader(host, Number(plain.port || 80), plain.host, (request) => this.signGet(request), {
         connectMs: this.tuning.connectTimeoutMs,
         idleMs: this.tuning.idleTimeoutMs,
       });

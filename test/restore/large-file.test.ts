@@ -10,6 +10,8 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backup } from '../../src/backup/archiver.js';
 import type { Snapshot } from '../../src/repo/snapshot/snapshot.js';
+import { hexToId } from '../../src/repo/ids.js';
+import { packKey } from '../../src/repo/pack/pack.js';
 import { Repository } from '../../src/repo/repository.js';
 import { type RestoreProgress, restore } from '../../src/restore/restorer.js';
 import { openStorage } from '../../src/storage/open.js';
@@ -76,11 +78,17 @@ class ReadCounter implements Storage {
   }
 }
 
-/** The key of the largest pack: data of the large file (tree packs are small). */
-async function largestPack(storage: Storage): Promise<string> {
-  let largest: ObjectInfo | undefined;
-  for await (const o of storage.list('data/')) if (!largest || o.size > largest.size) largest = o;
-  return largest!.key;
+/**
+ * The pack of the large file's middle chunk: it holds nothing else (the small files went into the
+ * first pack, before the large file's first chunks), and the file has reads before it.
+ */
+async function middlePack(repo: Repository, snapshot: Snapshot): Promise<string> {
+  await repo.refreshIndex();
+  const root = await repo.loadTree(snapshot.tree);
+  const node = (await repo.loadTree(root.nodes[0]!.subtree!)).nodes.find((n) => n.name === 'model.bin')!;
+  expect(node.content!.length, 'the chunk IDs are in the tree node').toBeGreaterThan(8);
+  const loc = repo.index.lookup(hexToId(node.content![Math.floor(node.content!.length / 2)]!))!;
+  return packKey(repo.index.packIdAt(loc.packIndex));
 }
 
 let tmp: string;
@@ -139,8 +147,8 @@ describe.each(backends)('restore of a large file ($name)', ({ name, makeRepoUrl 
 
   it('cancelled mid-file: fails with TENDER_CANCELLED and leaves no half-written file', async () => {
     const { repo, storage } = await openRepo((s) => new FaultyStorage(s));
-    // The first read of the largest pack goes through, the next waits: the file is partly written then.
-    const gate = storage.hold({ op: 'get', prefix: await largestPack(storage), after: 1 });
+    // The first read of that pack goes through, the next waits: the file is partly written then.
+    const gate = storage.hold({ op: 'get', prefix: await middlePack(repo, snapshot), after: 1 });
     const target = path.join(tmp, `cancelled-${name}`);
     const controller = new AbortController();
     const ctx = createOperationContext({ signal: controller.signal });
@@ -171,7 +179,7 @@ describe.each(backends)('restore of a large file ($name)', ({ name, makeRepoUrl 
 
   it('a failed read fails the restore with that error, not a hang, and removes the unfinished file', async () => {
     const { repo, storage } = await openRepo((s) => new FaultyStorage(s));
-    const pack = await largestPack(storage);
+    const pack = await middlePack(repo, snapshot);
     storage.add({ op: 'get', prefix: pack, permanent: true });
     const target = path.join(tmp, `failed-read-${name}`);
     try {
