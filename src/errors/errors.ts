@@ -79,3 +79,8 @@ export function exitCodeFor(err: unknown): number {
       return ExitCode.failure;
   }
 }
+
+/** O_DIRECT refused by the filesystem (tmpfs, some overlay and network filesystems): EINVAL at the open or at a write. */
+export function refusesDirectIo(err: unknown): boolean {
+  return systemErrorCode(err) === 'EINVAL' || (err as { errno?: number } | null)?.errno === 22;
+}

@@ -1,9 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
-import { constants as osConstants } from 'node:os';
 import { link, mkdir, open, readdir, rm, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
-import { TenderError, systemErrorCode } from '../errors/errors.js';
+import { TenderError, refusesDirectIo, systemErrorCode } from '../errors/errors.js';
 import { loadNative } from '../util/native.js';
 import { Permits } from '../util/permits.js';
 import { type ByteRange, type ObjectInfo, type PutOptions, type PutResult, type Storage, markPermanent, viewOf } from './storage.js';
@@ -235,11 +234,6 @@ type DirectWriter = (fd: number, parts: Uint8Array[]) => Promise<number>;
 function directWriter(): DirectWriter | undefined {
   const addon = loadNative();
   return addon?.writeDirect && fsConstants.O_DIRECT !== undefined ? addon.writeDirect.bind(addon) : undefined;
-}
-
-/** O_DIRECT refused by the filesystem: at open (tmpfs) or at the first write (alignment it does not take). */
-function refusesDirectIo(err: unknown): boolean {
-  return systemErrorCode(err) === 'EINVAL' || (err as { errno?: number }).errno === osConstants.errno.EINVAL;
 }
 
 /** fsync a directory, so the names linked into it (or made in it) are on disk. */
