@@ -198,7 +198,7 @@ describe('XOR-delta blobs', () => {
     const pack = new PackBuilder(sharedBuffer(4096));
     for (const b of blobs) {
       const r = pack.reserve(b.storedLength)!;
-      pack.commit(r, { id: b.id, type: b.type, flags: b.flags, rawLength: b.rawLength, ...(b.base ? { base: b.base } : {}) }, b.storedLength);
+      pack.commit(r, b.id, b.type, b.flags, b.rawLength, b.storedLength, b.base);
     }
     pack.closed = true;
     const { parts, size } = pack.finish(keys.encryption);
