@@ -8,11 +8,6 @@ import { interruptRunningOperations } from '../dist/util/interrupt.js';
 // the heap held ~150 MB of garbage over ~30 MB of live objects; this halves it (1M files:
 // peak RSS about 400 → 300 MB) at no measurable cost in time.
 setFlagsFromString('--heap-growing-percent=50');
-// Keep the young generation at its initial 1 MiB semi-spaces (V8 grows them up to 16 MiB each, and
-// keeps them). The pipeline's per-file objects are small and its file data lives in shared
-// buffers: 1M small files peaked about 25 MB lower. Its cost, more objects promoted, is a few
-// seconds of CPU over 200k small files, and none measurable for large files (few objects).
-setFlagsFromString('--semi-space-growth-factor=1');
 
 // Ctrl-C or a pod's SIGTERM: running operations are cancelled and unwind (a backup indexes what
 // it stored and removes its session marker); the command then ends with 130 / 143. A command that
