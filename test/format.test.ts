@@ -16,6 +16,7 @@ import { type BlobEntry, BlobType } from '../src/repo/blob.js';
 import { idLength } from '../src/repo/ids.js';
 import { blobId } from '../src/transform/blob-id.js';
 import { type BlobLocation, IdTable } from '../src/repo/index/id-table.js';
+import { IdSet } from '../src/repo/index/id-set.js';
 import { type IndexFile, decodeIndex, encodeIndex } from '../src/repo/index/index-file.js';
 import { PackBuilder, decodePackHeader, headerLengthFromTail } from '../src/repo/pack/pack.js';
 import { sharedBuffer } from '../src/util/buffer-pool.js';
@@ -131,6 +132,34 @@ describe('IdTable', () => {
     // Only the first 32 bytes of an over-long view count.
     const longer = Buffer.concat([id, Buffer.from([1, 2, 3])]);
     expect(table.get(longer)).toEqual(loc);
+  });
+});
+
+describe('IdSet', () => {
+  it('agrees with a Set of hex strings through random adds and deletes (growing, colliding, wrapping around)', () => {
+    const random = prng(7);
+    // Half the IDs hash to the last 40 slots of any table: long runs that wrap around the end,
+    // which deletions must shift back across.
+    const ids = Array.from({ length: 4000 }, (_, i) => {
+      const id = randomBytes(idLength);
+      if (i % 2 === 0) id.writeUInt32LE(0xffffffff - (i % 40), 0);
+      return id;
+    });
+    const set = new IdSet(16);
+    const reference = new Set<string>();
+    for (let step = 0; step < 60_000; step++) {
+      const id = ids[Math.floor(random() * ids.length)]!;
+      const hex = id.toString('hex');
+      if (random() < 0.55) {
+        expect(set.add(Buffer.from(id))).toBe(!reference.has(hex));
+        reference.add(hex);
+      } else {
+        expect(set.delete(id)).toBe(reference.has(hex));
+        reference.delete(hex);
+      }
+    }
+    expect(set.size).toBe(reference.size);
+    for (const id of ids) if (set.has(id) !== reference.has(id.toString('hex'))) expect(set.has(id), id.toString('hex')).toBe(reference.has(id.toString('hex')));
   });
 });
 

@@ -52,6 +52,18 @@ export class BlobEntryList implements BlobEntries {
     this.rawLengths[i] = rawLength;
   }
 
+  typeAt(i: number): BlobType {
+    return this.types[i]! as BlobType;
+  }
+
+  flagsAt(i: number): number {
+    return this.flags[i]!;
+  }
+
+  rawLengthAt(i: number): number {
+    return this.rawLengths[i]!;
+  }
+
   offsetAt(i: number): number {
     return this.offsets[i]!;
   }
@@ -68,6 +80,25 @@ export class BlobEntryList implements BlobEntries {
   /** The i-th delta base, if entry i is a delta blob. */
   baseAt(i: number): Buffer | undefined {
     return this.bases.get(i);
+  }
+
+  /** Appends entry i of `from` at `offset` (no objects made). */
+  pushFrom(from: BlobEntryList, i: number, offset: number): void {
+    if (this.count === this.types.length) this.grow(Math.max(64, 2 * this.count));
+    const j = this.count++;
+    this.ids.set(from.ids.subarray(i * idLength, (i + 1) * idLength), j * idLength);
+    this.types[j] = from.types[i]!;
+    this.flags[j] = from.flags[i]!;
+    this.offsets[j] = offset;
+    this.storedLengths[j] = from.storedLengths[i]!;
+    this.rawLengths[j] = from.rawLengths[i]!;
+    const base = from.bases.get(i);
+    if (base) this.bases.set(j, base);
+  }
+
+  /** The i-th ID as a view of `idLength` bytes (for writing it out). */
+  idView(i: number): Uint8Array {
+    return this.ids.subarray(i * idLength, (i + 1) * idLength);
   }
 
   at(i: number): BlobEntry {

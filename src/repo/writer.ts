@@ -3,7 +3,8 @@ import type { BlobCodec } from '../transform/blob-codec.js';
 import type { MasterKeys } from '../transform/keys.js';
 import { type BufferPool, type PooledBuffer, sharedBuffer } from '../util/buffer-pool.js';
 import { BlobType } from './blob.js';
-import { idToHex } from './ids.js';
+import { idLength, idToHex } from './ids.js';
+import { IdSet } from './index/id-set.js';
 import type { BlobEntryList, BlobEntries } from './blob-entries.js';
 import type { IndexFile, IndexedPack } from './index/index-file.js';
 import type { IndexView } from './index/index-view.js';
@@ -48,8 +49,9 @@ export class RepositoryWriter {
   private pendingIndexBlobs = 0;
   private uploadError: unknown;
   private readonly packsPerIndex: number;
-  /** Hex IDs of committed blobs whose pack is not stored yet (they count as present for dedup). */
-  private readonly unindexed = new Set<string>();
+  /** Committed blobs whose pack is not stored yet (they count as present for dedup): up to a few packs' worth. */
+  private readonly unindexed = new IdSet();
+  private readonly hexScratch = Buffer.alloc(idLength);
   private closed = false;
   private storeMsTotal = 0;
 
@@ -69,11 +71,12 @@ export class RepositoryWriter {
 
   /** Stored, or committed by this writer: either way a later reference to it is safe. */
   has(id: Uint8Array): boolean {
-    return this.repo.has(id) || (this.unindexed.size > 0 && this.unindexed.has(idToHex(id)));
+    return this.repo.has(id) || this.unindexed.has(id);
   }
 
   hasHex(hex: string): boolean {
-    return this.repo.hasHex(hex) || (this.unindexed.size > 0 && this.unindexed.has(hex));
+    if (this.repo.hasHex(hex)) return true;
+    return this.unindexed.size > 0 && hex.length === 2 * idLength && this.hexScratch.write(hex, 'hex') === idLength && this.unindexed.has(this.hexScratch);
   }
 
   /** Milliseconds spent storing packs, summed over the concurrent uploads (statistics). */
@@ -133,7 +136,7 @@ export class RepositoryWriter {
    */
   commit(r: Reservation, type: BlobType, id: Uint8Array, rawLength: number, storedLength: number, flags: number, base?: Uint8Array): void {
     r.pack.commit(r, id, type, flags, rawLength, storedLength, base);
-    this.unindexed.add(idToHex(id));
+    this.unindexed.add(id);
     if (r.pack.complete) this.startUpload(r.pack);
   }
 
@@ -196,7 +199,7 @@ export class RepositoryWriter {
       // Synchronous from here to the push: an index refresh sees these entries either in the
       // view it replaces (and then in packsAwaitingIndex) or in the one it installs.
       this.repo.index.addPack(pack.id, size, entries);
-      for (let i = 0; i < entries.length; i++) this.unindexed.delete(idToHex(entries.idAt(i)));
+      for (let i = 0; i < entries.length; i++) this.unindexed.delete(entries.idAt(i));
       this.pendingIndex.push({ packId: pack.id, packSize: size, blobs: entries });
       this.pendingIndexBlobs += entries.length;
       // Packs of tiny files hold tens of thousands of blobs: bound the entries waiting in memory too.

@@ -19,6 +19,13 @@ export class DirectGetFailed extends Error {}
 const headChunk = 16 * 1024;
 /** A response head larger than this is not what a ranged GET returns. */
 const maxHeadBytes = 64 * 1024;
+/**
+ * Connections kept open between reads, at most: the rest of a burst of concurrent reads closes
+ * its connections, so a long-running process's open descriptors do not stay at the peak of its
+ * busiest operation. A new connection to a plain-http endpoint costs a round trip, little beside
+ * an 8 MiB read.
+ */
+const maxIdleConnections = 2;
 
 export class DirectRangeReader {
   private readonly idle: Connection[] = [];
@@ -47,7 +54,7 @@ export class DirectRangeReader {
     for (const [name, value] of Object.entries(headers)) head += `${name}: ${value}\r\n`;
     const connection = this.idle.pop() ?? this.connect();
     const keep = await connection.get(`${head}\r\n`, into);
-    if (keep && !this.closed) this.idle.push(connection);
+    if (keep && !this.closed && this.idle.length < maxIdleConnections) this.idle.push(connection);
     else connection.destroy();
   }
 

@@ -110,7 +110,7 @@ describe.each(backends)('one repository, many operations ($name)', ({ name, make
     await restoreAndCompare(first.snapshotId, first.snapshot);
     await prune(repo, {}, createOperationContext());
     await check(repo, { readData: true }, createOperationContext());
-    // Open fds must come back to the baseline after every operation. Memory must come back to
+    // Open fds must stay within the baseline plus the pools' slack, and never pass the first half's peak. Memory must come back to
     // where it stood in the first half of the run once everything is done (the peak of the first
     // 25 operations, as V8 sizes its young generation once to the allocation rate and the shared
     // buffer pools fill up to the bounds their configuration sets, as operations need them): the
@@ -118,6 +118,8 @@ describe.each(backends)('one repository, many operations ($name)', ({ name, make
     // memory stays with the C allocator once touched). Anything that grows with the number of
     // operations fails this.
     const baselineFds = openFds();
+    const fdCounts: number[] = [];
+    const poolSlack = 10;
     const samples: Array<ReturnType<typeof settledMemory>> = [];
     const outcomes = { backups: 0, cancelled: 0, faulted: 0, prunes: 0, checks: 0, restores: 0 };
     for (let op = 0; op < 50; op++) {
@@ -173,7 +175,12 @@ describe.each(backends)('one repository, many operations ($name)', ({ name, make
         note('restore');
       }
       samples.push(settledMemory());
-      expect(openFds(), `open fds after operation ${op} (${log.at(-1)}), baseline ${baselineFds}`).toBeLessThanOrEqual(Math.ceil(baselineFds * 1.1));
+      const fds = openFds();
+      fdCounts.push(fds);
+      // Keep-alive pools (the S3 client's sockets, the direct reader's idle connections) fill up
+      // to the concurrency the operations reach, a few descriptors: after that, nothing may grow.
+      const bound = op < 25 ? baselineFds + poolSlack : Math.max(...fdCounts.slice(0, 25));
+      expect(fds, `open fds after operation ${op} (${log.at(-1)}), baseline ${baselineFds}, bound ${bound}`).toBeLessThanOrEqual(bound);
     }
 
     // A prune whose sweep is not blocked by any session: deletes what no snapshot uses.
@@ -181,7 +188,7 @@ describe.each(backends)('one repository, many operations ($name)', ({ name, make
     const report = await check(repo, { readData: true }, createOperationContext());
     expect(report.problems).toEqual([]);
     for (const { id, snapshot } of await listSnapshots(repo)) await restoreAndCompare(id, snapshot);
-    expect(openFds()).toBeLessThanOrEqual(Math.ceil(baselineFds * 1.1));
+    expect(openFds()).toBeLessThanOrEqual(Math.max(...fdCounts.slice(0, 25)));
     const final = settledMemory();
     const mib = (n: number) => `${(n / MiB).toFixed(0)} MiB`;
     const peak = (from: number, to: number, k: 'rss' | 'heapUsed' | 'buffers') => Math.max(...samples.slice(from, to).map((m) => m[k]));
