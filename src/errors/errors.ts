@@ -1,3 +1,5 @@
+import { constants as osConstants } from 'node:os';
+
 /**
  * One error type for everything tender reports. Callers (CLI, retry logic) match on `code`,
  * never on `instanceof` subclasses or message text. `hint` says what the user should do.
@@ -43,11 +45,17 @@ export function isTenderError(err: unknown, code?: ErrorCode): err is TenderErro
   return err instanceof TenderError && (code === undefined || err.code === code);
 }
 
-/** Node's system error codes (ENOENT, ENOSPC, ...), or undefined. */
+/**
+ * Node's system error codes (ENOENT, ENOSPC, ...), or undefined. The addon's errors carry only
+ * `errno` (a number): its name is looked up.
+ */
 export function systemErrorCode(err: unknown): string | undefined {
-  const code = (err as { code?: unknown } | null)?.code;
-  return typeof code === 'string' ? code : undefined;
+  const { code, errno } = (err ?? {}) as { code?: unknown; errno?: unknown };
+  if (typeof code === 'string') return code;
+  return typeof errno === 'number' && errno > 0 ? errnoNames.get(errno) : undefined;
 }
+
+const errnoNames = new Map(Object.entries(osConstants.errno).map(([name, value]) => [value, name]));
 
 /** The documented process exit codes (docs/scripting.md). */
 export const ExitCode = {
@@ -82,5 +90,5 @@ export function exitCodeFor(err: unknown): number {
 
 /** O_DIRECT refused by the filesystem (tmpfs, some overlay and network filesystems): EINVAL at the open or at a write. */
 export function refusesDirectIo(err: unknown): boolean {
-  return systemErrorCode(err) === 'EINVAL' || (err as { errno?: number } | null)?.errno === 22;
+  return systemErrorCode(err) === 'EINVAL';
 }
