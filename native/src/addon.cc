@@ -461,50 +461,6 @@ class WriteDirectWorker : public Napi::AsyncWorker {
   Napi::ObjectReference held_;
 };
 
-// pwriteDirect(fd, data, position): Promise<void>: data written to fd (opened with O_DIRECT) at
-// position through the aligned bounce buffer, on a libuv worker thread; position and length must
-// be multiples of 4096 (RangeError otherwise). The data's array is held until the write has ended.
-class PwriteDirectWorker : public Napi::AsyncWorker {
- public:
-  PwriteDirectWorker(Napi::Env env, int fd, Napi::Object data, ByteView view, uint64_t position)
-      : Napi::AsyncWorker(env), fd_(fd), view_(view), position_(position), deferred_(Napi::Promise::Deferred::New(env)), held_(Napi::Persistent(data)) {}
-  Napi::Promise Promise() { return deferred_.Promise(); }
-
- protected:
-  void Execute() override { err_ = tender::pwriteDirect(fd_, view_.data, view_.length, position_); }
-  void OnOK() override {
-    held_.Reset();
-    if (err_ == 0) {
-      deferred_.Resolve(Env().Undefined());
-    } else {
-      deferred_.Reject(errnoError(Env(), "pwrite (O_DIRECT)", err_).Value());
-    }
-  }
-
- private:
-  int fd_;
-  ByteView view_;
-  uint64_t position_;
-  int err_ = 0;
-  Napi::Promise::Deferred deferred_;
-  Napi::ObjectReference held_;
-};
-
-Napi::Value PwriteDirect(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info.Length() < 3 || !info[1].IsTypedArray()) throw Napi::TypeError::New(env, "pwriteDirect(fd, data: Uint8Array, position)");
-  const uint32_t fd = u32(env, info[0], "fd");
-  const ByteView view = bytes(env, info[1], "data");
-  const size_t position = index(env, info[2], "position");
-  if (position % tender::kDirectAlign != 0 || view.length % tender::kDirectAlign != 0) {
-    throw Napi::RangeError::New(env, "pwriteDirect needs a position and a length that are multiples of 4096");
-  }
-  auto* worker = new PwriteDirectWorker(env, static_cast<int>(fd), info[1].As<Napi::Object>(), view, position);
-  Napi::Promise promise = worker->Promise();
-  worker->Queue();
-  return promise;
-}
-
 Napi::Value WriteDirect(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 2 || !info[1].IsArray()) throw Napi::TypeError::New(env, "writeDirect(fd, parts: Uint8Array[])");
@@ -553,7 +509,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     exports.Set("directWriteUnavailable", Napi::String::New(env, why));
   } else {
     exports.Set("writeDirect", Napi::Function::New<WriteDirect>(env, "writeDirect"));
-    exports.Set("pwriteDirect", Napi::Function::New<PwriteDirect>(env, "pwriteDirect"));
   }
   tender::exportNvml(env, exports);
   // Adding functions keeps abiVersion at 1: src/backup/chunk/native.ts checks it, and callers of

@@ -23,7 +23,7 @@
 namespace tender {
 namespace {
 
-constexpr size_t kAlign = kDirectAlign;
+constexpr size_t kAlign = 4096;
 constexpr size_t kBounceBytes = 1u << 20;
 
 uint8_t* bounceBuffer() {
@@ -90,21 +90,6 @@ int writeDirect(int fd, const ConstBytes* parts, size_t count, uint64_t* written
   return 0;
 }
 
-int pwriteDirect(int fd, const uint8_t* data, size_t length, uint64_t offset) {
-  if (offset % kAlign != 0 || length % kAlign != 0) return EINVAL;
-  uint8_t* bounce = bounceBuffer();
-  if (bounce == nullptr) return ENOMEM;
-  while (length > 0) {
-    const size_t take = length < kBounceBytes ? length : kBounceBytes;
-    std::memcpy(bounce, data, take);
-    if (const int err = writeAll(fd, bounce, take, offset)) return err;
-    data += take;
-    length -= take;
-    offset += take;
-  }
-  return 0;
-}
-
 const char* directWriteUnavailableReason() { return nullptr; }
 
 }  // namespace tender
@@ -113,7 +98,6 @@ const char* directWriteUnavailableReason() { return nullptr; }
 
 namespace tender {
 int writeDirect(int, const ConstBytes*, size_t, uint64_t*) { return ENOSYS; }
-int pwriteDirect(int, const uint8_t*, size_t, uint64_t) { return ENOSYS; }
 const char* directWriteUnavailableReason() { return "direct writes are implemented for Linux only"; }
 }  // namespace tender
 

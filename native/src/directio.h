@@ -16,12 +16,6 @@ struct ConstBytes {
 // device refuses direct I/O of this alignment; the caller then writes through the page cache).
 int writeDirect(int fd, const ConstBytes* parts, size_t count, uint64_t* written);
 
-// Writes length bytes from data to fd (opened with O_DIRECT) at offset; offset and length must be
-// multiples of kDirectAlign. Returns 0 or an errno (EINVAL as above).
-int pwriteDirect(int fd, const uint8_t* data, size_t length, uint64_t offset);
-
-constexpr size_t kDirectAlign = 4096;
-
 // Null when writeDirect is available, else why not (not Linux).
 const char* directWriteUnavailableReason();
 

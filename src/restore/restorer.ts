@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process';
 import { constants as fsConstants } from 'node:fs';
 import { promisify } from 'node:util';
-import { chmodSync, closeSync, ftruncateSync, lchownSync, lutimesSync, openSync, unlinkSync, utimesSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, ftruncateSync, lchownSync, lutimesSync, openSync, unlinkSync, utimesSync, write, writeSync } from 'node:fs';
 import { link, lstat, mkdir, readdir, rm, rmdir, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import { minimatch } from 'minimatch';
@@ -14,7 +14,6 @@ import { corrupt, type Repository } from '../repo/repository.js';
 import type { Snapshot } from '../repo/snapshot/snapshot.js';
 import { type TreeNode, isSafeName } from '../repo/snapshot/tree.js';
 import { type OperationContext, cancelledError, throwIfCancelled } from '../util/operation.js';
-import { DirectIoPolicy, type RestoredFileWriter } from './file-writer.js';
 import { type ChunkRef, type PackRead, planReads } from './plan.js';
 import { type BufferPair, PackReader, type RestoreSource } from './reader.js';
 
@@ -62,6 +61,7 @@ export interface RestoreResult {
 }
 
 const execFileAsync = promisify(execFile);
+const writeAt = promisify(write);
 const zeroBlock = Buffer.alloc(8 * 1024 * 1024);
 
 function isAllZero(buf: Uint8Array): boolean {
@@ -100,7 +100,6 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
     }
   };
   const reader = new PackReader(src, repo.executor());
-  const directIo = new DirectIoPolicy();
   // A read must hold at least one whole blob: the repository's largest chunk, stored raw.
   const largeBufferSize = Math.max(largeReadSize, repo.config.chunker.maxSize) + sealOverhead;
   const readAhead = options.readAhead ?? defaultReadAhead;
@@ -193,11 +192,9 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
     await create(full, async () => {
       fd = openSync(full, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW, 0o600);
     });
-    let writer: RestoredFileWriter | undefined;
     try {
-      writer = directIo.open(full, fd, node.size ?? 0);
       const refs = await chunkRefs(src, node);
-      const written = await writeContent(reader, buffers, writer, refs, () => fatal !== undefined, (n) => {
+      const written = await writeContent(reader, buffers, fd, refs, () => fatal !== undefined, (n) => {
         progress.bytesDone += n;
         report();
       });
@@ -205,7 +202,6 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
       // Holes were skipped, not written: set the length so trailing holes exist too.
       ftruncateSync(fd, written);
     } catch (err) {
-      writer?.close();
       // Never leave a half-written file behind that could pass for the restored one.
       closeSync(fd);
       fd = -1;
@@ -216,7 +212,6 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
       }
       throw err;
     } finally {
-      writer?.close();
       if (fd !== -1) closeSync(fd);
     }
     setMetadata(full, node);
@@ -533,7 +528,7 @@ const defaultReadAhead = 4;
 async function writeContent(
   reader: PackReader,
   buffers: RestoreBuffers,
-  writer: RestoredFileWriter,
+  fd: number,
   refs: ChunkRef[],
   stopped: () => boolean,
   onBytes: (n: number) => void,
@@ -541,7 +536,12 @@ async function writeContent(
   let size = 0;
   for (const r of refs) size += r.loc.rawLength;
   const writeChunk = async (ref: ChunkRef, chunk: Uint8Array) => {
-    if (!isAllZero(chunk)) await writer.write(chunk, ref.fileOffset);
+    if (!isAllZero(chunk)) {
+      for (let done = 0; done < chunk.length; ) {
+        const { bytesWritten } = await writeAt(fd, chunk, done, chunk.length - done, ref.fileOffset + done);
+        done += bytesWritten;
+      }
+    }
     onBytes(chunk.length);
   };
   let failure: { error: unknown } | undefined;

@@ -78,12 +78,7 @@ export interface NativeAddon {
    * filesystem refuses direct I/O.
    */
   writeDirect?(fd: number, parts: Uint8Array[]): Promise<number>;
-  /**
-   * Writes `data` to `fd` (opened with O_DIRECT) at `position`, both multiples of 4096 (RangeError
-   * otherwise), on a libuv thread. Rejects with `errno` set; EINVAL: the filesystem refuses it.
-   */
-  pwriteDirect?(fd: number, data: Uint8Array, position: number): Promise<void>;
-  /** Why writeDirect and pwriteDirect are missing (not Linux). */
+  /** Why writeDirect is missing (not Linux). */
   directWriteUnavailable?: string;
   /** NVML on a thread of the addon's own (native/src/nvml.cc); Linux only. */
   NvmlSession?: new (libraryPath: string) => NativeNvmlSession;
