@@ -32,11 +32,11 @@ const openGroupBytes = 1024 * 1024;
  * Reads ranges of packs into pooled buffers and has the workers decrypt, decompress and verify
  * their blobs into other pooled buffers. The steps of one read:
  *
- *   reserve (a read buffer: waits while all are in use) → ranged get → open the blobs in groups,
- *   each group in its own worker message → `use` each group's blobs as soon as it is open
- *
- * A delta blob's base is loaded into the blob's target region before the open step
- * (Repository.attachDeltaBases); the worker then XORs the delta onto it in place.
+ *   reserve (a read buffer: waits while all are in use) → plaintext buffer → ranged get, and at
+ *   the same time the bases of its delta blobs into their target regions
+ *   (Repository.attachDeltaBases) → open the blobs in groups, each group in its own worker
+ *   message (a delta is XORed onto its base in place) → `use` each group's blobs as soon as it
+ *   is open
  */
 export class PackReader {
   constructor(
@@ -67,11 +67,17 @@ export class PackReader {
     };
     let plain: PooledBuffer | undefined;
     try {
-      await this.src.repo.readPackRange(packId, read.offset, read.length, sealed.view);
       plain = await pools.plaintext.acquire();
       const requests = openRequests(read, plain.buffer);
-      // A delta blob is opened onto its base's plaintext, loaded into its target region first.
-      await this.src.repo.attachDeltaBases(requests, this.src.view);
+      // The range, and at the same time the bases of its delta blobs (other packs' ranges), each
+      // loaded into its blob's target region: the delta is opened onto it. Both end before the
+      // buffers can go back, whichever fails.
+      const fetched = await Promise.allSettled([
+        this.src.repo.readPackRange(packId, read.offset, read.length, sealed.view),
+        this.src.repo.attachDeltaBases(requests, this.src.view),
+      ]);
+      const fetchFailed = fetched.find((s) => s.status === 'rejected');
+      if (fetchFailed) throw fetchFailed.reason;
       const view = plain.view;
       let opened = 0;
       const groups = groupRequests(requests).map(async ([from, to]) => {
