@@ -51,11 +51,21 @@ fs.writeFileSync(new URL('./result.json', import.meta.url), JSON.stringify(out))
 describe.skipIf(!hasQemu)('cgroup v2 on a real kernel (qemu)', () => {
   it('tender box in a nested v2 cgroup: cpu.max, memory.max, io.max found, workers from the quota; a pod cgroup found by UID', async () => {
     writeFileSync(path.join(share, 'guest.mjs'), guest);
-    const vm = spawn('sh', [path.join(repoRoot, 'scripts/cgroup2-vm.sh'), path.join(share, 'guest.mjs')], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let output = '';
-    vm.stdout.on('data', (b: Buffer) => (output += b.toString()));
-    vm.stderr.on('data', (b: Buffer) => (output += b.toString()));
-    const code = await new Promise<number | null>((resolve) => vm.on('exit', resolve));
+    const boot = async () => {
+      const vm = spawn('sh', [path.join(repoRoot, 'scripts/cgroup2-vm.sh'), path.join(share, 'guest.mjs')], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let output = '';
+      vm.stdout.on('data', (b: Buffer) => (output += b.toString()));
+      vm.stderr.on('data', (b: Buffer) => (output += b.toString()));
+      return { code: await new Promise<number | null>((resolve) => vm.on('exit', resolve)), output };
+    };
+    // A TCG guest beside a full test run once ended with status 1 and passed alone: one more boot
+    // then. A guest that fails for a reason of tender's fails both times.
+    let run = await boot();
+    if (run.code !== 0) {
+      console.warn(`cgroup v2 VM: first boot ended with ${run.code}; booting once more. Its output:\n${run.output.slice(-4000)}`);
+      run = await boot();
+    }
+    const { code, output } = run;
     expect(code, output.slice(-4000)).toBe(0);
     const out = JSON.parse(readFileSync(path.join(share, 'result.json'), 'utf8'));
     expect(out.box.status, out.box.stderr).toBe(0);
@@ -74,5 +84,5 @@ describe.skipIf(!hasQemu)('cgroup v2 on a real kernel (qemu)', () => {
     expect(out.pod).toBe('/sys/fs/cgroup/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod3f1c2a9e_7b4d_4e5f_9a8b_0c1d2e3f4a5b.slice');
     expect(out.pressure.some).toEqual({ avg10: 0, avg60: 0, avg300: 0, total: expect.any(Number) });
     expect(out.pressure.full).toBeDefined();
-  }, 600_000); // as long as the script gives qemu: a TCG boot beside other test files once took over 300 s
+  }, 1_250_000); // two boots of as long as the script gives qemu (600 s each): a TCG boot beside other test files once took over 300 s
 });
