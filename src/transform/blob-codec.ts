@@ -123,13 +123,10 @@ export class BlobCodec {
     if (this.deltaScratch.length < rawLength) this.deltaScratch = Buffer.allocUnsafeSlow(rawLength);
     const xor = this.deltaScratch.subarray(0, rawLength);
     xorBytes(plaintext, base.plaintext, xor);
-    const planes = this.planeEncoder!.encode(xor, elementSize);
-    if (!planes) return undefined;
-    // The XOR is no longer needed: the payload goes into the same scratch (planes is another buffer).
-    if (this.deltaScratch.length < baseIdLength + planes.length) this.deltaScratch = Buffer.allocUnsafeSlow(baseIdLength + planes.length);
-    this.deltaScratch.set(base.id.subarray(0, baseIdLength), 0);
-    planes.copy(this.deltaScratch, baseIdLength);
-    return this.deltaScratch.subarray(0, baseIdLength + planes.length);
+    const payload = this.planeEncoder!.encode(xor, elementSize, baseIdLength);
+    if (!payload) return undefined;
+    payload.set(base.id.subarray(0, baseIdLength), 0);
+    return payload;
   }
 
   /**

@@ -28,8 +28,10 @@ export class PlaneEncoder {
    * codes to 0.340 (level 1 defaults: 0.369) at about twice level 1's speed.
    */
   private readonly coder = new zstd.CCtx();
-  private shuffled = Buffer.alloc(0);
+  /** The payload is built here, in place: the planes are shuffled straight into it. */
   private out = Buffer.alloc(0);
+  /** One coded plane, before it moves into `out` (zstd cannot code in place). */
+  private coded = Buffer.alloc(0);
   private readonly histogram = new Uint32Array(256);
 
   constructor() {
@@ -39,67 +41,87 @@ export class PlaneEncoder {
   }
 
   /**
-   * The plane payload of `plaintext` (a view of a reused buffer, valid until the next call), or
-   * undefined when it would not be at least 1/64 smaller than the plaintext.
+   * The plane payload of `plaintext` after `prefix` bytes left free for the caller (a view of a
+   * reused buffer, valid until the next call), or undefined when the payload would not be at
+   * least 1/64 smaller than the plaintext.
+   *
+   * Each byte of the plaintext is copied once (by the shuffle, to where its plane is stored);
+   * only coded planes move again, at their coded size: the planes that sampling says will code
+   * size the header up front, and raw planes stay where the shuffle put them.
    */
-  encode(plaintext: Uint8Array, elementSize: number): Buffer | undefined {
+  encode(plaintext: Uint8Array, elementSize: number, prefix = 0): Buffer | undefined {
     if (!planeElementSizes.includes(elementSize)) throw new RangeError(`no plane transform for element size ${elementSize}`);
     const rawLength = plaintext.byteLength;
     const n = Math.floor(rawLength / elementSize);
     if (n === 0) return undefined;
-    if (this.shuffled.length < rawLength) this.shuffled = Buffer.allocUnsafeSlow(rawLength);
-    const shuffled = this.shuffled.subarray(0, rawLength);
-    byteShuffle(plaintext, shuffled, elementSize);
-    const headerLength = 2 + 4 * elementSize;
-    const bound = headerLength + elementSize * zstd.compressBound(n) + elementSize;
-    if (this.out.length < bound) this.out = Buffer.allocUnsafeSlow(bound);
+    let tryMask = 0;
+    let tries = 0;
+    for (let p = 0; p < elementSize; p++) {
+      if (this.sampleEntropy(plaintext, p, elementSize, n) < codeBelowBits) {
+        tryMask |= 1 << p;
+        tries++;
+      }
+    }
+    if (tries === 0) return undefined;
+    const shuffledAt = prefix + 2 + 4 * tries;
+    if (this.out.length < shuffledAt + rawLength) this.out = Buffer.allocUnsafeSlow(shuffledAt + rawLength);
     const out = this.out;
+    byteShuffle(plaintext, out.subarray(shuffledAt, shuffledAt + rawLength), elementSize);
+    const bound = zstd.compressBound(n);
+    if (this.coded.length < bound) this.coded = Buffer.allocUnsafeSlow(bound);
     let mask = 0;
     const codedLengths: number[] = [];
-    let at = headerLength;
+    // Planes are packed towards the front as they go: `at` never passes the plane being read.
+    let at = shuffledAt;
     for (let p = 0; p < elementSize; p++) {
-      const plane = shuffled.subarray(p * n, (p + 1) * n);
-      if (this.sampleEntropy(plane) < codeBelowBits) {
-        const coded = this.coder.compress2(out.subarray(at), plane);
+      const planeAt = shuffledAt + p * n;
+      if (tryMask & (1 << p)) {
+        const coded = this.coder.compress2(this.coded, out.subarray(planeAt, planeAt + n));
         if (coded < n - (n >> 6)) {
+          this.coded.copy(out, at, 0, coded);
           mask |= 1 << p;
           codedLengths.push(coded);
           at += coded;
           continue;
         }
       }
-      out.set(plane, at);
+      if (at !== planeAt) out.copyWithin(at, planeAt, planeAt + n);
       at += n;
     }
     if (mask === 0) return undefined;
-    out.set(shuffled.subarray(n * elementSize), at);
-    at += rawLength - n * elementSize;
-    // The header was sized for every plane coded: close the gap left by the ones stored raw.
+    const tail = rawLength - n * elementSize;
+    if (tail > 0) out.copyWithin(at, shuffledAt + n * elementSize, shuffledAt + rawLength);
+    at += tail;
+    // A plane that sampled as codable but did not code leaves 4 header bytes unused: close the gap.
     const header = 2 + 4 * codedLengths.length;
-    if (header < headerLength) out.copy(out, header, headerLength, at);
-    const length = at - (headerLength - header);
+    const start = prefix + header;
+    if (start < shuffledAt) out.copyWithin(start, shuffledAt, at);
+    const length = at - shuffledAt + header;
     if (length >= rawLength - (rawLength >> 6)) return undefined;
-    out[0] = elementSize;
-    out[1] = mask;
-    codedLengths.forEach((l, i) => out.writeUInt32LE(l, 2 + 4 * i));
-    return out.subarray(0, length);
+    out[prefix] = elementSize;
+    out[prefix + 1] = mask;
+    codedLengths.forEach((l, i) => out.writeUInt32LE(l, prefix + 2 + 4 * i));
+    return out.subarray(0, prefix + length);
   }
 
-  /** Order-0 entropy of a sample of the plane, in bits per byte. */
-  private sampleEntropy(plane: Uint8Array): number {
+  /**
+   * Order-0 entropy of a sample of plane p (byte p of each element), in bits per byte: stripes of
+   * consecutive elements spread over the chunk, read in place.
+   */
+  private sampleEntropy(plaintext: Uint8Array, p: number, elementSize: number, n: number): number {
     const h = this.histogram;
     h.fill(0);
     let total = 0;
-    if (plane.length <= sampleBytes) {
-      for (let i = 0; i < plane.length; i++) h[plane[i]!]!++;
-      total = plane.length;
+    const count = (from: number, to: number) => {
+      for (let i = from * elementSize + p, end = to * elementSize; i < end; i += elementSize) h[plaintext[i]!]!++;
+    };
+    if (n <= sampleBytes) {
+      count(0, n);
+      total = n;
     } else {
       const stripe = sampleBytes / sampleStripes;
-      const step = Math.floor((plane.length - stripe) / (sampleStripes - 1));
-      for (let s = 0; s < sampleStripes; s++) {
-        const start = s * step;
-        for (let i = start; i < start + stripe; i++) h[plane[i]!]!++;
-      }
+      const step = Math.floor((n - stripe) / (sampleStripes - 1));
+      for (let s = 0; s < sampleStripes; s++) count(s * step, s * step + stripe);
       total = sampleStripes * stripe;
     }
     let bits = 0;
