@@ -1,4 +1,5 @@
-import cliProgress from 'cli-progress';
+import type CliProgress from 'cli-progress';
+import { createRequire } from 'node:module';
 
 /**
  * Progress output: a bar on a terminal (files, bytes, MB/s, ETA), JSON lines with --json,
@@ -51,9 +52,11 @@ export function createProgress(mode: 'tty' | 'json' | 'none', action: string, qu
       stop() {},
     };
   }
+  // Required only here: scripts and the bench (--json, --quiet) do not pay for loading the bar.
+  const cliProgress = createRequire(import.meta.url)('cli-progress') as typeof CliProgress;
   const bar = new cliProgress.SingleBar(
     {
-      format: `${action} [{bar}] {percentage}% | {files} files | {done}/{total} MB | {speed} MB/s | ETA {eta_formatted}`,
+      format: `${action} [{bar}] {percentage}% | {files} files | {done}/{totalMb} MB | {speed} MB/s | ETA {eta_formatted}`,
       stream: process.stderr,
       hideCursor: true,
       etaBuffer: 50,
@@ -61,7 +64,7 @@ export function createProgress(mode: 'tty' | 'json' | 'none', action: string, qu
     },
     cliProgress.Presets.shades_classic,
   );
-  bar.start(1, 0, { files: 0, done: '0.0', total: '?', speed: '0.0' });
+  bar.start(1, 0, { files: 0, done: '0.0', totalMb: '?', speed: '0.0' });
   return {
     update(s) {
       const total = s.totalBytes ?? Math.max(s.bytesDone, 1);
@@ -69,7 +72,7 @@ export function createProgress(mode: 'tty' | 'json' | 'none', action: string, qu
       bar.update(s.bytesDone, {
         files: s.totalFiles ? `${s.filesDone}/${s.totalFiles}` : s.filesDone,
         done: mb(s.bytesDone),
-        total: s.totalBytes !== undefined ? mb(s.totalBytes) : '?',
+        totalMb: s.totalBytes !== undefined ? mb(s.totalBytes) : '?',
         speed: mb(rate(s.bytesDone)),
       });
     },

@@ -1,6 +1,5 @@
 import { readFile } from 'node:fs/promises';
 import { type Command, Option } from 'commander';
-import { parseAllDocuments, stringify } from 'yaml';
 import { TenderError } from '../../errors/errors.js';
 import { injectRestoreInit } from '../../velero/restore-init.js';
 import { positiveInt } from '../args.js';
@@ -33,6 +32,8 @@ export function registerVeleroInject(program: Command): void {
       } catch (err) {
         throw new TenderError('TENDER_USAGE', `cannot read ${what}: ${(err as Error).message}`);
       }
+      // Loaded here: the YAML library is the largest module tree of the CLI, and only this command needs it.
+      const { parseAllDocuments, stringify } = await import('yaml');
       const out: string[] = [];
       for (const doc of parseAllDocuments(text)) {
         if (doc.errors.length > 0) throw new TenderError('TENDER_USAGE', `${what} is not valid YAML: ${doc.errors[0]!.message}`);
