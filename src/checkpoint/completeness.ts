@@ -1,7 +1,8 @@
-import type { Dirent } from 'node:fs';
-import { open, opendir, readFile, stat } from 'node:fs/promises';
+import { type Dir, type Dirent, opendirSync } from 'node:fs';
+import { open, readFile, stat } from 'node:fs/promises';
 import { basename, dirname, join, relative } from 'node:path';
 import { throwIfCancelled } from '../util/operation.js';
+import { TimeSlice } from '../util/time-slice.js';
 import { DCP_METADATA, isDcpShardName, readDcpMetadata } from './dcp.js';
 import { isNpyName, looksLikeNpy } from './npy.js';
 import { type FileHeaders, readFileHeaders } from './layout.js';
@@ -85,31 +86,45 @@ function isDcpFile(name: string): boolean {
 /** Directory-level checkpoints under root (bounded walk, memory independent of file count beyond the result). */
 export async function findCheckpoints(root: string, options: { signal?: AbortSignal } = {}): Promise<CheckpointDir[]> {
   const found: CheckpointDir[] = [];
-  await search(root, 0, found, options.signal);
+  await search(root, 0, found, options.signal, new TimeSlice(searchSliceMs));
   return found.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
 }
 
-async function search(dir: string, depth: number, found: CheckpointDir[], signal: AbortSignal | undefined): Promise<void> {
+/** The search lists directories synchronously; it lets the event loop run this often (an agent serves HTTP meanwhile). */
+const searchSliceMs = 5;
+
+async function search(dir: string, depth: number, found: CheckpointDir[], signal: AbortSignal | undefined, slice: TimeSlice): Promise<void> {
   if (signal) throwIfCancelled(signal);
+  await slice.yieldIfDue();
   const kind = await classify(dir);
   if (kind) {
     found.push(await evaluate(dir, kind, signal));
     return;
   }
   if (depth >= MAX_SEARCH_DEPTH) return;
-  // Streams the listing: memory stays independent of how many entries the directory has.
-  for await (const entry of await openDirOrEmpty(dir)) {
-    if (entry.isDirectory()) await search(join(dir, entry.name), depth + 1, found, signal);
+  for (const entry of dirEntries(dir)) {
+    if (entry.isDirectory()) await search(join(dir, entry.name), depth + 1, found, signal, slice);
   }
 }
 
-async function openDirOrEmpty(dir: string): Promise<Iterable<Dirent> | AsyncIterable<Dirent>> {
+/**
+ * The entries of a directory, read synchronously in batches: memory stays independent of how many
+ * entries it has, and no promise is made per entry (`for await` over fs/promises' opendir cost
+ * about 11 µs per entry, 0.25 s per search of a 20,000-file tree). A directory that vanished or
+ * cannot be read yields nothing: it holds no checkpoint we could label.
+ */
+function* dirEntries(dir: string): Generator<Dirent> {
+  let handle: Dir;
   try {
-    return await opendir(dir, { bufferSize: 64 });
+    handle = opendirSync(dir, { bufferSize: 256 });
   } catch (err) {
-    // A directory that vanished or cannot be read holds no checkpoint we could label.
-    if (['ENOENT', 'ENOTDIR', 'EACCES', 'EPERM'].includes((err as NodeJS.ErrnoException).code ?? '')) return [];
+    if (['ENOENT', 'ENOTDIR', 'EACCES', 'EPERM'].includes((err as NodeJS.ErrnoException).code ?? '')) return;
     throw err;
+  }
+  try {
+    for (let entry = handle.readSync(); entry !== null; entry = handle.readSync()) yield entry;
+  } finally {
+    handle.closeSync();
   }
 }
 
@@ -124,7 +139,7 @@ async function classify(dir: string): Promise<DirKind | undefined> {
   if (ORBAX_TEMPORARY_DIR.test(name)) return 'tmp-rename';
   const temporary = TEMPORARY_DIR.exec(name);
   const finalName = temporary ? (temporary[1] ?? temporary[2]!) : name;
-  const byContent = await classifyByContent(dir);
+  const byContent = classifyByContent(dir);
   if (temporary && (CHECKPOINT_NAME.test(finalName) || byContent)) return 'tmp-rename';
   if (/^iter_\d+$/.test(name) || (name === MEGATRON_RELEASE && (await isFile(join(dirname(dir), MEGATRON_TRACKER))))) return 'megatron';
   // A `checkpoint-N` holding DCP or DeepSpeed files itself is one of those (HF Trainer keeps
@@ -132,9 +147,9 @@ async function classify(dir: string): Promise<DirKind | undefined> {
   return byContent ?? (/^checkpoint-\d+$/.test(name) ? 'hf-trainer' : undefined);
 }
 
-async function classifyByContent(dir: string): Promise<'deepspeed' | 'dcp' | undefined> {
+function classifyByContent(dir: string): 'deepspeed' | 'dcp' | undefined {
   let dcp = false;
-  for await (const entry of await openDirOrEmpty(dir)) {
+  for (const entry of dirEntries(dir)) {
     if (!entry.isFile()) continue;
     if (DEEPSPEED_STATES.test(entry.name)) return 'deepspeed';
     if (isDcpFile(entry.name)) dcp = true;
@@ -165,7 +180,7 @@ async function listFiles(dir: string, signal: AbortSignal | undefined): Promise<
   const files: string[] = [];
   const walk = async (at: string, depth: number): Promise<boolean> => {
     if (signal) throwIfCancelled(signal);
-    for await (const entry of await openDirOrEmpty(at)) {
+    for (const entry of dirEntries(at)) {
       const path = join(at, entry.name);
       if (entry.isFile()) {
         if (files.length >= MAX_CHECKPOINT_FILES) return false;
