@@ -9,7 +9,10 @@ import { loadNative, nativeUnavailableReason } from '../src/util/native.js';
 import { BlobType } from '../src/repo/blob.js';
 import { BlobCodec } from '../src/transform/blob-codec.js';
 import type { MasterKeys } from '../src/transform/keys.js';
+import fc from 'fast-check';
+import type { OpenRequest, SealRequest } from '../src/workers/ops.js';
 import { createExecutor } from '../src/workers/pool.js';
+import { decodeOpens, decodeSealed, decodeSeals, encodeOpens, encodeSealed, encodeSeals } from '../src/workers/wire.js';
 
 const keys: MasterKeys = { encryption: randomBytes(32), blobId: randomBytes(32), gearSeed: randomBytes(32) };
 
@@ -91,5 +94,69 @@ worker.on('exit', (code) => console.log('exit', code));
     );
     expect(run, `stderr: ${run.stderr}`).toMatchObject({ code: 0, signal: null });
     expect(run.stdout.trim().split('\n')).toEqual(['inside', 'exit 1']);
+  });
+});
+
+describe('worker wire format (src/workers/wire.ts)', () => {
+  const id = () => new Uint8Array(randomBytes(32));
+  const targets = [new SharedArrayBuffer(64), new SharedArrayBuffer(64)];
+  /** Whether `b` is the memory of `a` (a clone of a shared buffer is another object over the same memory). */
+  const sameMemory = (a: SharedArrayBuffer, b: SharedArrayBuffer | undefined) => {
+    const marker = (new Uint8Array(a)[0]! + 1) & 0xff;
+    new Uint8Array(a)[0] = marker;
+    return b !== undefined && new Uint8Array(b)[0] === marker;
+  };
+
+  it('carries seal requests and their results across in columns, field for field', () => {
+    fc.assert(
+      fc.property(
+        fc.array(
+          fc.record({
+            type: fc.constantFrom(BlobType.data, BlobType.tree, BlobType.list),
+            offset: fc.nat(2 ** 40),
+            length: fc.nat(2 ** 31),
+            target: fc.constantFrom(...targets),
+            targetOffset: fc.nat(2 ** 40),
+            targetCapacity: fc.nat(2 ** 31),
+            elementSize: fc.constantFrom(0, 2, 4, 8),
+            withBase: fc.boolean(),
+          }),
+          { maxLength: 40 },
+        ),
+        (rows) => {
+          const requests: SealRequest[] = rows.map(({ withBase, ...r }) => ({ ...r, id: id(), ...(withBase ? { base: id() } : {}) }));
+          const decoded = decodeSeals(structuredClone(encodeSeals(requests)));
+          expect(decoded).toHaveLength(requests.length);
+          decoded.forEach((d, i) => {
+            const { target, ...rest } = d;
+            const { target: sent, ...expected } = requests[i]!;
+            expect({ ...rest, id: [...rest.id], base: rest.base && [...rest.base] }).toEqual({ ...expected, id: [...expected.id], base: expected.base && [...expected.base] });
+            // The same shared memory, not a copy.
+            expect(sameMemory(sent, target)).toBe(true);
+          });
+          const results = requests.map((_, i) => ({ storedLength: i * 1000 + 28, flags: i % 16, sealMs: i / 3 }));
+          expect(decodeSealed(structuredClone(encodeSealed(results)))).toEqual(results);
+        },
+      ),
+      { numRuns: 200 },
+    );
+  });
+
+  it('carries open requests across, with and without a target and a base', () => {
+    const requests: OpenRequest[] = [
+      { type: BlobType.data, id: id(), flags: 1, rawLength: 10, offset: 0, storedLength: 38 },
+      { type: BlobType.data, id: id(), flags: 18, rawLength: 2 ** 33, offset: 2 ** 35, storedLength: 99, target: targets[1]!, targetOffset: 2 ** 36, base: id() },
+      { type: BlobType.tree, id: id(), flags: 0, rawLength: 5, offset: 7, storedLength: 33, target: targets[0]!, targetOffset: 0 },
+    ];
+    const decoded = decodeOpens(structuredClone(encodeOpens(requests)));
+    const plain = ({ target, ...r }: OpenRequest) => ({ ...r, hasTarget: target !== undefined, id: [...r.id], base: r.base && [...r.base] });
+    expect(decoded.map(plain)).toEqual(requests.map(plain));
+    expect(sameMemory(targets[1]!, decoded[1]!.target)).toBe(true);
+    expect(sameMemory(targets[0]!, decoded[2]!.target)).toBe(true);
+  });
+
+  it('refuses an ID that is not 32 bytes instead of sending a wrong one', () => {
+    const bad: SealRequest = { type: BlobType.data, id: new Uint8Array(31), offset: 0, length: 1, target: targets[0]!, targetOffset: 0, targetCapacity: 64 };
+    expect(() => encodeSeals([bad])).toThrow(/32 bytes/);
   });
 });

@@ -6,6 +6,7 @@ import type { CodecTransforms } from '../transform/blob-codec.js';
 import type { MasterKeys } from '../transform/keys.js';
 import { CodecOps, type HashedSpans, type OpenRequest, type OpenResult, type SealRequest, type SealedResult } from './ops.js';
 import type { CodecRequest, WorkerRequest, WorkerResponse } from './protocol.js';
+import { decodeSealed, encodeOpens, encodeSeals } from './wire.js';
 
 /** Where the pipeline's CPU work runs: worker threads, or this thread (workers: 0). */
 export interface CodecExecutor {
@@ -126,12 +127,12 @@ class WorkerPool implements CodecExecutor {
   }
 
   async seal(buffer: SharedArrayBuffer, requests: SealRequest[]): Promise<SealedResult[]> {
-    const r = await this.send({ op: 'seal', buffer, requests });
-    return (r as Extract<WorkerResponse, { op: 'seal' }>).sealed;
+    const r = await this.send({ op: 'seal', buffer, requests: encodeSeals(requests) });
+    return decodeSealed((r as Extract<WorkerResponse, { op: 'seal' }>).sealed);
   }
 
   async open(buffer: SharedArrayBuffer, requests: OpenRequest[]): Promise<OpenResult[]> {
-    const r = await this.send({ op: 'open', buffer, requests });
+    const r = await this.send({ op: 'open', buffer, requests: encodeOpens(requests) });
     return (r as Extract<WorkerResponse, { op: 'open' }>).opened;
   }
 

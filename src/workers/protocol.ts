@@ -1,10 +1,11 @@
-import type { HashedSpans, OpenRequest, OpenResult, SealRequest, SealedResult } from './ops.js';
+import type { HashedSpans, OpenResult } from './ops.js';
+import type { OpenWire, SealWire } from './wire.js';
 
-/** Messages between the pipeline and its worker threads. `buffer` is shared, never copied. */
+/** Messages between the pipeline and its worker threads (requests in columns: wire.ts). `buffer` is shared, never copied. */
 export type CodecRequest =
   | { op: 'hash'; buffer: SharedArrayBuffer; spans: Uint32Array }
-  | { op: 'seal'; buffer: SharedArrayBuffer; requests: SealRequest[] }
-  | { op: 'open'; buffer: SharedArrayBuffer; requests: OpenRequest[] };
+  | { op: 'seal'; buffer: SharedArrayBuffer; requests: SealWire }
+  | { op: 'open'; buffer: SharedArrayBuffer; requests: OpenWire };
 
 export type WorkerRequest =
   | (CodecRequest & { seq: number })
@@ -13,6 +14,6 @@ export type WorkerRequest =
 
 export type WorkerResponse =
   | { seq: number; op: 'hash'; hashed: HashedSpans }
-  | { seq: number; op: 'seal'; sealed: SealedResult[] }
+  | { seq: number; op: 'seal'; sealed: Float64Array }
   | { seq: number; op: 'open'; opened: OpenResult[] }
   | { seq: number; op: 'error'; message: string };

@@ -3,6 +3,7 @@ import type { CodecTransforms } from '../transform/blob-codec.js';
 import type { MasterKeys } from '../transform/keys.js';
 import { CodecOps } from './ops.js';
 import type { WorkerRequest, WorkerResponse } from './protocol.js';
+import { decodeOpens, decodeSeals, encodeSealed } from './wire.js';
 
 const { keys, compressionLevel, transforms } = workerData as { keys: MasterKeys; compressionLevel: number; transforms: CodecTransforms };
 const ops = new CodecOps(
@@ -28,11 +29,13 @@ parentPort!.on('message', (msg: WorkerRequest) => {
         break;
       }
       case 'seal': {
-        response = { seq: msg.seq, op: 'seal', sealed: ops.seal(new Uint8Array(msg.buffer), msg.requests) };
+        const sealed = encodeSealed(ops.seal(new Uint8Array(msg.buffer), decodeSeals(msg.requests)));
+        transfer.push(sealed.buffer as ArrayBuffer);
+        response = { seq: msg.seq, op: 'seal', sealed };
         break;
       }
       case 'open': {
-        response = { seq: msg.seq, op: 'open', opened: ops.open(new Uint8Array(msg.buffer), msg.requests) };
+        response = { seq: msg.seq, op: 'open', opened: ops.open(new Uint8Array(msg.buffer), decodeOpens(msg.requests)) };
         break;
       }
     }
