@@ -101,6 +101,7 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
     }
   };
   const reader = new PackReader(src, repo.executor());
+  const chunkRefs = chunkResolver(src);
   // A read must hold at least one whole blob: the repository's largest chunk, stored raw.
   const largeBufferSize = Math.max(largeReadSize, repo.config.chunker.maxSize) + sealOverhead;
   const readAhead = options.readAhead ?? defaultReadAhead;
@@ -194,7 +195,7 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
       fd = openSync(full, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW, 0o600);
     });
     try {
-      const refs = await chunkRefs(src, node);
+      const refs = await chunkRefs(node);
       const written = await writeContent(reader, buffers, fd, refs, () => fatal !== undefined, (n) => {
         progress.bytesDone += n;
         report();
@@ -242,7 +243,7 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
       const hex = file.node.content![0]!;
       let blob = byBlob.get(hex);
       if (!blob) {
-        const [ref] = await chunkRefs(src, file.node).catch((err) => {
+        const [ref] = await chunkRefs(file.node).catch((err) => {
           fail(file.rel, err);
           return [];
         });
@@ -481,15 +482,16 @@ async function prepareTarget(target: string, overwrite: boolean): Promise<void> 
   }
 }
 
-/** The ordered data blobs of a file through the restore's index view; throws naming a missing blob. */
-function chunkRefs(src: RestoreSource, node: TreeNode): Promise<FileChunk[]> {
+/** A file's ordered data blobs through the restore's index view; throws naming a missing blob. */
+function chunkResolver(src: RestoreSource): (node: TreeNode) => Promise<FileChunk[]> {
   const index: ChunkIndex = { lookup: (id) => src.view.lookup(id), loadList: (id) => src.repo.loadBlob(id, BlobType.list, src.view) };
-  return fileChunks(node, index, (id, type) => {
+  const absent = (id: Uint8Array, type: BlobType): never => {
     if (type === BlobType.list) throw blobNotIndexed(id);
     throw new TenderError('TENDER_CORRUPT', `data blob ${idToHex(id)} is not in the index`, {
       hint: 'run `tender check`; the snapshot refers to data the repository lacks',
     });
-  });
+  };
+  return (node) => fileChunks(node, index, absent);
 }
 
 /** Large reads (up to 8 MiB) take few large buffers; small ones (small files) many small buffers. */
