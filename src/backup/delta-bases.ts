@@ -1,11 +1,7 @@
 import { BlobFlag, BlobType } from '../repo/blob.js';
 import type { ChunkerParams } from '../repo/chunker-params.js';
-import { hexToId } from '../repo/ids.js';
 import type { Repository } from '../repo/repository.js';
-import type { TreeNode } from '../repo/snapshot/tree.js';
-
-/** A file's content as its tree node names it. */
-type FileContent = Pick<TreeNode, 'content' | 'contentLists'>;
+import { type ChunkIndex, type FileChunk, type FileContent, fileChunks } from '../repo/snapshot/file-chunks.js';
 
 /**
  * Bases for delta blobs (docs/design.md, "Delta blobs"): a new float chunk of a file is stored
@@ -16,7 +12,11 @@ type FileContent = Pick<TreeNode, 'content' | 'contentLists'>;
  * Only blobs in the repository's shared index qualify: it leaves out packs a prune has doomed.
  */
 export class DeltaBaseFinder {
-  constructor(private readonly repo: Repository) {}
+  private readonly index: ChunkIndex;
+
+  constructor(private readonly repo: Repository) {
+    this.index = { lookup: (id) => repo.lookup(id), loadList: (id) => repo.loadBlob(id, BlobType.list) };
+  }
 
   /** Whether the repository stores delta blobs. */
   get enabled(): boolean {
@@ -34,19 +34,8 @@ export class DeltaBaseFinder {
   /** The parent version's chunks by offset, or undefined where no base can be had. */
   async forFile(parent: FileContent | undefined): Promise<FileBases | undefined> {
     if (!this.enabled || !parent) return undefined;
-    const ids: Uint8Array[] = (parent.content ?? []).map(hexToId);
-    for (const hex of parent.contentLists ?? []) {
-      if (!this.repo.hasHex(hex)) return undefined;
-      const list = await this.repo.loadBlob(hexToId(hex), BlobType.list);
-      for (let i = 0; i < list.length; i += 32) ids.push(list.subarray(i, i + 32));
-    }
-    const offsets = new Float64Array(ids.length + 1);
-    for (let i = 0; i < ids.length; i++) {
-      const loc = this.repo.lookup(ids[i]!);
-      if (!loc) return undefined;
-      offsets[i + 1] = offsets[i]! + loc.rawLength;
-    }
-    return new FileBases(this.repo, ids, offsets);
+    const chunks = await fileChunks(parent, this.index, () => undefined);
+    return chunks && new FileBases(this.repo, chunks);
   }
 
   /** Loads the base's plaintext into the region reserved for the new chunk (see SealRequest.base). */
@@ -55,28 +44,28 @@ export class DeltaBaseFinder {
   }
 }
 
-/** One file's parent chunks: IDs in file order and their start offsets (and the end). */
+/** One file's parent chunks, in file order. */
 export class FileBases {
   constructor(
     private readonly repo: Repository,
-    private readonly ids: readonly Uint8Array[],
-    private readonly offsets: Float64Array,
+    private readonly chunks: readonly FileChunk[],
   ) {}
 
   /** The base for a new chunk at [offset, offset + length), or undefined when there is none. */
   baseFor(offset: number, length: number): Uint8Array | undefined {
     let lo = 0;
-    let hi = this.ids.length - 1;
+    let hi = this.chunks.length - 1;
     while (lo <= hi) {
       const mid = (lo + hi) >>> 1;
-      const start = this.offsets[mid]!;
-      if (start === offset) return this.usable(this.ids[mid]!, length);
-      if (start < offset) lo = mid + 1;
+      const chunk = this.chunks[mid]!;
+      if (chunk.fileOffset === offset) return this.usable(chunk.id, length);
+      if (chunk.fileOffset < offset) lo = mid + 1;
       else hi = mid - 1;
     }
     return undefined;
   }
 
+  /** Looked up again: the shared index may have been refreshed since (leaving out newly doomed packs). */
   private usable(chunk: Uint8Array, length: number): Uint8Array | undefined {
     const loc = this.repo.lookup(chunk);
     if (!loc || loc.type !== BlobType.data || loc.rawLength !== length) return undefined;

@@ -599,11 +599,7 @@ export class Repository {
   /** Loads, decrypts and verifies one blob on this thread (a delta blob's base too). */
   async loadBlob(id: Uint8Array, expectedType?: BlobType, view: IndexView = this.shared): Promise<Buffer> {
     const loc = view.lookup(id);
-    if (!loc) {
-      throw new TenderError('TENDER_CORRUPT', `blob ${idToHex(id)} is not in the index`, {
-        hint: 'run `tender check`; if packs are intact, `tender repair index` rebuilds the index',
-      });
-    }
+    if (!loc) throw blobNotIndexed(id);
     if (expectedType !== undefined && loc.type !== expectedType) throw corrupt(`blob ${idToHex(id)}`, 'has the wrong type');
     const base = loc.base ? this.deltaBaseOf(id, loc, view).base : undefined;
     const basePlaintext = base ? await this.loadBlob(base, BlobType.data, view) : undefined;
@@ -772,6 +768,13 @@ export class Repository {
 
 export function corrupt(object: string, problem: string, hint = 'run `tender check` to list all damage'): TenderError {
   return new TenderError('TENDER_CORRUPT', `${object} ${problem}`, { hint });
+}
+
+/** A blob that something names is not in the index (loadBlob; restore's chunk lists). */
+export function blobNotIndexed(id: Uint8Array): TenderError {
+  return new TenderError('TENDER_CORRUPT', `blob ${idToHex(id)} is not in the index`, {
+    hint: 'run `tender check`; if packs are intact, `tender repair index` rebuilds the index',
+  });
 }
 
 function wrapDecodeError(object: string, err: unknown): unknown {

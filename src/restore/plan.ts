@@ -1,11 +1,4 @@
-import type { BlobLocation } from '../repo/index/id-table.js';
-
-/** One data blob of a file: what it is, where it is stored, and where it goes in the file. */
-export interface ChunkRef {
-  id: Uint8Array;
-  loc: BlobLocation;
-  fileOffset: number;
-}
+import type { FileChunk } from '../repo/snapshot/file-chunks.js';
 
 /** One ranged read of a pack that yields one or more blobs of a file. */
 export interface PackRead {
@@ -14,7 +7,7 @@ export interface PackRead {
   length: number;
   /** Sum of the blobs' plaintext lengths. */
   rawLength: number;
-  refs: ChunkRef[];
+  refs: FileChunk[];
 }
 
 /**
@@ -23,7 +16,7 @@ export interface PackRead {
  * most `maxRead` stored bytes yielding at most `maxRaw` plaintext bytes (the buffers they go
  * into). Reads keep file order so the writer streams.
  */
-export function planReads(refs: readonly ChunkRef[], maxRead: number, maxRaw: number): PackRead[] {
+export function planReads(refs: readonly FileChunk[], maxRead: number, maxRaw: number): PackRead[] {
   const reads: PackRead[] = [];
   let current: PackRead | undefined;
   for (const ref of refs) {

@@ -1,10 +1,11 @@
 import { BlobType } from '../repo/blob.js';
 import { packKey } from '../repo/pack/pack.js';
 import { corrupt, type IndexView, type Repository } from '../repo/repository.js';
+import type { FileChunk } from '../repo/snapshot/file-chunks.js';
 import type { BufferPool, PooledBuffer } from '../util/buffer-pool.js';
 import type { OpenRequest } from '../workers/ops.js';
 import type { CodecExecutor } from '../workers/pool.js';
-import type { ChunkRef, PackRead } from './plan.js';
+import type { PackRead } from './plan.js';
 
 /** The repository as one restore sees it: lookups and pack numbers from one index view. */
 export interface RestoreSource {
@@ -19,7 +20,7 @@ export interface BufferPair {
 }
 
 /** Hands each blob's plaintext to the caller (valid until the promise it returns settles). */
-export type UseBlob = (ref: ChunkRef, plaintext: Uint8Array) => Promise<void>;
+export type UseBlob = (ref: FileChunk, plaintext: Uint8Array) => Promise<void>;
 
 /**
  * A worker message opens blobs of at least this much plaintext: a default chunk (1 MiB on

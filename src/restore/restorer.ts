@@ -9,12 +9,13 @@ import pLimit from 'p-limit';
 import { sealOverhead } from '../crypto/aead.js';
 import { TenderError, systemErrorCode } from '../errors/errors.js';
 import { BlobType } from '../repo/blob.js';
-import { hexToId, idToHex } from '../repo/ids.js';
-import { corrupt, type Repository } from '../repo/repository.js';
+import { idToHex } from '../repo/ids.js';
+import { blobNotIndexed, corrupt, type Repository } from '../repo/repository.js';
+import { type ChunkIndex, type FileChunk, fileChunks } from '../repo/snapshot/file-chunks.js';
 import type { Snapshot } from '../repo/snapshot/snapshot.js';
 import { type TreeNode, isSafeName } from '../repo/snapshot/tree.js';
 import { type OperationContext, cancelledError, throwIfCancelled } from '../util/operation.js';
-import { type ChunkRef, type PackRead, planReads } from './plan.js';
+import { type PackRead, planReads } from './plan.js';
 import { type BufferPair, PackReader, type RestoreSource } from './reader.js';
 
 export interface RestoreOptions {
@@ -100,6 +101,7 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
     }
   };
   const reader = new PackReader(src, repo.executor());
+  const chunkRefs = chunkResolver(src);
   // A read must hold at least one whole blob: the repository's largest chunk, stored raw.
   const largeBufferSize = Math.max(largeReadSize, repo.config.chunker.maxSize) + sealOverhead;
   const readAhead = options.readAhead ?? defaultReadAhead;
@@ -193,7 +195,7 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
       fd = openSync(full, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW, 0o600);
     });
     try {
-      const refs = await chunkRefs(src, node);
+      const refs = await chunkRefs(node);
       const written = await writeContent(reader, buffers, fd, refs, () => fatal !== undefined, (n) => {
         progress.bytesDone += n;
         report();
@@ -236,12 +238,12 @@ export async function restore(repo: Repository, snapshot: Snapshot, options: Res
   };
 
   const restoreBatch = async (batch: SmallFile[]): Promise<void> => {
-    const byBlob = new Map<string, { ref: ChunkRef; files: SmallFile[] }>();
+    const byBlob = new Map<string, { ref: FileChunk; files: SmallFile[] }>();
     for (const file of batch) {
       const hex = file.node.content![0]!;
       let blob = byBlob.get(hex);
       if (!blob) {
-        const [ref] = await chunkRefs(src, file.node).catch((err) => {
+        const [ref] = await chunkRefs(file.node).catch((err) => {
           fail(file.rel, err);
           return [];
         });
@@ -480,27 +482,16 @@ async function prepareTarget(target: string, overwrite: boolean): Promise<void> 
   }
 }
 
-/** The ordered data blobs of a file, resolving list blobs. */
-async function chunkRefs(src: RestoreSource, node: TreeNode): Promise<ChunkRef[]> {
-  const ids: Buffer[] = [];
-  if (node.content) for (const hex of node.content) ids.push(hexToId(hex));
-  for (const hex of node.contentLists ?? []) {
-    const list = await src.repo.loadBlob(hexToId(hex), BlobType.list, src.view);
-    if (list.length % 32 !== 0) throw corrupt(`list blob ${hex}`, 'has a length that is not a multiple of 32');
-    for (let i = 0; i < list.length; i += 32) ids.push(list.subarray(i, i + 32));
-  }
-  let offset = 0;
-  return ids.map((id) => {
-    const loc = src.view.lookup(id);
-    if (!loc) {
-      throw new TenderError('TENDER_CORRUPT', `data blob ${idToHex(id)} is not in the index`, {
-        hint: 'run `tender check`; the snapshot refers to data the repository lacks',
-      });
-    }
-    const ref: ChunkRef = { id, loc, fileOffset: offset };
-    offset += loc.rawLength;
-    return ref;
-  });
+/** A file's ordered data blobs through the restore's index view; throws naming a missing blob. */
+function chunkResolver(src: RestoreSource): (node: TreeNode) => Promise<FileChunk[]> {
+  const index: ChunkIndex = { lookup: (id) => src.view.lookup(id), loadList: (id) => src.repo.loadBlob(id, BlobType.list, src.view) };
+  const absent = (id: Uint8Array, type: BlobType): never => {
+    if (type === BlobType.list) throw blobNotIndexed(id);
+    throw new TenderError('TENDER_CORRUPT', `data blob ${idToHex(id)} is not in the index`, {
+      hint: 'run `tender check`; the snapshot refers to data the repository lacks',
+    });
+  };
+  return (node) => fileChunks(node, index, absent);
 }
 
 /** Large reads (up to 8 MiB) take few large buffers; small ones (small files) many small buffers. */
@@ -529,13 +520,13 @@ async function writeContent(
   reader: PackReader,
   buffers: RestoreBuffers,
   fd: number,
-  refs: ChunkRef[],
+  refs: FileChunk[],
   stopped: () => boolean,
   onBytes: (n: number) => void,
 ): Promise<number> {
   let size = 0;
   for (const r of refs) size += r.loc.rawLength;
-  const writeChunk = async (ref: ChunkRef, chunk: Uint8Array) => {
+  const writeChunk = async (ref: FileChunk, chunk: Uint8Array) => {
     if (!isAllZero(chunk)) {
       for (let done = 0; done < chunk.length; ) {
         const { bytesWritten } = await writeAt(fd, chunk, done, chunk.length - done, ref.fileOffset + done);

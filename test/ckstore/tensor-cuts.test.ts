@@ -50,6 +50,8 @@ const layoutArb = fc
     return fc.record({ extents: fc.constant(extents), trailer: fc.nat(500), seed: fc.nat() });
   });
 
+type LayoutSample = { extents: TensorExtent[]; trailer: number; seed: number };
+
 function fileFor(extents: readonly TensorExtent[], trailer: number, seed: number): Uint8Array {
   const size = (extents.length ? extents[extents.length - 1]!.offset + extents[extents.length - 1]!.length : 0) + trailer;
   const random = prng(seed);
@@ -58,22 +60,34 @@ function fileFor(extents: readonly TensorExtent[], trailer: number, seed: number
   return data;
 }
 
+/**
+ * A layout sample's random file, its safetensors layout and the file's cuts, checked to cover the
+ * file back to back in chunks of 1 to maxSize bytes.
+ */
+function cutSample({ extents, trailer, seed }: LayoutSample, fixedFloatChunk?: number) {
+  const data = fileFor(extents, trailer, seed);
+  const layout: FileLayout = { kind: 'safetensors', extents };
+  const cuts = cutFile(data, layout, undefined, fixedFloatChunk);
+  let at = 0;
+  for (const [start, length] of cuts) {
+    expect(start).toBe(at);
+    expect(length).toBeGreaterThan(0);
+    expect(length).toBeLessThanOrEqual(params.maxSize);
+    at += length;
+  }
+  expect(at).toBe(data.length);
+  return { data, layout, cuts };
+}
+
+/** Slot sizes for cutting a file slot by slot (as FileSaver reads): over maxSize, so a slot holds a whole chunk. */
+const slotSizeArb = fc.integer({ min: params.maxSize + 1, max: 3 * params.maxSize });
+
 describe('tensor-aligned cuts', () => {
   it('cut at the start and end of every large tensor, never across one, on elements inside floats, the same in any slot size', () => {
     fc.assert(
-      fc.property(layoutArb, fc.integer({ min: params.maxSize + 1, max: 3 * params.maxSize }), ({ extents, trailer, seed }, slotSize) => {
-        const data = fileFor(extents, trailer, seed);
-        const layout: FileLayout = { kind: 'safetensors', extents };
-        const cuts = cutFile(data, layout);
-        // Contiguous cover of the file, no chunk over maxSize, none empty.
-        let at = 0;
-        for (const [start, length] of cuts) {
-          expect(start).toBe(at);
-          expect(length).toBeGreaterThan(0);
-          expect(length).toBeLessThanOrEqual(params.maxSize);
-          at += length;
-        }
-        expect(at).toBe(data.length);
+      fc.property(layoutArb, slotSizeArb, (sample, slotSize) => {
+        const { extents } = sample;
+        const { data, layout, cuts } = cutSample(sample);
         const starts = new Set(cuts.map(([s]) => s));
         for (const e of extents.filter((x) => x.length >= params.minSize)) {
           expect(starts.has(e.offset), `${e.name} start`).toBe(true);
@@ -96,21 +110,11 @@ describe('tensor-aligned cuts', () => {
 
   it('with layout cuts (delta repositories): a float tensor is cut every avgSize from its start, small tensors grouped at their starts, whatever the bytes', () => {
     fc.assert(
-      fc.property(layoutArb, fc.integer({ min: params.maxSize + 1, max: 3 * params.maxSize }), ({ extents, trailer, seed }, slotSize) => {
-        const data = fileFor(extents, trailer, seed);
-        const layout: FileLayout = { kind: 'safetensors', extents };
-        const cuts = cutFile(data, layout, undefined, params.avgSize);
-        let at = 0;
-        for (const [start, length] of cuts) {
-          expect(start).toBe(at);
-          expect(length).toBeGreaterThan(0);
-          expect(length).toBeLessThanOrEqual(params.maxSize);
-          at += length;
-        }
-        expect(at).toBe(data.length);
+      fc.property(layoutArb, slotSizeArb, (sample, slotSize) => {
+        const { extents } = sample;
+        const { data, layout, cuts } = cutSample(sample, params.avgSize);
         // Every tensor's bytes changed (a training step): the float tensors' cuts stay.
-        const next = fileFor(extents, trailer, seed + 1);
-        const nextCuts = cutFile(next, layout, undefined, params.avgSize);
+        const { cuts: nextCuts } = cutSample({ ...sample, seed: sample.seed + 1 }, params.avgSize);
         for (const e of extents.filter((x) => x.length >= params.minSize && floatElementSize(x.dtype) > 0)) {
           const inside = (c: Array<[number, number]>) => c.filter(([s]) => s >= e.offset && s < e.offset + e.length);
           const expected: Array<[number, number]> = [];

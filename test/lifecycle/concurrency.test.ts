@@ -13,9 +13,10 @@ import { backup as backupInProcess } from '../../src/backup/archiver.js';
 import { prune as pruneInProcess } from '../../src/prune/prune.js';
 import { Repository } from '../../src/repo/repository.js';
 import { createOperationContext } from '../../src/util/operation.js';
-import type { ByteRange, ObjectInfo, PutOptions, PutResult, Storage } from '../../src/storage/storage.js';
+import type { ByteRange, ObjectInfo, Storage } from '../../src/storage/storage.js';
 import { backends } from '../helpers/backends.js';
 import { type TreeDigest, backupSummary, randomBuffer, testPassword, treeDigest, writeRandomFile } from '../helpers/cli.js';
+import { PassThroughStorage } from '../helpers/storage.js';
 import {
   MiB,
   backup,
@@ -201,51 +202,29 @@ describe.each(backends)('concurrent writers with forget/prune in a loop ($name)'
 });
 
 /** A Storage that runs hooks around listings, to force an interleaving at an exact point. */
-class HookedStorage implements Storage {
+class HookedStorage extends PassThroughStorage {
   constructor(
-    private readonly inner: Storage,
+    inner: Storage,
     private readonly hooks: {
       beforeList?: (prefix: string) => Promise<void>;
       afterList?: (prefix: string, items: ObjectInfo[]) => Promise<void>;
       beforeGet?: (key: string) => Promise<void>;
     },
-  ) {}
-
-  get location(): string {
-    return this.inner.location;
+  ) {
+    super(inner);
   }
 
-  get concurrentPuts(): number {
-    return this.inner.concurrentPuts;
-  }
-
-  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+  override async *list(prefix: string): AsyncIterable<ObjectInfo> {
     await this.hooks.beforeList?.(prefix);
     const items: ObjectInfo[] = [];
-    for await (const item of this.inner.list(prefix)) items.push(item);
+    for await (const item of super.list(prefix)) items.push(item);
     await this.hooks.afterList?.(prefix, items);
     yield* items;
   }
 
-  stat(key: string): Promise<ObjectInfo | undefined> {
-    return this.inner.stat(key);
-  }
-
-  async get(key: string, range?: ByteRange, into?: Uint8Array): Promise<Buffer> {
+  override async get(key: string, range?: ByteRange, into?: Uint8Array): Promise<Buffer> {
     await this.hooks.beforeGet?.(key);
-    return this.inner.get(key, range, into);
-  }
-
-  put(key: string, parts: readonly Uint8Array[], options?: PutOptions): Promise<PutResult> {
-    return this.inner.put(key, parts, options);
-  }
-
-  delete(key: string): Promise<void> {
-    return this.inner.delete(key);
-  }
-
-  close(): Promise<void> {
-    return this.inner.close();
+    return super.get(key, range, into);
   }
 }
 

@@ -18,9 +18,10 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Repository } from '../../src/repo/repository.js';
 import type { Snapshot } from '../../src/repo/snapshot/snapshot.js';
-import type { ByteRange, ObjectInfo, PutOptions, PutResult, Storage } from '../../src/storage/storage.js';
+import type { PutOptions, PutResult, Storage } from '../../src/storage/storage.js';
 import { type Backend, backends, localRepoDir } from '../helpers/backends.js';
 import { type TreeDigest, backupSummary, testPassword, treeDigest, writeRandomFile } from '../helpers/cli.js';
+import { PassThroughStorage } from '../helpers/storage.js';
 import {
   MiB,
   checkRepo,
@@ -320,51 +321,21 @@ async function storagePackBytes(storage: Storage, beforePacks: Set<string>): Pro
 }
 
 /** A Storage whose snapshot puts wait until release() (counts the snapshot puts started). */
-class SnapshotGate implements Storage {
+class SnapshotGate extends PassThroughStorage {
   started = 0;
   private open!: () => void;
   private readonly opened = new Promise<void>((resolve) => (this.open = resolve));
-
-  constructor(private readonly inner: Storage) {}
-
-  get location(): string {
-    return this.inner.location;
-  }
-
-  get concurrentPuts(): number {
-    return this.inner.concurrentPuts;
-  }
 
   release(): void {
     this.open();
   }
 
-  list(prefix: string): AsyncIterable<ObjectInfo> {
-    return this.inner.list(prefix);
-  }
-
-  stat(key: string): Promise<ObjectInfo | undefined> {
-    return this.inner.stat(key);
-  }
-
-  get(key: string, range?: ByteRange, into?: Uint8Array): Promise<Buffer> {
-    return this.inner.get(key, range, into);
-  }
-
-  async put(key: string, parts: readonly Uint8Array[], options?: PutOptions): Promise<PutResult> {
+  override async put(key: string, parts: readonly Uint8Array[], options?: PutOptions): Promise<PutResult> {
     if (key.startsWith('snapshots/')) {
       this.started++;
       await this.opened;
     }
-    return this.inner.put(key, parts, options);
-  }
-
-  delete(key: string): Promise<void> {
-    return this.inner.delete(key);
-  }
-
-  close(): Promise<void> {
-    return this.inner.close();
+    return super.put(key, parts, options);
   }
 }
 

@@ -15,12 +15,13 @@ import { packKey } from '../../src/repo/pack/pack.js';
 import { Repository } from '../../src/repo/repository.js';
 import { type RestoreProgress, restore } from '../../src/restore/restorer.js';
 import { openStorage } from '../../src/storage/open.js';
-import type { ByteRange, ObjectInfo, PutOptions, PutResult, Storage } from '../../src/storage/storage.js';
+import type { ByteRange, Storage } from '../../src/storage/storage.js';
 import { FaultyStorage } from '../../src/storage/wrap/faults.js';
 import { TenderError } from '../../src/errors/errors.js';
 import { createOperationContext } from '../../src/util/operation.js';
 import { backends } from '../helpers/backends.js';
 import { s3TestOptions } from '../helpers/s3.js';
+import { PassThroughStorage } from '../helpers/storage.js';
 import { testPassword } from '../helpers/cli.js';
 
 const MiB = 1 << 20;
@@ -38,43 +39,20 @@ function floats(size: number, seed: string): Buffer {
 }
 
 /** Counts large data-pack reads (over 1 MiB: not the small files' batches) under way, and the most at once. */
-class ReadCounter implements Storage {
-  readonly location: string;
-  readonly concurrentPuts: number;
+class ReadCounter extends PassThroughStorage {
   inFlight = 0;
   maxInFlight = 0;
   dataReads = 0;
 
-  constructor(readonly inner: Storage) {
-    this.location = inner.location;
-    this.concurrentPuts = inner.concurrentPuts;
-  }
-
-  async get(key: string, range?: ByteRange, into?: Uint8Array): Promise<Buffer> {
-    if (!key.startsWith('data/') || (range?.length ?? 0) <= MiB) return this.inner.get(key, range, into);
+  override async get(key: string, range?: ByteRange, into?: Uint8Array): Promise<Buffer> {
+    if (!key.startsWith('data/') || (range?.length ?? 0) <= MiB) return super.get(key, range, into);
     this.dataReads++;
     this.maxInFlight = Math.max(this.maxInFlight, ++this.inFlight);
     try {
-      return await this.inner.get(key, range, into);
+      return await super.get(key, range, into);
     } finally {
       this.inFlight--;
     }
-  }
-
-  list(prefix: string): AsyncIterable<ObjectInfo> {
-    return this.inner.list(prefix);
-  }
-  stat(key: string): Promise<ObjectInfo | undefined> {
-    return this.inner.stat(key);
-  }
-  put(key: string, parts: readonly Uint8Array[], options?: PutOptions): Promise<PutResult> {
-    return this.inner.put(key, parts, options);
-  }
-  delete(key: string): Promise<void> {
-    return this.inner.delete(key);
-  }
-  close(): Promise<void> {
-    return this.inner.close();
   }
 }
 
