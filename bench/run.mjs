@@ -4,6 +4,7 @@
 //
 //   node bench/run.mjs [--scale 1] [--versions 4] [--drift 0.005] [--backend local|minio|both] [--tools tender,restic,kopia]
 //                      [--small-files N] [--small-files-only] [--keep] [--timeout-min 60] [--seed S]
+//                      [--source cold|cached]
 //
 // For each backend and tool: init; back up versions 1..N in turn through one path (work/, whose
 // content becomes the next version: changed files are new inodes with new mtimes, unchanged files
@@ -38,6 +39,8 @@ const { values: o } = parseArgs({
     keep: { type: 'boolean', default: false },
     'timeout-min': { type: 'string', default: '60' },
     'kopia-compression': { type: 'string', default: 'zstd-fastest' },
+    /** cold: the page cache is dropped before every backup and restore; cached: what is read is read into it first. */
+    source: { type: 'string', default: 'cold' },
   },
 });
 
@@ -47,6 +50,7 @@ const backends = o.backend === 'both' ? ['local', 'minio'] : o.backend.split(','
 const tools = o.tools.split(',').map((t) => t.trim()).filter(Boolean);
 const smallCount = o['small-files'] === undefined ? 0 : Number(o['small-files'] || 1_000_000);
 for (const b of backends) if (!['local', 'minio'].includes(b)) throw new Error(`--backend: unknown ${b}`);
+if (!['cold', 'cached'].includes(o.source)) throw new Error(`--source: cold or cached, not ${o.source}`);
 for (const t of tools) if (!TOOLS.includes(t)) throw new Error(`--tools: unknown ${t}`);
 if (!(scale > 0) || !(nVersions >= 1)) throw new Error('--scale must be > 0 and --versions ≥ 1');
 measure.timeoutMs = Number(o['timeout-min']) * 60_000;
@@ -157,6 +161,32 @@ function dropCaches() {
 }
 
 /**
+ * Before a command that reads `dirs`: with --source cold, dirty pages are written back and the
+ * page cache dropped (reads come from the disk); with --source cached, dirty pages are written
+ * back and every file under `dirs` is read once, so the command reads from memory (the issue's
+ * "from a cached source"). Either way no write-back of an earlier command competes with it.
+ */
+function prepareReads(...dirs) {
+  if (o.source === 'cold') return dropCaches();
+  execFileSync('sync');
+  const buffer = Buffer.allocUnsafe(8 * MiB);
+  const warm = (p) => {
+    const st = fs.lstatSync(p);
+    if (st.isDirectory()) for (const name of fs.readdirSync(p)) warm(path.join(p, name));
+    else if (st.isFile()) {
+      const fd = fs.openSync(p, 'r');
+      try {
+        while (fs.readSync(fd, buffer, 0, buffer.length, null) > 0);
+      } finally {
+        fs.closeSync(fd);
+      }
+    }
+  };
+  for (const d of dirs) if (d && fs.existsSync(d)) warm(d);
+  return true;
+}
+
+/**
  * Makes `dst` hold the tree of `src` as a trainer would leave it: files whose content changed
  * (a different inode in the version cache) are replaced — new inode, new mtime — and files that
  * did not change are left alone (same inode, mtime, ctime). Files are hard links into the version
@@ -201,6 +231,9 @@ function verify(src, restored) {
 
 // ---------------------------------------------------------------- scenarios
 
+/** A tool's repository directory on the local backend (what --source cached warms besides the data). */
+const localRepo = (tool, backend) => (backend.kind === 'local' ? tool.repo : undefined);
+
 /** The checkpoint series through work/, then a no-change run, then restore + verify. */
 async function checkpointScenario(tool, backend, data) {
   const r = { backend: backend.label, tool: tool.name, repo: tool.repo, backups: [] };
@@ -211,12 +244,12 @@ async function checkpointScenario(tool, backend, data) {
     r.init = pick(await tool.init());
     for (let v = 1; v <= data.versions.length; v++) {
       syncTree(data.versions[v - 1], work);
-      dropCaches();
+      prepareReads(work, localRepo(tool, backend));
       const b = await tool.backup(work);
       r.backups.push({ version: v, bytes: data.bytes[v - 1], files: data.files[v - 1], ...pick(b), summary: b.summary });
       say(`${tool.name}/${backend.label}: backup v${v}: ${b.seconds.toFixed(1)} s, ${mbps(data.bytes[v - 1], b.seconds)} MB/s, ${(b.rssKB / 1024).toFixed(0)} MB RSS`);
     }
-    dropCaches();
+    prepareReads(work, localRepo(tool, backend));
     const n = await tool.backup(work);
     r.noChange = { files: data.files.at(-1), ...pick(n), summary: n.summary };
     say(`${tool.name}/${backend.label}: no-change backup: ${n.seconds.toFixed(2)} s`);
@@ -224,7 +257,7 @@ async function checkpointScenario(tool, backend, data) {
     const target = path.join(runDir, 'restore');
     fs.rmSync(target, { recursive: true, force: true });
     fs.mkdirSync(target);
-    dropCaches();
+    prepareReads(localRepo(tool, backend));
     const rs = await tool.restore(target);
     r.restore = { bytes: data.bytes.at(-1), ...pick(rs), summary: rs.summary };
     r.restore.verified = verify(data.versions.at(-1), rs.rootFor(work));
@@ -243,16 +276,16 @@ async function smallFilesScenario(tool, backend, data) {
   try {
     say(`${tool.name}/${backend.label}: small files: init`);
     await tool.init();
-    dropCaches();
+    prepareReads(data.dir, localRepo(tool, backend));
     r.backup = pick(await tool.backup(data.dir));
     say(`${tool.name}/${backend.label}: small files: backup ${r.backup.seconds.toFixed(1)} s, ${(r.backup.rssKB / 1024).toFixed(0)} MB RSS`);
-    dropCaches();
+    prepareReads(data.dir, localRepo(tool, backend));
     r.noChange = pick(await tool.backup(data.dir));
     r.storedBytes = await tool.statsBytes();
     const target = path.join(runDir, 'restore');
     fs.rmSync(target, { recursive: true, force: true });
     fs.mkdirSync(target);
-    dropCaches();
+    prepareReads(localRepo(tool, backend));
     const rs = await tool.restore(target);
     r.restore = pick(rs);
     r.restore.verified = verify(data.dir, rs.rootFor(data.dir));
@@ -426,7 +459,9 @@ if (data) {
 }
 lines.push(
   `Machine: ${env.cpus} × ${env.cpuModel}, ${env.memGiB} GiB; load average at start ${env.loadavgAtStart.join(' ')}. ` +
-    `Page cache ${dropOk === undefined ? 'not touched' : dropOk ? 'dropped before every backup and restore' : 'NOT dropped (not permitted): reads may come from memory'}.`,
+    (o.source === 'cached'
+      ? 'Source cached: dirty pages written back, then the data (and a local repository) read into the page cache before every backup and restore.'
+      : `Page cache ${dropOk === undefined ? 'not touched' : dropOk ? 'dropped before every backup and restore' : 'NOT dropped (not permitted): reads may come from memory'}.`),
 );
 lines.push(`Tools: tender ${env.versions.tender}; ${env.versions.restic}; kopia ${env.versions.kopia} (compression ${env.kopiaCompression}); node ${env.versions.node}.`);
 lines.push('MB = 10⁶ bytes; MB/s = logical bytes of the version / wall seconds (process start to exit); RSS = peak resident set of the tool process.');
@@ -488,7 +523,7 @@ process.stdout.write(md + '\n');
 fs.writeFileSync(path.join(resultsDir, `${stamp}.md`), md + '\n');
 fs.writeFileSync(
   path.join(resultsDir, `${stamp}.json`),
-  JSON.stringify({ env: { ...env, pageCacheDropped: dropOk ?? null }, data: data && { root: data.root, bytes: data.bytes, files: data.files }, small, results, smallResults }, null, 2) + '\n',
+  JSON.stringify({ env: { ...env, source: o.source, pageCacheDropped: dropOk ?? null }, data: data && { root: data.root, bytes: data.bytes, files: data.files }, small, results, smallResults }, null, 2) + '\n',
 );
 say(`results: ${path.join(resultsDir, stamp)}.{md,json,log}`);
 if (!o.keep) fs.rmSync(runDir, { recursive: true, force: true });
