@@ -35,15 +35,24 @@ export async function openRepoStorage(opts: GlobalOptions, stack: OpenStorageOpt
   });
 }
 
+/** How a command uses the repository it opens. */
+export interface RepositoryUse {
+  /** The storage stack's options (rate limits). */
+  storage?: OpenStorageOptions;
+  /** The command runs blobs through the worker threads (backup, restore, check): start them while the key is derived. */
+  startWorkersEarly?: boolean;
+}
+
 /**
  * Opens the repository (every operation refreshes the index it needs itself). Without --workers
  * the worker count follows the CPU quota of the process's cgroup, not the host's core count.
  */
-export async function openRepository(opts: GlobalOptions, stack: OpenStorageOptions = {}): Promise<Repository> {
-  const storage = await openRepoStorage(opts, stack);
+export async function openRepository(opts: GlobalOptions, use: RepositoryUse = {}): Promise<Repository> {
+  const storage = await openRepoStorage(opts, use.storage);
   try {
     return await Repository.open(storage, () => readPassword(repositoryPassword(opts.passwordFile), 'open'), {
       workers: opts.workers ?? sizeToBox(detectBox()).workers,
+      ...(use.startWorkersEarly ? { startWorkersEarly: true } : {}),
     });
   } catch (err) {
     await storage.close();
@@ -55,8 +64,8 @@ export async function openRepository(opts: GlobalOptions, stack: OpenStorageOpti
  * Runs one command's operation with an open repository and always closes it. Its context is
  * cancelled by Ctrl-C and SIGTERM (bin/tender.js), so the operation unwinds cleanly.
  */
-export async function withRepository<T>(opts: GlobalOptions, fn: (repo: Repository, ctx: OperationContext) => Promise<T>, stack: OpenStorageOptions = {}): Promise<T> {
-  const repo = await openRepository(opts, stack);
+export async function withRepository<T>(opts: GlobalOptions, fn: (repo: Repository, ctx: OperationContext) => Promise<T>, use: RepositoryUse = {}): Promise<T> {
+  const repo = await openRepository(opts, use);
   const controller = new AbortController();
   const unregister = cancelOnInterrupt(controller);
   try {

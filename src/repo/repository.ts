@@ -7,7 +7,7 @@ import type { MasterKeys } from '../transform/keys.js';
 import { BufferPool, sharedBuffer } from '../util/buffer-pool.js';
 import { type Identity, processIdentity } from '../util/operation.js';
 import type { OpenRequest } from '../workers/ops.js';
-import { type CodecExecutor, createExecutor, defaultWorkerCount } from '../workers/pool.js';
+import { type CodecExecutor, StartingWorkers, createExecutor, defaultWorkerCount } from '../workers/pool.js';
 import { FormatError } from './binary.js';
 import { type BlobEntry, BlobFlag, BlobType } from './blob.js';
 import { type ChunkerParams, defaultChunkerParams } from './chunker-params.js';
@@ -57,6 +57,11 @@ export interface OpenOptions {
   identity?: Identity;
   /** The clock for session heartbeats and deletion plans (tests). */
   now?: () => number;
+  /**
+   * Start the worker threads while the key is derived (open), for a process that will use them
+   * (backup, restore, check): their start-up then overlaps the key derivation.
+   */
+  startWorkersEarly?: boolean;
 }
 
 /** A share of a process-wide buffer pool (Repository.leaseBuffers); release it when the operation ends. */
@@ -110,6 +115,7 @@ export class Repository {
     readonly config: RepositoryConfig,
     readonly keyFile: string,
     options: OpenOptions,
+    private readonly startingWorkers?: StartingWorkers,
   ) {
     this.codecTransforms = { planes: config.transforms?.includes('planes') ?? false, delta: config.transforms?.includes('delta') ?? false };
     this.codec = new BlobCodec(keys, config.compressionLevel, this.codecTransforms);
@@ -165,9 +171,16 @@ export class Repository {
    */
   static async open(storage: Storage, password: string | (() => Promise<string>), options: OpenOptions = {}): Promise<Repository> {
     const envelope = await readConfigEnvelope(storage);
-    const { keys, keyFile } = await unlock(storage, envelope.repository, typeof password === 'string' ? password : await password());
-    const config = openConfig(storage, keys.encryption, envelope);
-    return new Repository(storage, keys, config, keyFile, options);
+    const workers = options.workers ?? defaultWorkerCount();
+    const starting = options.startWorkersEarly && workers > 0 ? new StartingWorkers(workers) : undefined;
+    try {
+      const { keys, keyFile } = await unlock(storage, envelope.repository, typeof password === 'string' ? password : await password());
+      const config = openConfig(storage, keys.encryption, envelope);
+      return new Repository(storage, keys, config, keyFile, options, starting);
+    } catch (err) {
+      await starting?.close();
+      throw err;
+    }
   }
 
   /** Where it is stored, for messages ("/srv/repo", "s3://bucket/prefix"). */
@@ -177,7 +190,9 @@ export class Repository {
 
   /** The worker pool every operation of this process shares (created on first use). */
   executor(): CodecExecutor {
-    this.codecExecutor ??= createExecutor(this.keys, this.config.compressionLevel, this.workers ?? defaultWorkerCount(), this.codecTransforms);
+    this.codecExecutor ??= this.startingWorkers
+      ? this.startingWorkers.start(this.keys, this.config.compressionLevel, this.codecTransforms)
+      : createExecutor(this.keys, this.config.compressionLevel, this.workers ?? defaultWorkerCount(), this.codecTransforms);
     return this.codecExecutor;
   }
 
@@ -762,6 +777,7 @@ export class Repository {
   async close(): Promise<void> {
     for (const writer of [...this.writers]) await writer.close().catch(() => undefined);
     await this.codecExecutor?.close();
+    await this.startingWorkers?.close();
     await this.storage.close();
   }
 }

@@ -1,3 +1,5 @@
+import type { CodecTransforms } from '../transform/blob-codec.js';
+import type { MasterKeys } from '../transform/keys.js';
 import type { HashedSpans, OpenResult } from './ops.js';
 import type { OpenWire, SealWire } from './wire.js';
 
@@ -8,6 +10,8 @@ export type CodecRequest =
   | { op: 'open'; buffer: SharedArrayBuffer; requests: OpenWire };
 
 export type WorkerRequest =
+  /** The first message: the keys and the repository's codec settings. */
+  | { op: 'init'; keys: MasterKeys; compressionLevel: number; transforms: CodecTransforms }
   | (CodecRequest & { seq: number })
   /** No more requests: the worker answers those already sent, then exits. */
   | { op: 'close' };

@@ -1,18 +1,17 @@
-import { parentPort, workerData } from 'node:worker_threads';
-import type { CodecTransforms } from '../transform/blob-codec.js';
-import type { MasterKeys } from '../transform/keys.js';
+import { parentPort } from 'node:worker_threads';
 import { CodecOps } from './ops.js';
 import type { WorkerRequest, WorkerResponse } from './protocol.js';
 import { decodeOpens, decodeSeals, encodeSealed } from './wire.js';
 
-const { keys, compressionLevel, transforms } = workerData as { keys: MasterKeys; compressionLevel: number; transforms: CodecTransforms };
-const ops = new CodecOps(
-  { encryption: Buffer.from(keys.encryption), blobId: Buffer.from(keys.blobId), gearSeed: Buffer.from(keys.gearSeed) },
-  compressionLevel,
-  transforms,
-);
+/** Set by the first message ('init'): the thread starts before the repository's keys are known. */
+let ops: CodecOps | undefined;
 
 parentPort!.on('message', (msg: WorkerRequest) => {
+  if (msg.op === 'init') {
+    const { keys } = msg;
+    ops = new CodecOps({ encryption: Buffer.from(keys.encryption), blobId: Buffer.from(keys.blobId), gearSeed: Buffer.from(keys.gearSeed) }, msg.compressionLevel, msg.transforms);
+    return;
+  }
   if (msg.op === 'close') {
     // Messages arrive in order, so every request sent before this one has been answered.
     parentPort!.close();
@@ -21,6 +20,7 @@ parentPort!.on('message', (msg: WorkerRequest) => {
   let response: WorkerResponse;
   const transfer: ArrayBuffer[] = [];
   try {
+    if (!ops) throw new Error('a request came before the keys');
     switch (msg.op) {
       case 'hash': {
         const hashed = ops.hash(new Uint8Array(msg.buffer), msg.spans);

@@ -136,7 +136,7 @@ export function registerBackup(program: Command): void {
         process.stderr.write(`warning: ${result.errors.length} files or directories could not be read and are not in the snapshot\n`);
         process.exitCode = ExitCode.incomplete;
       }
-    }, { limits: { upload: governor.uploadBudget } });
+    }, { storage: { limits: { upload: governor.uploadBudget } }, startWorkersEarly: true });
   });
 }
 

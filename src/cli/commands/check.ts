@@ -34,7 +34,7 @@ export function registerCheck(program: Command): void {
           });
         }
         if (!g.json) print('no errors were found');
-      });
+      }, { startWorkersEarly: !!(opts.readData || opts.readDataSubset) });
     });
 }
 

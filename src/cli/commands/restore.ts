@@ -91,7 +91,7 @@ export function registerRestore(program: Command): void {
           for (const e of result.errors) process.stderr.write(`error: ${e.path}: ${e.message}\n`);
           throw new TenderError('TENDER_IO', `${result.errors.length} entries could not be restored (listed above)`);
         }
-      });
+      }, { startWorkersEarly: true });
     });
 }
 
