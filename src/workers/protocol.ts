@@ -1,13 +1,13 @@
 import type { CodecTransforms } from '../transform/blob-codec.js';
 import type { MasterKeys } from '../transform/keys.js';
 import type { HashedSpans, OpenResult } from './ops.js';
-import type { OpenWire, SealWire } from './wire.js';
+import type { RequestColumns } from './wire.js';
 
 /** Messages between the pipeline and its worker threads (requests in columns: wire.ts). `buffer` is shared, never copied. */
 export type CodecRequest =
   | { op: 'hash'; buffer: SharedArrayBuffer; spans: Uint32Array }
-  | { op: 'seal'; buffer: SharedArrayBuffer; requests: SealWire }
-  | { op: 'open'; buffer: SharedArrayBuffer; requests: OpenWire };
+  | { op: 'seal'; buffer: SharedArrayBuffer; requests: RequestColumns }
+  | { op: 'open'; buffer: SharedArrayBuffer; requests: RequestColumns };
 
 export type WorkerRequest =
   /** The first message: the keys and the repository's codec settings. */

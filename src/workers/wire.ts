@@ -9,10 +9,6 @@ import type { OpenRequest, SealRequest, SealedResult } from './ops.js';
  */
 const idLength = 32;
 
-function checkIds(r: { id: Uint8Array; base?: Uint8Array | undefined }): void {
-  if (r.id.byteLength !== idLength || (r.base && r.base.byteLength !== idLength)) throw new RangeError(`blob IDs are ${idLength} bytes`);
-}
-
 /** Shared buffers, each listed once; requests refer to them by index. */
 class BufferTable {
   readonly buffers: SharedArrayBuffer[] = [];
@@ -29,132 +25,103 @@ class BufferTable {
   }
 }
 
-/** Column layout of a seal request: one Float64Array row per request. */
-const sealFields = 8; // type, offset, length, target, targetOffset, targetCapacity, elementSize, hasBase
-
-export interface SealWire {
+/** Requests in columns: numeric fields per row, the IDs and delta-base IDs, the shared buffers. */
+export interface RequestColumns {
   targets: SharedArrayBuffer[];
   fields: Float64Array;
   ids: Uint8Array;
-  /** idLength bytes per request; zeros where hasBase is 0. */
+  /** idLength bytes per request; empty when no request has a base, zeros where one has none. */
   bases: Uint8Array;
 }
 
-export function encodeSeals(requests: readonly SealRequest[]): SealWire {
+type Row = { id: Uint8Array; base?: Uint8Array | undefined };
+
+/** `writeRow` fills fields[at, at + width); the IDs, bases and buffer table are common. */
+function encodeRows<R extends Row>(requests: readonly R[], width: number, writeRow: (r: R, fields: Float64Array, at: number, table: BufferTable) => void): RequestColumns {
   const n = requests.length;
   const table = new BufferTable();
-  const fields = new Float64Array(n * sealFields);
+  const fields = new Float64Array(n * width);
   const ids = new Uint8Array(n * idLength);
   const bases = new Uint8Array(requests.some((r) => r.base) ? n * idLength : 0);
   requests.forEach((r, i) => {
-    checkIds(r);
-    const row = i * sealFields;
-    fields[row] = r.type;
-    fields[row + 1] = r.offset;
-    fields[row + 2] = r.length;
-    fields[row + 3] = table.indexOf(r.target);
-    fields[row + 4] = r.targetOffset;
-    fields[row + 5] = r.targetCapacity;
-    fields[row + 6] = r.elementSize ?? 0;
-    fields[row + 7] = r.base ? 1 : 0;
+    if (r.id.byteLength !== idLength || (r.base && r.base.byteLength !== idLength)) throw new RangeError(`blob IDs are ${idLength} bytes`);
+    writeRow(r, fields, i * width, table);
     ids.set(r.id, i * idLength);
     if (r.base) bases.set(r.base, i * idLength);
   });
   return { targets: table.buffers, fields, ids, bases };
 }
 
-export function decodeSeals(wire: SealWire): SealRequest[] {
-  const n = wire.fields.length / sealFields;
-  const requests: SealRequest[] = new Array(n);
+/** `readRow` builds a request from fields[at, at + width), its ID and its base (when it has one). */
+function decodeRows<R>(wire: RequestColumns, width: number, readRow: (f: Float64Array, at: number, id: Uint8Array, base: Uint8Array | undefined) => R): R[] {
+  const n = wire.fields.length / width;
+  const rows: R[] = new Array(n);
   for (let i = 0; i < n; i++) {
-    const row = i * sealFields;
-    const f = wire.fields;
-    requests[i] = {
-      type: f[row]!,
-      id: wire.ids.subarray(i * idLength, (i + 1) * idLength),
-      offset: f[row + 1]!,
-      length: f[row + 2]!,
-      target: wire.targets[f[row + 3]!]!,
-      targetOffset: f[row + 4]!,
-      targetCapacity: f[row + 5]!,
-      elementSize: f[row + 6]!,
-      ...(f[row + 7] ? { base: wire.bases.subarray(i * idLength, (i + 1) * idLength) } : {}),
-    };
+    const base = wire.bases.length > 0 ? wire.bases.subarray(i * idLength, (i + 1) * idLength) : undefined;
+    rows[i] = readRow(wire.fields, i * width, wire.ids.subarray(i * idLength, (i + 1) * idLength), base);
   }
-  return requests;
+  return rows;
 }
 
-/** Results in one transferable column: storedLength, flags, sealMs per request. */
-const sealedFields = 3;
+// A seal row: type, offset, length, target, targetOffset, targetCapacity, elementSize, hasBase.
+const sealWidth = 8;
+
+export function encodeSeals(requests: readonly SealRequest[]): RequestColumns {
+  return encodeRows(requests, sealWidth, (r, f, at, table) => {
+    f.set([r.type, r.offset, r.length, table.indexOf(r.target), r.targetOffset, r.targetCapacity, r.elementSize ?? 0, r.base ? 1 : 0], at);
+  });
+}
+
+export function decodeSeals(wire: RequestColumns): SealRequest[] {
+  return decodeRows(wire, sealWidth, (f, at, id, base) => ({
+    type: f[at]!,
+    id,
+    offset: f[at + 1]!,
+    length: f[at + 2]!,
+    target: wire.targets[f[at + 3]!]!,
+    targetOffset: f[at + 4]!,
+    targetCapacity: f[at + 5]!,
+    elementSize: f[at + 6]!,
+    ...(f[at + 7] ? { base: base! } : {}),
+  }));
+}
+
+// An open row: type, flags, rawLength, offset, storedLength, target (-1: verify only), targetOffset, hasBase.
+const openWidth = 8;
+
+export function encodeOpens(requests: readonly OpenRequest[]): RequestColumns {
+  return encodeRows(requests, openWidth, (r, f, at, table) => {
+    f.set([r.type, r.flags, r.rawLength, r.offset, r.storedLength, r.target ? table.indexOf(r.target) : -1, r.targetOffset ?? 0, r.base ? 1 : 0], at);
+  });
+}
+
+export function decodeOpens(wire: RequestColumns): OpenRequest[] {
+  return decodeRows(wire, openWidth, (f, at, id, base) => ({
+    type: f[at]!,
+    id,
+    flags: f[at + 1]!,
+    rawLength: f[at + 2]!,
+    offset: f[at + 3]!,
+    storedLength: f[at + 4]!,
+    ...(f[at + 5]! >= 0 ? { target: wire.targets[f[at + 5]!]!, targetOffset: f[at + 6]! } : {}),
+    ...(f[at + 7] ? { base: base! } : {}),
+  }));
+}
+
+// A seal result: storedLength, flags, sealMs; all results in one transferable array.
+const sealedWidth = 3;
 
 export function encodeSealed(results: readonly SealedResult[]): Float64Array {
-  const out = new Float64Array(results.length * sealedFields);
-  results.forEach((r, i) => {
-    out[i * sealedFields] = r.storedLength;
-    out[i * sealedFields + 1] = r.flags;
-    out[i * sealedFields + 2] = r.sealMs;
-  });
+  const out = new Float64Array(results.length * sealedWidth);
+  results.forEach((r, i) => out.set([r.storedLength, r.flags, r.sealMs], i * sealedWidth));
   return out;
 }
 
 export function decodeSealed(wire: Float64Array): SealedResult[] {
-  const results: SealedResult[] = new Array(wire.length / sealedFields);
+  const results: SealedResult[] = new Array(wire.length / sealedWidth);
   for (let i = 0; i < results.length; i++) {
-    results[i] = { storedLength: wire[i * sealedFields]!, flags: wire[i * sealedFields + 1]!, sealMs: wire[i * sealedFields + 2]! };
+    const at = i * sealedWidth;
+    results[i] = { storedLength: wire[at]!, flags: wire[at + 1]!, sealMs: wire[at + 2]! };
   }
   return results;
-}
-
-/** Column layout of an open request (target -1: verify only). */
-const openFields = 8; // type, flags, rawLength, offset, storedLength, target, targetOffset, hasBase
-
-export interface OpenWire {
-  targets: SharedArrayBuffer[];
-  fields: Float64Array;
-  ids: Uint8Array;
-  bases: Uint8Array;
-}
-
-export function encodeOpens(requests: readonly OpenRequest[]): OpenWire {
-  const n = requests.length;
-  const table = new BufferTable();
-  const fields = new Float64Array(n * openFields);
-  const ids = new Uint8Array(n * idLength);
-  const bases = new Uint8Array(requests.some((r) => r.base) ? n * idLength : 0);
-  requests.forEach((r, i) => {
-    checkIds(r);
-    const row = i * openFields;
-    fields[row] = r.type;
-    fields[row + 1] = r.flags;
-    fields[row + 2] = r.rawLength;
-    fields[row + 3] = r.offset;
-    fields[row + 4] = r.storedLength;
-    fields[row + 5] = r.target ? table.indexOf(r.target) : -1;
-    fields[row + 6] = r.targetOffset ?? 0;
-    fields[row + 7] = r.base ? 1 : 0;
-    ids.set(r.id, i * idLength);
-    if (r.base) bases.set(r.base, i * idLength);
-  });
-  return { targets: table.buffers, fields, ids, bases };
-}
-
-export function decodeOpens(wire: OpenWire): OpenRequest[] {
-  const n = wire.fields.length / openFields;
-  const requests: OpenRequest[] = new Array(n);
-  for (let i = 0; i < n; i++) {
-    const row = i * openFields;
-    const f = wire.fields;
-    const target = f[row + 5]!;
-    requests[i] = {
-      type: f[row]!,
-      id: wire.ids.subarray(i * idLength, (i + 1) * idLength),
-      flags: f[row + 1]!,
-      rawLength: f[row + 2]!,
-      offset: f[row + 3]!,
-      storedLength: f[row + 4]!,
-      ...(target >= 0 ? { target: wire.targets[target]!, targetOffset: f[row + 6]! } : {}),
-      ...(f[row + 7] ? { base: wire.bases.subarray(i * idLength, (i + 1) * idLength) } : {}),
-    };
-  }
-  return requests;
 }
