@@ -379,5 +379,9 @@ describe('chunks larger than a restore read (local)', () => {
     const out = path.join(tmp, 'out');
     await tenderOk(['--repo', repoDir, '--quiet', 'restore', 'latest', '--target', out]);
     await assertSameTree(src, path.join(out, 'vol'));
+    // One read in flight at a time (--read-ahead 1): the least memory, the same bytes.
+    const one = path.join(tmp, 'one-read');
+    await tenderOk(['--repo', repoDir, '--quiet', 'restore', 'latest', '--target', one, '--read-ahead', '1']);
+    await assertSameTree(src, path.join(one, 'vol'));
   });
 });

@@ -18,6 +18,7 @@ interface RestoreCliOptions {
   onlyConsistent?: boolean;
   veleroBackup?: string;
   wait?: number;
+  readAhead?: number;
 }
 
 export function registerRestore(program: Command): void {
@@ -35,6 +36,9 @@ export function registerRestore(program: Command): void {
     .option(
       '--velero-backup <name>',
       "with latest: the snapshot taken with this Velero backup (tag velero.io/backup-name); an empty name restores nothing and succeeds, so an init container can pass its pod's velero.io/backup-name label, which only restored pods have",
+    )
+    .addOption(
+      new Option('--read-ahead <reads>', 'large reads in flight at once (default 4); each holds two buffers of max(8 MiB, the largest chunk): fewer for less memory, more for a slow, distant store').argParser(positiveInt),
     )
     .addOption(new Option('--wait <seconds>', 'with latest: if no snapshot matches yet, look again every 2 s for this long (an init container waiting for its backup)').argParser(positiveInt))
     .action(async (ref: string, opts: RestoreCliOptions, command: Command) => {
@@ -75,6 +79,7 @@ export function registerRestore(program: Command): void {
               ...(opts.overwrite ? { overwrite: true } : {}),
               ...(subpath ? { subpath } : {}),
               ...(opts.onlyConsistent ? { onlyConsistent: true } : {}),
+              ...(opts.readAhead !== undefined ? { readAhead: opts.readAhead } : {}),
             },
             ctx,
           );
