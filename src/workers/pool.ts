@@ -45,10 +45,6 @@ export class StartingWorkers {
     this.workers = Array.from({ length: count }, () => new PoolWorker(script));
   }
 
-  get count(): number {
-    return this.workers.length;
-  }
-
   start(keys: MasterKeys, compressionLevel: number, transforms: CodecTransforms): CodecExecutor {
     if (this.taken) throw new Error('these worker threads were already started');
     this.taken = true;
