@@ -8,7 +8,22 @@ import { type EntryStat, lstatEntries, nodeType, readDirSorted } from '../src/ba
 import { GearChunker, chunkerMasks, gearTable } from '../src/backup/chunk/fastcdc.js';
 import { type ChunkerParams, defaultChunkerParams } from '../src/repo/chunker-params.js';
 import { NativeGearChunker, createBoundaryFinder, cutAll } from '../src/backup/chunk/native.js';
-import { byteShuffle, byteUnshuffle, nativeShuffle, nativeUnshuffle, shuffleBytes, unshuffleBytes } from '../src/transform/shuffle.js';
+import { byteShuffle, byteUnshufflePlanes, nativeShuffle, nativeUnshufflePlanes, shuffleBytes, unshufflePlanesBytes } from '../src/transform/shuffle.js';
+
+/** The planes and the tail of a shuffled buffer, as views (the layout shuffle writes). */
+function planesOf(shuffled: Uint8Array, elementSize: number): { planes: Uint8Array[]; tail: Uint8Array } {
+  const n = Math.floor(shuffled.length / elementSize);
+  return { planes: Array.from({ length: elementSize }, (_, k) => shuffled.subarray(k * n, (k + 1) * n)), tail: shuffled.subarray(n * elementSize) };
+}
+type Unshuffle = (planes: Uint8Array[], tail: Uint8Array, dst: Uint8Array, elementSize: number, base?: Uint8Array) => void;
+/** Unshuffles a contiguous shuffled buffer with `fn`. */
+const unshuffleWith = (fn: Unshuffle) => (shuffled: Uint8Array, dst: Uint8Array, elementSize: number, base?: Uint8Array) => {
+  const { planes, tail } = planesOf(shuffled, elementSize);
+  fn(planes, tail, dst, elementSize, base);
+};
+const nativeUnshuffle = unshuffleWith(nativeUnshufflePlanes);
+const unshuffleBytes = unshuffleWith(unshufflePlanesBytes);
+const byteUnshuffle = unshuffleWith(byteUnshufflePlanes);
 import { type NativeAddon, type NativeCutVariant, loadNative, nativeUnavailableReason } from '../src/util/native.js';
 
 // The native addon must be built for this suite: a missing or broken addon FAILS the tests
@@ -395,6 +410,45 @@ describe.skipIf(nativeDisabled)('native addon', () => {
           nativeUnshuffle(nat, back, es);
           expect(Buffer.compare(back, src)).toBe(0);
         }
+      }
+    });
+
+    it('shuffles src XOR base, and unshuffles XORing a base back, in place or not', () => {
+      for (const elementSize of [1, 2, 3, 4, 8]) {
+        for (const n of [0, 1, 7, 64, 1001, 65_537]) {
+          const src = randomBytes(n, n + 3 * elementSize);
+          const base = randomBytes(n, n + 5 * elementSize);
+          const xor = Uint8Array.from(src, (v, i) => v ^ base[i]!);
+          const expected = new Uint8Array(n);
+          shuffleBytes(xor, expected, elementSize);
+          const what = `es=${elementSize} n=${n}`;
+          for (const shuffle of [nativeShuffle, shuffleBytes]) {
+            const out = new Uint8Array(n);
+            shuffle(src, out, elementSize, base);
+            expect(Buffer.compare(out, expected), what).toBe(0);
+          }
+          for (const unshuffle of [nativeUnshuffle, unshuffleBytes]) {
+            const out = new Uint8Array(n);
+            unshuffle(expected, out, elementSize, base);
+            expect(Buffer.compare(out, src), what).toBe(0);
+            // The base in the destination, as restore places it.
+            const inPlace = Uint8Array.from(base);
+            unshuffle(expected, inPlace, elementSize, inPlace);
+            expect(Buffer.compare(inPlace, src), `${what} in place`).toBe(0);
+          }
+        }
+      }
+    });
+
+    it('rejects a base that overlaps the output other than exactly', () => {
+      const buf = new Uint8Array(64);
+      const shuffled = new Uint8Array(32);
+      for (const unshuffle of [nativeUnshuffle, unshuffleBytes]) {
+        expect(() => unshuffle(shuffled, buf.subarray(0, 32), 4, buf.subarray(4, 36))).toThrow(RangeError);
+        expect(() => unshuffle(shuffled, buf.subarray(0, 32), 4, buf.subarray(0, 31))).toThrow(RangeError);
+      }
+      for (const shuffle of [nativeShuffle, shuffleBytes]) {
+        expect(() => shuffle(new Uint8Array(32), buf.subarray(0, 32), 4, buf.subarray(0, 32))).toThrow(RangeError);
       }
     });
 

@@ -162,35 +162,73 @@ class GearChunker : public Napi::ObjectWrap<GearChunker> {
   CutVariant variant_ = CutVariant::Bytewise;
 };
 
-// shuffle(src: Uint8Array, dst: Uint8Array, elementSize: number): void  (and unshuffle)
-template <bool Forward>
-Napi::Value Shuffle(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  const ByteView src = bytes(env, info[0], "src");
-  const ByteView dst = bytes(env, info[1], "dst");
-  const size_t elementSize = index(env, info[2], "elementSize");
-  if (elementSize < 1 || elementSize > 64) throw Napi::RangeError::New(env, "elementSize must be in 1..64");
-  if (dst.length != src.length) throw Napi::RangeError::New(env, "src and dst must have the same length");
-  if (src.length == 0) return env.Undefined();
-  // Overlapping src and dst would silently corrupt the output.
-  if (src.data < dst.data + dst.length && dst.data < src.data + src.length) {
-    throw Napi::RangeError::New(env, "src and dst must not overlap");
-  }
-  if (Forward) {
-    tender::shuffle(src.data, dst.data, src.length, elementSize);
-  } else {
-    tender::unshuffle(src.data, dst.data, src.length, elementSize);
-  }
-  return env.Undefined();
-}
-
-// ---- AES-256-GCM into caller memory (seal.h) ---------------------------------------------------
-
 bool overlaps(const uint8_t* a, size_t aLen, const uint8_t* b, size_t bLen) {
   if (aLen == 0 || bLen == 0) return false;
   const uintptr_t a0 = reinterpret_cast<uintptr_t>(a), b0 = reinterpret_cast<uintptr_t>(b);
   return a0 < b0 + bLen && b0 < a0 + aLen;
 }
+
+size_t shuffleElementSize(const Napi::Env& env, const Napi::Value& v) {
+  const size_t elementSize = index(env, v, "elementSize");
+  if (elementSize < 1 || elementSize > 64) throw Napi::RangeError::New(env, "elementSize must be in 1..64");
+  return elementSize;
+}
+
+// shuffle(src: Uint8Array, dst: Uint8Array, elementSize: number, base?: Uint8Array): void;
+// with base, dst is the shuffle of (src XOR base).
+Napi::Value Shuffle(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const ByteView src = bytes(env, info[0], "src");
+  const ByteView dst = bytes(env, info[1], "dst");
+  const size_t elementSize = shuffleElementSize(env, info[2]);
+  const bool withBase = info.Length() > 3 && !info[3].IsUndefined();
+  if (dst.length != src.length) throw Napi::RangeError::New(env, "src and dst must have the same length");
+  // Overlapping src and dst would silently corrupt the output.
+  if (overlaps(src.data, src.length, dst.data, dst.length)) throw Napi::RangeError::New(env, "src and dst must not overlap");
+  if (withBase) {
+    const ByteView base = bytes(env, info[3], "base");
+    if (base.length != src.length) throw Napi::RangeError::New(env, "base and src must have the same length");
+    if (overlaps(base.data, base.length, dst.data, dst.length)) throw Napi::RangeError::New(env, "base and dst must not overlap");
+    if (src.length > 0) tender::shuffleXor(src.data, base.data, dst.data, src.length, elementSize);
+    return env.Undefined();
+  }
+  if (src.length > 0) tender::shuffle(src.data, dst.data, src.length, elementSize);
+  return env.Undefined();
+}
+
+// unshufflePlanes(planes: Uint8Array[], tail: Uint8Array, dst: Uint8Array, elementSize: number, base?: Uint8Array): void
+// dst = unshuffle(planes, each dst's element count long, then tail), XOR base when given. base may
+// be exactly dst (same bytes); no other overlap with dst is allowed.
+Napi::Value UnshufflePlanes(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsArray()) throw Napi::TypeError::New(env, "planes must be an array of Uint8Array");
+  const Napi::Array list = info[0].As<Napi::Array>();
+  const ByteView tail = bytes(env, info[1], "tail");
+  const ByteView dst = bytes(env, info[2], "dst");
+  const size_t elementSize = shuffleElementSize(env, info[3]);
+  if (list.Length() != elementSize) throw Napi::RangeError::New(env, "one plane per byte of an element is needed");
+  const size_t n = dst.length / elementSize;
+  if (tail.length != dst.length - n * elementSize) throw Napi::RangeError::New(env, "tail must be dst's length mod elementSize");
+  if (overlaps(tail.data, tail.length, dst.data, dst.length)) throw Napi::RangeError::New(env, "tail and dst must not overlap");
+  std::vector<const uint8_t*> planes(elementSize);
+  for (size_t k = 0; k < elementSize; k++) {
+    const ByteView plane = bytes(env, list.Get(static_cast<uint32_t>(k)), "plane");
+    if (plane.length != n) throw Napi::RangeError::New(env, "each plane must hold one byte per element");
+    if (overlaps(plane.data, plane.length, dst.data, dst.length)) throw Napi::RangeError::New(env, "planes and dst must not overlap");
+    planes[k] = plane.data;
+  }
+  const uint8_t* base = nullptr;
+  if (info.Length() > 4 && !info[4].IsUndefined()) {
+    const ByteView b = bytes(env, info[4], "base");
+    if (b.length != dst.length) throw Napi::RangeError::New(env, "base and dst must have the same length");
+    if (b.data != dst.data && overlaps(b.data, b.length, dst.data, dst.length)) throw Napi::RangeError::New(env, "base must be dst or not overlap it");
+    base = b.data;
+  }
+  if (dst.length > 0) tender::unshufflePlanes(planes.data(), tail.data, tail.length, dst.data, base, n, elementSize);
+  return env.Undefined();
+}
+
+// ---- AES-256-GCM into caller memory (seal.h) ---------------------------------------------------
 
 ByteView aeadKey(const Napi::Env& env, const Napi::Value& v) {
   const ByteView key = bytes(env, v, "key");
@@ -473,8 +511,8 @@ Napi::Value WriteDirect(const Napi::CallbackInfo& info) {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("GearChunker", GearChunker::Init(env));
-  exports.Set("shuffle", Napi::Function::New<Shuffle<true>>(env, "shuffle"));
-  exports.Set("unshuffle", Napi::Function::New<Shuffle<false>>(env, "unshuffle"));
+  exports.Set("shuffle", Napi::Function::New<Shuffle>(env, "shuffle"));
+  exports.Set("unshufflePlanes", Napi::Function::New<UnshufflePlanes>(env, "unshufflePlanes"));
   // sealInto/openInto exist only when the OpenSSL inside this node can be used (seal.h); otherwise
   // sealUnavailable says why and src/crypto/seal-into.ts falls back to node:crypto.
   if (const char* why = tender::aeadUnavailableReason()) {

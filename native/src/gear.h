@@ -67,6 +67,11 @@ size_t cutAll(const GearParams& p, CutVariant v, const uint8_t* data, size_t sta
               bool eof, uint32_t* out, size_t outLen);
 
 void shuffle(const uint8_t* src, uint8_t* dst, size_t len, size_t elementSize);
-void unshuffle(const uint8_t* src, uint8_t* dst, size_t len, size_t elementSize);
+// shuffle of (src XOR base), base of len bytes.
+void shuffleXor(const uint8_t* src, const uint8_t* base, uint8_t* dst, size_t len, size_t elementSize);
+// dst = unshuffle(planes[0..elementSize) of n bytes each, then tail) XOR base (when not null; base
+// may be dst itself).
+void unshufflePlanes(const uint8_t* const* planes, const uint8_t* tail, size_t tailLength, uint8_t* dst, const uint8_t* base, size_t n,
+                     size_t elementSize);
 
 }  // namespace tender

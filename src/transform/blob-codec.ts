@@ -5,7 +5,7 @@ import { blobId } from './blob-id.js';
 import { BlobFlag, blobTypeName, knownBlobFlags } from './blob-kind.js';
 import type { MasterKeys } from './keys.js';
 import { PlaneDecoder, PlaneEncoder, PlanePayloadError, planeElementSizes } from './planes.js';
-import { DeltaEstimator, xorBytes } from './xor-delta.js';
+import { DeltaEstimator } from './xor-delta.js';
 
 /**
  * The blob transform, the same on the main thread and in workers:
@@ -60,8 +60,6 @@ export class BlobCodec {
   private readonly planeEncoder: PlaneEncoder | undefined;
   private planeDecoder: PlaneDecoder | undefined;
   private readonly deltaEstimator: DeltaEstimator | undefined;
-  /** XOR of plaintext and base (sealing), or the decoded XOR (opening); reused. */
-  private deltaScratch = Buffer.alloc(0);
 
   constructor(
     private readonly keys: MasterKeys,
@@ -120,10 +118,7 @@ export class BlobCodec {
     const rawLength = plaintext.byteLength;
     if (!this.deltaEstimator || !planeElementSizes.includes(elementSize) || base.plaintext.byteLength !== rawLength) return undefined;
     if (!this.deltaEstimator.pays(plaintext, base.plaintext, elementSize)) return undefined;
-    if (this.deltaScratch.length < rawLength) this.deltaScratch = Buffer.allocUnsafeSlow(rawLength);
-    const xor = this.deltaScratch.subarray(0, rawLength);
-    xorBytes(plaintext, base.plaintext, xor);
-    const payload = this.planeEncoder!.encode(xor, elementSize, baseIdLength);
+    const payload = this.planeEncoder!.encode(plaintext, elementSize, baseIdLength, base.plaintext);
     if (!payload) return undefined;
     payload.set(base.id.subarray(0, baseIdLength), 0);
     return payload;
@@ -175,15 +170,13 @@ export class BlobCodec {
       if (payloadLength < baseIdLength || !payload.subarray(0, baseIdLength).equals(base!.id.subarray(0, baseIdLength))) {
         throw new BlobCorruptError(type, id, `does not name its base ${Buffer.from(base!.id).toString('hex')} (damaged)`);
       }
-      if (this.deltaScratch.length < rawLength) this.deltaScratch = Buffer.allocUnsafeSlow(rawLength);
-      const xor = this.deltaScratch.subarray(0, rawLength);
       try {
-        (this.planeDecoder ??= new PlaneDecoder()).decode(payload.subarray(baseIdLength), rawLength, xor);
+        // The base is XORed back as the planes are gathered; it may be `out` itself.
+        (this.planeDecoder ??= new PlaneDecoder()).decode(payload.subarray(baseIdLength), rawLength, out, base!.plaintext);
       } catch (err) {
         if (err instanceof PlanePayloadError) throw new BlobCorruptError(type, id, `has a damaged delta payload (${err.message})`);
         throw err;
       }
-      xorBytes(xor, base!.plaintext, out);
     } else if (flags & BlobFlag.planes) {
       try {
         (this.planeDecoder ??= new PlaneDecoder()).decode(this.scratch.subarray(0, payloadLength), rawLength, out);

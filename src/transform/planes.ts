@@ -1,5 +1,5 @@
 import zstd from 'zstd-napi/binding.js';
-import { byteShuffle, byteUnshuffle } from './shuffle.js';
+import { byteShuffle, byteUnshufflePlanes } from './shuffle.js';
 
 /**
  * The byte-plane transform for float tensors (docs/design.md, "Blobs"): the chunk is split into
@@ -41,15 +41,16 @@ export class PlaneEncoder {
   }
 
   /**
-   * The plane payload of `plaintext` after `prefix` bytes left free for the caller (a view of a
-   * reused buffer, valid until the next call), or undefined when the payload would not be at
-   * least 1/64 smaller than the plaintext.
+   * The plane payload of `plaintext` (of plaintext XOR `base` where a base of the same length is
+   * given: an XOR-delta) after `prefix` bytes left free for the caller (a view of a reused
+   * buffer, valid until the next call), or undefined when the payload would not be at least 1/64
+   * smaller than the plaintext.
    *
    * Each byte of the plaintext is copied once (by the shuffle, to where its plane is stored);
    * only coded planes move again, at their coded size: the planes that sampling says will code
    * size the header up front, and raw planes stay where the shuffle put them.
    */
-  encode(plaintext: Uint8Array, elementSize: number, prefix = 0): Buffer | undefined {
+  encode(plaintext: Uint8Array, elementSize: number, prefix = 0, base?: Uint8Array): Buffer | undefined {
     if (!planeElementSizes.includes(elementSize)) throw new RangeError(`no plane transform for element size ${elementSize}`);
     const rawLength = plaintext.byteLength;
     const n = Math.floor(rawLength / elementSize);
@@ -57,7 +58,7 @@ export class PlaneEncoder {
     let tryMask = 0;
     let tries = 0;
     for (let p = 0; p < elementSize; p++) {
-      if (this.sampleEntropy(plaintext, p, elementSize, n) < codeBelowBits) {
+      if (this.sampleEntropy(plaintext, base, p, elementSize, n) < codeBelowBits) {
         tryMask |= 1 << p;
         tries++;
       }
@@ -66,7 +67,7 @@ export class PlaneEncoder {
     const shuffledAt = prefix + 2 + 4 * tries;
     if (this.out.length < shuffledAt + rawLength) this.out = Buffer.allocUnsafeSlow(shuffledAt + rawLength);
     const out = this.out;
-    byteShuffle(plaintext, out.subarray(shuffledAt, shuffledAt + rawLength), elementSize);
+    byteShuffle(plaintext, out.subarray(shuffledAt, shuffledAt + rawLength), elementSize, base);
     const bound = zstd.compressBound(n);
     if (this.coded.length < bound) this.coded = Buffer.allocUnsafeSlow(bound);
     let mask = 0;
@@ -105,15 +106,17 @@ export class PlaneEncoder {
   }
 
   /**
-   * Order-0 entropy of a sample of plane p (byte p of each element), in bits per byte: stripes of
-   * consecutive elements spread over the chunk, read in place.
+   * Order-0 entropy of a sample of plane p (byte p of each element, XOR the base's), in bits per
+   * byte: stripes of consecutive elements spread over the chunk, read in place.
    */
-  private sampleEntropy(plaintext: Uint8Array, p: number, elementSize: number, n: number): number {
+  private sampleEntropy(plaintext: Uint8Array, base: Uint8Array | undefined, p: number, elementSize: number, n: number): number {
     const h = this.histogram;
     h.fill(0);
     let total = 0;
     const count = (from: number, to: number) => {
-      for (let i = from * elementSize + p, end = to * elementSize; i < end; i += elementSize) h[plaintext[i]!]!++;
+      const end = to * elementSize;
+      if (base) for (let i = from * elementSize + p; i < end; i += elementSize) h[plaintext[i]! ^ base[i]!]!++;
+      else for (let i = from * elementSize + p; i < end; i += elementSize) h[plaintext[i]!]!++;
     };
     if (n <= sampleBytes) {
       count(0, n);
@@ -138,10 +141,14 @@ export class PlanePayloadError extends Error {}
 
 export class PlaneDecoder {
   private readonly decompressor = new zstd.DCtx();
-  private shuffled = Buffer.alloc(0);
+  /** Decoded coded planes, at plane offsets; raw planes are read where the payload holds them. */
+  private decoded = Buffer.alloc(0);
 
-  /** Writes the rawLength plaintext bytes of `payload` into `dst`; PlanePayloadError naming what is wrong. */
-  decode(payload: Uint8Array, rawLength: number, dst: Uint8Array): void {
+  /**
+   * Writes the rawLength plaintext bytes of `payload` into `dst`, XORing `base` back in when one
+   * is given (a delta blob; base may be dst itself); PlanePayloadError naming what is wrong.
+   */
+  decode(payload: Uint8Array, rawLength: number, dst: Uint8Array, base?: Uint8Array): void {
     if (payload.length < 2) throw new PlanePayloadError('shorter than its header');
     const elementSize = payload[0]!;
     const mask = payload[1]!;
@@ -153,15 +160,15 @@ export class PlaneDecoder {
     let at = 2 + 4 * coded;
     if (payload.length < at) throw new PlanePayloadError('shorter than its header');
     const view = Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
-    if (this.shuffled.length < rawLength) this.shuffled = Buffer.allocUnsafeSlow(rawLength);
-    const shuffled = this.shuffled.subarray(0, rawLength);
+    if (this.decoded.length < rawLength) this.decoded = Buffer.allocUnsafeSlow(rawLength);
+    const planes: Uint8Array[] = [];
     let codedIndex = 0;
     for (let p = 0; p < elementSize; p++) {
-      const plane = shuffled.subarray(p * n, (p + 1) * n);
       const length = mask & (1 << p) ? view.readUInt32LE(2 + 4 * codedIndex++) : n;
       if (at + length > payload.length) throw new PlanePayloadError(`plane ${p} runs past its end`);
       const stored = view.subarray(at, at + length);
       if (mask & (1 << p)) {
+        const plane = this.decoded.subarray(p * n, (p + 1) * n);
         let produced = -1;
         try {
           if (zstd.getFrameContentSize(stored) === n) produced = this.decompressor.decompress(plane, stored);
@@ -169,14 +176,14 @@ export class PlaneDecoder {
           produced = -1;
         }
         if (produced !== n) throw new PlanePayloadError(`plane ${p} does not decompress to ${n} bytes`);
+        planes.push(plane);
       } else {
-        plane.set(stored);
+        planes.push(stored);
       }
       at += length;
     }
     const tail = rawLength - n * elementSize;
     if (payload.length !== at + tail) throw new PlanePayloadError(`${payload.length} bytes where its planes and tail make ${at + tail}`);
-    shuffled.set(view.subarray(at, at + tail), n * elementSize);
-    byteUnshuffle(shuffled, dst.subarray(0, rawLength), elementSize);
+    byteUnshufflePlanes(planes, view.subarray(at, at + tail), dst.subarray(0, rawLength), elementSize, base?.subarray(0, rawLength));
   }
 }

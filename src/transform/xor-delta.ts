@@ -7,22 +7,6 @@
  * becomes the base of the next version's chunk.
  */
 
-/** out[i] = a[i] ^ b[i] for the length of `out`; `out` may be `a` or `b` (same offsets). */
-export function xorBytes(a: Uint8Array, b: Uint8Array, out: Uint8Array): void {
-  const n = out.length;
-  if (a.length < n || b.length < n) throw new RangeError(`xor of ${a.length} and ${b.length} bytes into ${n}`);
-  let i = 0;
-  if ((a.byteOffset | b.byteOffset | out.byteOffset) % 4 === 0) {
-    const words = n >>> 2;
-    const wa = new Uint32Array(a.buffer, a.byteOffset, words);
-    const wb = new Uint32Array(b.buffer, b.byteOffset, words);
-    const wo = new Uint32Array(out.buffer, out.byteOffset, words);
-    for (let w = 0; w < words; w++) wo[w] = wa[w]! ^ wb[w]!;
-    i = words << 2;
-  }
-  for (; i < n; i++) out[i] = a[i]! ^ b[i]!;
-}
-
 /**
  * The delta must be estimated at most this share of the whole chunk's coded size to be stored:
  * a delta that saves less is not worth a second blob read on restore, and storing the chunk whole

@@ -49,8 +49,10 @@ export interface NativeAddon {
     maskEasy: number,
     variant?: NativeCutVariant,
   ) => NativeGearChunkerHandle;
-  shuffle(src: Uint8Array, dst: Uint8Array, elementSize: number): void;
-  unshuffle(src: Uint8Array, dst: Uint8Array, elementSize: number): void;
+  /** With base: the shuffle of src XOR base. */
+  shuffle(src: Uint8Array, dst: Uint8Array, elementSize: number, base?: Uint8Array): void;
+  /** dst = unshuffle(planes, then tail) XOR base (base may be dst itself). */
+  unshufflePlanes(planes: Uint8Array[], tail: Uint8Array, dst: Uint8Array, elementSize: number, base?: Uint8Array): void;
   /** One byte per page spanned by the range; bit 0 set when the page is in the page cache (Linux). */
   residentPages?(fd: number, offset: number, length: number): Uint8Array;
   /** Evicts the range's pages that `before` (residentPages of the same range) says were not cached. */
