@@ -46,7 +46,7 @@ if (!opts.dist) {
 const { GearChunker, gearTable } = await import(pathToFileURL(join(modDir, 'fastcdc.js')).href);
 const { defaultChunkerParams } = await import(pathToFileURL(join(modDir, '..', '..', 'repo', 'chunker-params.js')).href);
 const { NativeGearChunker } = await import(pathToFileURL(join(modDir, 'native.js')).href);
-const { shuffleBytes, unshuffleBytes } = await import(pathToFileURL(join(modDir, '..', '..', 'transform', 'shuffle.js')).href);
+const { shuffleBytes, unshufflePlanesBytes } = await import(pathToFileURL(join(modDir, '..', '..', 'transform', 'shuffle.js')).href);
 const { loadNative, nativeUnavailableReason } = await import(pathToFileURL(join(modDir, '..', '..', 'util', 'native.js')).href);
 
 const addon = loadNative();
@@ -128,11 +128,15 @@ const src = data.subarray(0, shuffleBytesLen);
 const dst = new Uint8Array(shuffleBytesLen);
 console.log(`\nshuffle/unshuffle on ${(shuffleBytesLen / MiB).toFixed(0)} MiB`);
 for (const es of [2, 4]) {
+  // The planes of a contiguous shuffled buffer, as the decoder gathers them.
+  const n = Math.floor(shuffleBytesLen / es);
+  const planes = Array.from({ length: es }, (_, k) => src.subarray(k * n, (k + 1) * n));
+  const tail = src.subarray(n * es);
   const candidates = [
     ['TS shuffle      ', () => shuffleBytes(src, dst, es)],
     ['native shuffle  ', () => addon.shuffle(src, dst, es)],
-    ['TS unshuffle    ', () => unshuffleBytes(src, dst, es)],
-    ['native unshuffle', () => addon.unshuffle(src, dst, es)],
+    ['TS unshuffle    ', () => unshufflePlanesBytes(planes, tail, dst, es)],
+    ['native unshuffle', () => addon.unshufflePlanes(planes, tail, dst, es)],
   ];
   bestOf(candidates).forEach(({ ms }, i) => console.log(`  ${candidates[i][0]} es=${es}  ${mbps(ms, shuffleBytesLen)} MB/s`));
 }
