@@ -9,9 +9,9 @@ import { capYoungGeneration } from '../dist/util/young-generation.js';
 setFlagsFromString('--heap-growing-percent=50');
 
 // The main thread's young generation: at most 2 × 8 MiB instead of V8's 2 × 16 MiB (set before
-// the CLI's modules load, which would grow it first). A backup of 1M small files peaks ~25 MB
-// lower for ~10% more CPU (more scavenges); 2 × 4 MiB took ~8 MB more for twice that CPU
-// (docs/design.md, "Memory of many small files").
+// the CLI's modules load, which would grow it first). A backup of 1M small files peaks ~20 MB
+// lower for ~3 s more GC in ~95 s of CPU; 2 × 4 MiB took ~8 MB more for ~7 s (docs/design.md,
+// "Memory of many small files").
 capYoungGeneration(8);
 const { main } = await import('../dist/cli/main.js');
 const { interruptRunningOperations } = await import('../dist/util/interrupt.js');

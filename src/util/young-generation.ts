@@ -42,8 +42,8 @@ export function youngGenerationBytes(): number {
 
 /**
  * Keeps arrays alive until V8 has grown the semi-spaces to `bytes`, doubling them each step and
- * checking after every 128 KiB, so no step goes past it (about 3 MB and 10 ms for 2 × 4 MiB; the
- * arrays are garbage once this returns). Gives up after allocating 16 × `bytes`.
+ * checking after every 128 KiB, so no step goes past it (2 × 8 MiB: about 7 MB of arrays, which
+ * are garbage once this returns, and 10–25 ms). Gives up after allocating 16 × `bytes`.
  */
 function growToCap(bytes: number): void {
   setFlagsFromString('--semi-space-growth-factor=2');
