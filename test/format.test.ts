@@ -133,6 +133,33 @@ describe('IdTable', () => {
     const longer = Buffer.concat([id, Buffer.from([1, 2, 3])]);
     expect(table.get(longer)).toEqual(loc);
   });
+
+  it('holds 44 bytes an entry while pack numbers and lengths fit 16 bits, 50 once they do not, plus 4 a slot', () => {
+    // 4 blocks of 65,536 entries exactly; 262,144 entries / 0.7 load → 2^19 slots.
+    const entries = 4 * 65536;
+    const slotBytes = 4 * 2 ** 19;
+    const small = (i: number): BlobLocation => ({ packIndex: i >>> 11, offset: (i * 7919) >>> 0, storedLength: 28 + (i % 1024), rawLength: i % 1024, type: 0, flags: i % 2 });
+    const large = (i: number): BlobLocation => ({ packIndex: 70_000 + i, offset: i, storedLength: 1 << 20, rawLength: (1 << 20) + i, type: 0, flags: 1 });
+    const ids = randomBytes(entries * idLength);
+    const idAt = (i: number) => ids.subarray(i * idLength, (i + 1) * idLength);
+
+    const smallTable = new IdTable();
+    for (let i = 0; i < entries; i++) smallTable.add(idAt(i), small(i));
+    expect(smallTable.byteLength).toBe(entries * 44 + slotBytes);
+
+    // Small entries first, then large ones in the same blocks: the fields widen, values stay.
+    const mixed = new IdTable();
+    const locAt = (i: number) => (i % 65536 < 30000 ? small(i) : large(i));
+    for (let i = 0; i < entries; i++) mixed.add(idAt(i), locAt(i));
+    expect(mixed.byteLength).toBe(entries * 50 + slotBytes);
+    for (let i = 0; i < entries; i++) {
+      const got = mixed.get(idAt(i))!;
+      const want = locAt(i);
+      if (got.packIndex !== want.packIndex || got.storedLength !== want.storedLength || got.rawLength !== want.rawLength || got.offset !== want.offset) {
+        expect(got, `entry ${i}`).toEqual(want);
+      }
+    }
+  });
 });
 
 describe('IdSet', () => {

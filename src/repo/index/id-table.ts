@@ -18,13 +18,16 @@ const blockBits = 16;
 const blockSize = 1 << blockBits;
 const blockMask = blockSize - 1;
 
+/** 16 bits while every value of the block fits, then 32 (`widened`). */
+type Narrow = Uint16Array | Uint32Array;
+
 /** A block of entries, in insertion order. */
 interface EntryBlock {
   ids: Uint8Array;
-  packIndex: Uint32Array;
+  packIndex: Narrow;
   offset: Uint32Array;
-  storedLength: Uint32Array;
-  rawLength: Uint32Array;
+  storedLength: Narrow;
+  rawLength: Narrow;
   typeFlags: Uint16Array;
   /** Base number + 1 of each delta entry (0: none); allocated with the block's first delta. */
   baseNumbers?: Uint32Array;
@@ -32,11 +35,12 @@ interface EntryBlock {
 
 /**
  * A compact hash table from 32-byte blob ID to BlobLocation. Entries live in typed-array blocks
- * (50 bytes each, appended in insertion order); the open-addressing table holds only entry
- * numbers (4 bytes a slot, 0 for empty). About 56–62 bytes per blob in all, instead of about 200 for
- * a Map of hex strings, and growing reallocates only the table: a million-blob index needs
- * about 56 MB at its peak. IDs are uniformly random (keyed hashes), so their first four bytes
- * are a good hash.
+ * (appended in insertion order); the open-addressing table holds only entry numbers (4 bytes a
+ * slot, 0 for empty). An entry takes 44 bytes while its block's pack numbers and lengths fit 16
+ * bits (small files: blobs < 64 KiB, < 65,536 packs), up to 50 bytes: about 50–62 bytes per blob
+ * with the table, instead of about 200 for a Map of hex strings, and growing reallocates only the
+ * table: a million small-file blobs take about 52 MB at the peak. IDs are uniformly random (keyed
+ * hashes), so their first four bytes are a good hash.
  */
 export class IdTable {
   private capacity: number;
@@ -111,10 +115,10 @@ export class IdTable {
     const b = this.blocks[entry >>> blockBits]!;
     const i = entry & blockMask;
     b.ids.set(id.subarray(0, idLength), i * idLength);
-    b.packIndex[i] = loc.packIndex;
+    (b.packIndex = fitting(b.packIndex, loc.packIndex))[i] = loc.packIndex;
     b.offset[i] = loc.offset;
-    b.storedLength[i] = loc.storedLength;
-    b.rawLength[i] = loc.rawLength;
+    (b.storedLength = fitting(b.storedLength, loc.storedLength))[i] = loc.storedLength;
+    (b.rawLength = fitting(b.rawLength, loc.rawLength))[i] = loc.rawLength;
     b.typeFlags[i] = (loc.type << 8) | loc.flags;
     if (loc.base) {
       const number = this.baseCount++;
@@ -130,6 +134,17 @@ export class IdTable {
   private baseAt(number: number): Uint8Array {
     const at = (number & blockMask) * idLength;
     return this.baseBlocks[number >>> blockBits]!.subarray(at, at + idLength);
+  }
+
+  /** Bytes of memory the table holds (its typed arrays), for tests and sizing. */
+  get byteLength(): number {
+    let bytes = this.slots.byteLength;
+    for (const b of this.blocks) {
+      bytes += b.ids.byteLength + b.packIndex.byteLength + b.offset.byteLength + b.storedLength.byteLength + b.rawLength.byteLength + b.typeFlags.byteLength;
+      bytes += b.baseNumbers?.byteLength ?? 0;
+    }
+    for (const b of this.baseBlocks) bytes += b.byteLength;
+    return bytes;
   }
 
   /** Visits every entry in insertion order; the id view is only valid during the callback. */
@@ -156,10 +171,15 @@ export class IdTable {
 function newBlock(): EntryBlock {
   return {
     ids: new Uint8Array(blockSize * idLength),
-    packIndex: new Uint32Array(blockSize),
+    packIndex: new Uint16Array(blockSize),
     offset: new Uint32Array(blockSize),
-    storedLength: new Uint32Array(blockSize),
-    rawLength: new Uint32Array(blockSize),
+    storedLength: new Uint16Array(blockSize),
+    rawLength: new Uint16Array(blockSize),
     typeFlags: new Uint16Array(blockSize),
   };
+}
+
+/** `values`, or a 32-bit copy of it when `value` does not fit 16 bits (once per block and field). */
+function fitting(values: Narrow, value: number): Narrow {
+  return value > 0xffff && values instanceof Uint16Array ? Uint32Array.from(values) : values;
 }
