@@ -43,12 +43,22 @@ export function youngGenerationBytes(): number {
 /**
  * Keeps arrays alive until V8 has grown the semi-spaces to `bytes`, doubling them each step and
  * checking after every 128 KiB, so no step goes past it (2 × 8 MiB: about 7 MB of arrays, which
- * are garbage once this returns, and 10–25 ms). Gives up after allocating 16 × `bytes`.
+ * are garbage once this returns, and 10–25 ms). V8's own maximum is lower under a small memory
+ * limit (it sizes the heap to the cgroup's memory.max): once `bytes` more have been allocated
+ * without the young generation growing, it has stopped, and so does this. Kept alive at most:
+ * what reaching V8's maximum took plus `bytes` (a `tender box` in a 256 MiB cgroup was killed
+ * when this kept allocating up to 16 × `bytes`).
  */
 function growToCap(bytes: number): void {
   setFlagsFromString('--semi-space-growth-factor=2');
   const kept: number[][] = [];
-  for (let allocated = 0; youngGenerationBytes() < bytes && allocated < 16 * bytes; allocated += 16 * 8192) {
+  let size = youngGenerationBytes();
+  for (let sinceGrowth = 0; size < bytes && sinceGrowth < bytes; sinceGrowth += 16 * 8192) {
     for (let i = 0; i < 16; i++) kept.push(new Array<number>(1024).fill(0));
+    const now = youngGenerationBytes();
+    if (now > size) {
+      size = now;
+      sinceGrowth = 0;
+    }
   }
 }

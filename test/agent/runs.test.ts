@@ -263,10 +263,13 @@ describe('Runner', () => {
     // Nothing but the state file is left (no temporary files).
     expect(await readdir(dir)).toEqual([stateFileName]);
     // A new runner sees the history.
-    const again = new Runner({ execute: async () => ({ snapshotId: 'x' }), store: new StateStore(dir, { maxFinishedRuns: 3 }), logger });
+    const againStore = new StateStore(dir, { maxFinishedRuns: 3 });
+    const again = new Runner({ execute: async () => ({ snapshotId: 'x' }), store: againStore, logger });
     again.load(await new StateStore(dir, { maxFinishedRuns: 3 }).load());
     expect(again.list().map((r) => r.state)).toEqual(['succeeded', 'succeeded', 'succeeded']);
     expect(again.volumeState(vol('p', '4').identity)?.lastSuccessAt).toBeDefined();
+    // Whatever loading wrote is on disk before the directory is removed (ENOTEMPTY otherwise).
+    await againStore.flush();
   });
 
   it('after a SIGKILL: a run found running is reported interrupted and its volume runs again', async () => {

@@ -37,7 +37,7 @@ fs.writeFileSync(G + '/tender-box/inner/io.max', ram + ' rbps=' + ${10 * MiB});
 out.ram = ram;
 const join = 'echo $$ > ' + G + '/tender-box/inner/cgroup.procs && exec "$@"';
 const r = spawnSync('sh', ['-c', join, 'sh', '/usr/bin/node', '${repoRoot}/bin/tender.js', '--json', 'box'], { encoding: 'utf8' });
-out.box = { status: r.status, stdout: r.stdout, stderr: r.stderr };
+out.box = { status: r.status, signal: r.signal, error: String(r.error), stdout: r.stdout, stderr: r.stderr };
 // A pod's cgroup as the kubelet (systemd driver, burstable) makes it.
 const uid = '3f1c2a9e-7b4d-4e5f-9a8b-0c1d2e3f4a5b';
 const pod = G + '/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod' + uid.replace(/-/g, '_') + '.slice';
@@ -68,7 +68,7 @@ describe.skipIf(!hasQemu)('cgroup v2 on a real kernel (qemu)', () => {
     const { code, output } = run;
     expect(code, output.slice(-4000)).toBe(0);
     const out = JSON.parse(readFileSync(path.join(share, 'result.json'), 'utf8'));
-    expect(out.box.status, out.box.stderr).toBe(0);
+    expect(out.box.status, JSON.stringify(out.box)).toBe(0);
     const box = JSON.parse(out.box.stdout);
     expect(box).toMatchObject({
       message_type: 'box',
