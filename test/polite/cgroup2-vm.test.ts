@@ -58,8 +58,9 @@ describe.skipIf(!hasQemu)('cgroup v2 on a real kernel (qemu)', () => {
       vm.stderr.on('data', (b: Buffer) => (output += b.toString()));
       return { code: await new Promise<number | null>((resolve) => vm.on('exit', resolve)), output };
     };
-    // A TCG guest beside a full test run once ended with status 1 and passed alone: one more boot
-    // then. A guest that fails for a reason of tender's fails both times.
+    // A boot that fails for a reason outside tender (a TCG guest on a loaded machine) gets one
+    // more; a failure of tender's fails both. (The status 1 seen in clean-clone runs was the
+    // script's: its console filter ended with 1 when the guest's line shared the firmware's.)
     let run = await boot();
     if (run.code !== 0) {
       console.warn(`cgroup v2 VM: first boot ended with ${run.code}; booting once more. Its output:\n${run.output.slice(-4000)}`);
