@@ -106,7 +106,8 @@ export class Repository {
   private codecExecutor: CodecExecutor | undefined;
   readonly identity: Identity;
   readonly now: () => number;
-  private readonly workers: number | undefined;
+  /** Worker threads of the shared pool (OpenOptions.workers, else one per core up to 8). */
+  private readonly workers: number;
 
   private constructor(
     /** Only src/repo/ uses it: operations go through the repository's methods. */
@@ -121,7 +122,7 @@ export class Repository {
     this.codec = new BlobCodec(keys, config.compressionLevel, this.codecTransforms);
     this.identity = options.identity ?? processIdentity();
     this.now = options.now ?? Date.now;
-    this.workers = options.workers;
+    this.workers = options.workers ?? defaultWorkerCount();
     // Per writer: the pack it fills; plus the packs uploading (storage.concurrentPuts).
     this.dataPackBuffers = new BufferPool(config.packSize, storage.concurrentPuts);
     // Per writer: open tree and list packs; plus one uploading.
@@ -192,13 +193,13 @@ export class Repository {
   executor(): CodecExecutor {
     this.codecExecutor ??= this.startingWorkers
       ? this.startingWorkers.start(this.keys, this.config.compressionLevel, this.codecTransforms)
-      : createExecutor(this.keys, this.config.compressionLevel, this.workers ?? defaultWorkerCount(), this.codecTransforms);
+      : createExecutor(this.keys, this.config.compressionLevel, this.workers, this.codecTransforms);
     return this.codecExecutor;
   }
 
   /** Worker threads the shared pool runs (an operation splits its work into this many parts). */
   get parallelism(): number {
-    return Math.max(1, this.workers ?? defaultWorkerCount());
+    return Math.max(1, this.workers);
   }
 
   // ---- writers -------------------------------------------------------------------------
